@@ -1,0 +1,272 @@
+"""Exact input gradients of every hidden neuron (paper Sec. 3.1, App. C, D).
+
+Four interchangeable methods, all exact at the activation pattern of ``x``:
+
+* ``"forward"``: forward-mode AD, one JVP per input axis (the paper's
+  "perturbation" algorithm phrased as AD); cost ~ D forward passes.
+* ``"reverse"``: ``vmap`` of a VJP over one-hot cotangents, one per neuron;
+  cost ~ |I| backward passes.
+* ``"template"``: the explicit linearised network g_theta with the pattern
+  frozen, evaluated on the D+1 inputs {0, e_1, ..., e_D};
+  dz_j/dx_k = g_j(e_k) - g_j(0). Needs ``Network.apply_frozen``.
+* ``"gram"``: MLPs only, squared l2 norms only: the Gram recursion
+  G_1 = W_1 W_1^T, G_i = W_i S_{i-1} G_{i-1} S_{i-1} W_i^T, whose diagonal
+  holds ||grad_x z^i_j||_2^2 (App. D's dynamic programme, squared).
+
+Every method streams over chunks of ``chunk_size`` input axes (or neurons) so
+memory stays bounded; norms are accumulated chunk by chunk and the full
+Jacobian is only materialised by :func:`neuron_gradients`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lld_jax.network import (
+    ApplyFn,
+    Network,
+    PyTree,
+    as_network,
+    flat_preacts,
+    pattern_slopes,
+    validate,
+)
+
+Array = jax.Array
+METHODS = ("auto", "forward", "reverse", "template", "gram")
+_ORDS = (1, 2, np.inf)
+# Elements of one chunk's tangent block per example: keeps B * chunk * N bounded.
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def check_method(net: Network, method: str, ord: float | None) -> None:
+    """Raises a clear error if ``method`` cannot serve ``net`` (``ord=None``: full Jacobian)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}.")
+    if method == "template" and net.apply_frozen is None:
+        raise ValueError(
+            "method='template' needs a network with a frozen-pattern apply (Network.apply_frozen); "
+            "the built-in models have one. Use method='forward' for a plain function."
+        )
+    if method == "gram":
+        if net.dense_layers is None:
+            raise ValueError("method='gram' is the MLP-only l2 fast path: it needs Network.dense_layers (built-in MLP).")
+        if ord != 2:
+            raise ValueError("method='gram' only computes l2 norms (ord=2, i.e. margins with p=2).")
+
+
+def choose_method(net: Network, ord: float | None, dim: int, num_neurons: int) -> str:
+    """The ``auto`` rule: Gram for l2 on MLPs, else forward unless neurons are far fewer than inputs."""
+    if ord == 2 and net.dense_layers is not None:
+        return "gram"
+    # A VJP costs about two forward passes, a JVP about one.
+    return "forward" if dim <= 2 * num_neurons else "reverse"
+
+
+def default_chunk(dim: int, num_neurons: int) -> int:
+    return int(max(1, min(dim, _CHUNK_ELEMENTS // max(num_neurons, 1))))
+
+
+# --------------------------------------------------------------------------
+# Per-example kernels. Each returns z (N,) and an accumulator over input axes.
+
+
+def _reduce_init(n: int, dtype) -> tuple[Array, Array, Array]:
+    zero = jnp.zeros((n,), dtype)
+    return zero, zero, zero  # sum of squares, max |.|, sum |.|
+
+
+def _reduce_block(acc, cols):
+    """Folds a block of Jacobian columns ``cols`` (c, N) into the accumulators."""
+    sq, mx, ab = acc
+    a = jnp.abs(cols)
+    return sq + jnp.sum(cols * cols, 0), jnp.maximum(mx, jnp.max(a, 0)), ab + jnp.sum(a, 0)
+
+
+def _columns_scan(column_block, dim: int, chunk: int, n: int, dtype, *, keep: bool):
+    """Scans ``column_block(tangents (c, D)) -> (c, N)`` over chunks of basis vectors."""
+    n_chunks = -(-dim // chunk)
+
+    def step(acc, k):
+        idx = k * chunk + jnp.arange(chunk)
+        tangents = jax.nn.one_hot(idx, dim, dtype=dtype)  # rows past D are all zero
+        cols = column_block(tangents)
+        return _reduce_block(acc, cols), (cols if keep else None)
+
+    acc, cols = jax.lax.scan(step, _reduce_init(n, dtype), jnp.arange(n_chunks))
+    if keep:
+        cols = cols.reshape(n_chunks * chunk, n)[:dim].T  # (N, D)
+    return acc, cols
+
+
+def _forward(net: Network, params, x, chunk: int, keep: bool):
+    shape, dim = x.shape, x.size
+    f = lambda u: flat_preacts(net, params, u.reshape(shape))[1]
+    z, lin = jax.linearize(f, x.reshape(-1))
+    return z, _columns_scan(jax.vmap(lin), dim, chunk, z.shape[0], x.dtype, keep=keep)
+
+
+def _template(net: Network, params, x, chunk: int, keep: bool):
+    shape, dim = x.shape, x.size
+    _, pre = net.apply(params, x)
+    slopes = jax.lax.stop_gradient(pattern_slopes(net, pre))
+    z = jnp.concatenate([jnp.ravel(p) for p in pre])
+    g = lambda u: jnp.concatenate([jnp.ravel(p) for p in net.apply_frozen(params, u.reshape(shape), slopes)[1]])
+    g0 = g(jnp.zeros((dim,), x.dtype))
+    block = lambda t: jax.vmap(g)(t) - g0  # biases cancel: columns of the Jacobian
+    return z, _columns_scan(block, dim, chunk, z.shape[0], x.dtype, keep=keep)
+
+
+def _reverse(net: Network, params, x, chunk: int, keep: bool):
+    shape = x.shape
+    f = lambda u: flat_preacts(net, params, u.reshape(shape))[1]
+    z, vjp = jax.vjp(f, x.reshape(-1))
+    n = z.shape[0]
+
+    def row(i):
+        g = vjp(jax.nn.one_hot(i, n, dtype=z.dtype))[0]
+        a = jnp.abs(g)
+        out = (jnp.sum(g * g), jnp.max(a), jnp.sum(a))
+        return out + ((g,) if keep else ())
+
+    res = jax.lax.map(row, jnp.arange(n), batch_size=chunk)
+    return z, (res[:3], res[3] if keep else None)
+
+
+def _gram(net: Network, params, x, chunk: int, keep: bool):
+    del chunk, keep
+    _, pre = net.apply(params, x)
+    z = jnp.concatenate([jnp.ravel(p) for p in pre])
+    slopes = jax.lax.stop_gradient(pattern_slopes(net, pre))
+    layers = net.dense_layers(params)[: len(pre)]
+    w1 = layers[0][0]
+    gram = w1 @ w1.T  # independent of x: vmap keeps it unbatched
+    sq = [jnp.sum(w1 * w1, 1)]
+    for i, (w, _) in enumerate(layers[1:], start=1):
+        a = w * slopes[i - 1][None, :]
+        ag = a @ gram
+        sq.append(jnp.sum(ag * a, 1))
+        if i + 1 < len(layers):
+            gram = ag @ a.T
+    sq = jnp.concatenate(sq)
+    return z, ((sq, None, None), None)
+
+
+_KERNELS = {"forward": _forward, "template": _template, "reverse": _reverse, "gram": _gram}
+
+
+def per_example_norms(net: Network, params: PyTree, x: Array, *, ord: float, method: str, chunk: int) -> tuple[Array, Array]:
+    """``(z, n)`` for ONE example: n_j = ||grad z_j||_ord, except ord=2 gives the SQUARED norm.
+
+    Squared for ord 2 so that training through it stays differentiable at 0.
+    """
+    z, ((sq, mx, ab), _) = _KERNELS[method](net, params, x, chunk, False)
+    if ord == 2:
+        return z, sq
+    return z, ab if ord == 1 else mx
+
+
+def per_example_jacobian(net: Network, params: PyTree, x: Array, *, method: str, chunk: int) -> tuple[Array, Array]:
+    """``(z (N,), J (N, D))`` for ONE example."""
+    z, (_, cols) = _KERNELS[method](net, params, x, chunk, True)
+    return z, cols
+
+
+def _resolve(net: Network, params, x, method: str, chunk_size: int | None, ord: float | None):
+    shape, hidden = validate(net, params, x)
+    dim, n = math.prod(shape), sum(math.prod(s) for s in hidden)
+    check_method(net, method, ord)
+    if method == "auto":
+        method = choose_method(net, ord, dim, n)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    chunk = chunk_size or default_chunk(dim if method != "reverse" else n, n if method != "reverse" else dim)
+    return method, chunk, hidden
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(net: Network, kind: str, method: str, chunk: int, ord: float | None):
+    if kind == "jacobian":
+        fn = lambda params, x: jax.vmap(lambda xi: per_example_jacobian(net, params, xi, method=method, chunk=chunk))(x)
+    else:
+        fn = lambda params, x: jax.vmap(lambda xi: per_example_norms(net, params, xi, ord=ord, method=method, chunk=chunk))(x)
+    return jax.jit(fn)
+
+
+def neuron_gradients(
+    apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, method: str = "auto", chunk_size: int | None = None
+) -> tuple[Array, Array]:
+    """Pre-activations and exact input gradients of every hidden neuron.
+
+    Args:
+      apply_fn: the network (plain ``(params, x) -> (out, preacts)`` or a
+        :class:`~lld_jax.Network`).
+      params: its parameters.
+      x: a batch of inputs, shape ``(B, *input_shape)``.
+      method: ``"auto"``, ``"forward"``, ``"reverse"`` or ``"template"``
+        (``"gram"`` gives norms only: use :func:`neuron_gradient_norms`).
+      chunk_size: input axes (forward, template) or neurons (reverse) per
+        chunk; bounds memory. Default keeps chunk * N around 2^18.
+
+    Returns:
+      ``(z, grads)``: ``z`` of shape ``(B, N)`` holds all N hidden
+      pre-activations (layers concatenated, each flattened), ``grads`` of shape
+      ``(B, N, D)`` their gradients with respect to the flattened input
+      (paper Lemma 2: on x's region, z_j(x') = z_j + grads_j . (x' - x)).
+    """
+    net = as_network(apply_fn)
+    if method == "gram":
+        raise ValueError("method='gram' yields squared l2 norms only; use neuron_gradient_norms(..., ord=2).")
+    x = jnp.asarray(x)
+    method, chunk, _ = _resolve(net, params, x, method, chunk_size, None)
+    return _compiled(net, "jacobian", method, chunk, None)(params, x)
+
+
+def neuron_gradient_norms(
+    apply_fn: ApplyFn | Network,
+    params: PyTree,
+    x: Array,
+    *,
+    ord: float = 2,
+    method: str = "auto",
+    chunk_size: int | None = None,
+    squared: bool = False,
+) -> tuple[Array, Array]:
+    """Pre-activations and the ``ord``-norms of every neuron's input gradient.
+
+    Args:
+      ord: 1, 2 or ``inf`` (the norm of the gradient, i.e. the dual of the
+        margin's p).
+      squared: with ``ord=2``, return ||grad z_j||_2^2 (as used by ROLL).
+      Other arguments as in :func:`neuron_gradients`.
+
+    Returns:
+      ``(z, norms)``, both of shape ``(B, N)``.
+    """
+    net = as_network(apply_fn)
+    ord = canonical_ord(ord)
+    x = jnp.asarray(x)
+    method, chunk, _ = _resolve(net, params, x, method, chunk_size, ord)
+    z, n = _compiled(net, "norms", method, chunk, ord)(params, x)
+    if ord == 2 and not squared:
+        n = jnp.sqrt(n)
+    return z, n
+
+
+def canonical_ord(ord: Any) -> float:
+    """Validates a norm order; returns 1, 2 or ``np.inf``."""
+    if isinstance(ord, str) and ord.lower() in ("inf", "infinity"):
+        return np.inf
+    try:
+        value = float(ord)
+    except (TypeError, ValueError):
+        value = None
+    if value not in _ORDS:
+        raise ValueError(f"norm order must be 1, 2 or inf, got {ord!r}.")
+    return 2 if value == 2 else (1 if value == 1 else np.inf)

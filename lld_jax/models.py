@@ -1,0 +1,286 @@
+"""Built-in Flax NNX models that expose their pre-activations.
+
+Every model acts on ONE example (callers vmap) and its ``__call__(x, slopes=None)``
+returns ``(output, preacts)``: the tuple of every hidden pre-activation in
+depth order. With ``slopes`` given (same structure as ``preacts``) each
+activation ``act(z)`` becomes ``slopes[i] * z``: the paper's linearised
+network at a frozen pattern (Sec. 3.1), used by the ``template`` method.
+
+Use :func:`lld_jax.from_nnx` to get ``(network, params)`` from a model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+def leaky(z: Array, negative_slope: float, slope: Array | None = None) -> Array:
+    """ReLU (slope 0) or LeakyReLU; ``z == 0`` counts as inactive, matching the pattern."""
+    if slope is not None:
+        return slope * z
+    return jnp.where(z > 0, z, negative_slope * z)
+
+
+class _Act:
+    """Feeds activations in depth order from an optional slope tuple."""
+
+    def __init__(self, negative_slope: float, slopes: Sequence[Array] | None):
+        self.alpha, self.slopes, self.preacts = negative_slope, slopes, []
+
+    def __call__(self, z: Array) -> Array:
+        s = None if self.slopes is None else self.slopes[len(self.preacts)]
+        self.preacts.append(z)
+        return leaky(z, self.alpha, s)
+
+
+class MLP(nnx.Module):
+    """Fully connected ReLU/LeakyReLU network (paper Eq. 1).
+
+    Args:
+      in_features: input size D, or an input shape (flattened internally).
+      widths: hidden widths N_1..N_M.
+      out_features: output size L.
+      negative_slope: 0 for ReLU, alpha for LeakyReLU.
+    """
+
+    def __init__(
+        self,
+        in_features: int | Sequence[int],
+        widths: Sequence[int],
+        out_features: int,
+        *,
+        negative_slope: float = 0.0,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+    ):
+        shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
+        if not widths:
+            raise ValueError("an MLP needs at least one hidden layer (widths is empty).")
+        self.input_shape = shape
+        self.negative_slope = float(negative_slope)
+        sizes = [math.prod(shape), *widths, out_features]
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])]
+        )
+
+    def __call__(self, x: Array, slopes: Sequence[Array] | None = None):
+        act = _Act(self.negative_slope, slopes)
+        h = x.reshape(-1)
+        for layer in self.layers[:-1]:
+            h = act(layer(h))
+        return self.layers[-1](h), tuple(act.preacts)
+
+    def dense_layers(self) -> list[tuple[Array, Array]]:
+        """``[(W, b), ...]`` with ``W`` of shape (fan_out, fan_in), output layer last."""
+        return [(layer.kernel[...].T, layer.bias[...]) for layer in self.layers]
+
+
+def _pool(h: Array, kind: str) -> Array:
+    return nnx.avg_pool(h, (2, 2), strides=(2, 2)) if kind == "avg" else h
+
+
+class CNN(nnx.Module):
+    """Conv-ReLU stack with average pooling (or strided convs) and a dense head.
+
+    Args:
+      input_shape: (H, W, C) of one example.
+      channels: output channels of each 3x3 conv.
+      hidden: widths of the dense hidden layers after flattening.
+      out_features: number of outputs.
+      downsample: "avg" (2x2 average pooling after each conv) or "stride"
+        (stride-2 convs).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        channels: Sequence[int],
+        hidden: Sequence[int],
+        out_features: int,
+        *,
+        downsample: str = "avg",
+        negative_slope: float = 0.0,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+    ):
+        if downsample not in ("avg", "stride"):
+            raise ValueError(f"downsample must be 'avg' or 'stride', got {downsample!r}.")
+        self.input_shape = tuple(input_shape)
+        self.negative_slope = float(negative_slope)
+        self.downsample = downsample
+        c = self.input_shape[-1]
+        stride = 2 if downsample == "stride" else 1
+        convs = []
+        for ch in channels:
+            convs.append(nnx.Conv(c, ch, (3, 3), strides=stride, padding="SAME", rngs=rngs, param_dtype=param_dtype))
+            c = ch
+        self.convs = nnx.List(convs)
+        flat = self._flat_size()
+        sizes = [flat, *hidden, out_features]
+        self.dense = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])]
+        )
+
+    def _flat_size(self) -> int:
+        h, w, c = self.input_shape
+        for conv in self.convs:
+            if self.downsample == "stride":
+                h, w = -(-h // 2), -(-w // 2)
+            else:
+                h, w = h // 2, w // 2
+            c = conv.out_features
+        return h * w * c
+
+    def __call__(self, x: Array, slopes: Sequence[Array] | None = None):
+        act = _Act(self.negative_slope, slopes)
+        h = x
+        for conv in self.convs:
+            h = _pool(act(conv(h)), self.downsample)
+        h = h.reshape(-1)
+        for layer in self.dense[:-1]:
+            h = act(layer(h))
+        return self.dense[-1](h), tuple(act.preacts)
+
+
+class BasicBlock(nnx.Module):
+    """ResNet basic block: conv-BN-act-conv-BN, plus shortcut, then act."""
+
+    def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        conv = lambda a, b, k, s: nnx.Conv(a, b, (k, k), strides=s, padding="SAME", use_bias=False, rngs=rngs, param_dtype=param_dtype)
+        bn = lambda c: nnx.BatchNorm(c, use_running_average=True, rngs=rngs, param_dtype=param_dtype)
+        self.conv1, self.bn1 = conv(cin, cout, 3, stride), bn(cout)
+        self.conv2, self.bn2 = conv(cout, cout, 3, 1), bn(cout)
+        self.project = stride != 1 or cin != cout
+        if self.project:
+            self.conv_sc, self.bn_sc = conv(cin, cout, 1, stride), bn(cout)
+
+    def __call__(self, x: Array, act: _Act) -> Array:
+        h = act(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        shortcut = self.bn_sc(self.conv_sc(x)) if self.project else x
+        return act(h + shortcut)
+
+
+class ResNet(nnx.Module):
+    """Residual network of basic blocks; BatchNorm is its inference-time affine map.
+
+    BatchNorm always uses its running statistics (``use_running_average``), so
+    the network stays a fixed piecewise-linear function of one example; the
+    paper's ResNet-18 variant replaces the stem's max pooling by average pooling
+    (App. I), which :func:`resnet18` builds.
+
+    Args:
+      input_shape: (H, W, C).
+      stage_channels: channels of each stage; stage k > 0 starts with stride 2.
+      blocks_per_stage: number of basic blocks per stage.
+      out_features: number of outputs.
+      stem: "small" (3x3 conv) or "imagenet" (7x7 stride-2 conv, then 3x3
+        stride-2 average pooling).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        stage_channels: Sequence[int],
+        blocks_per_stage: Sequence[int],
+        out_features: int,
+        *,
+        stem: str = "small",
+        negative_slope: float = 0.0,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+    ):
+        if stem not in ("small", "imagenet"):
+            raise ValueError(f"stem must be 'small' or 'imagenet', got {stem!r}.")
+        if len(stage_channels) != len(blocks_per_stage):
+            raise ValueError("stage_channels and blocks_per_stage must have the same length.")
+        self.input_shape = tuple(input_shape)
+        self.negative_slope = float(negative_slope)
+        self.stem_kind = stem
+        cin = self.input_shape[-1]
+        k, s = (7, 2) if stem == "imagenet" else (3, 1)
+        self.stem_conv = nnx.Conv(cin, stage_channels[0], (k, k), strides=s, padding="SAME", use_bias=False, rngs=rngs, param_dtype=param_dtype)
+        self.stem_bn = nnx.BatchNorm(stage_channels[0], use_running_average=True, rngs=rngs, param_dtype=param_dtype)
+        blocks, c = [], stage_channels[0]
+        for i, (ch, n) in enumerate(zip(stage_channels, blocks_per_stage)):
+            for j in range(n):
+                blocks.append(BasicBlock(c, ch, 2 if (i > 0 and j == 0) else 1, rngs=rngs, param_dtype=param_dtype))
+                c = ch
+        self.blocks = nnx.List(blocks)
+        self.head = nnx.Linear(c, out_features, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, x: Array, slopes: Sequence[Array] | None = None):
+        act = _Act(self.negative_slope, slopes)
+        h = act(self.stem_bn(self.stem_conv(x)))
+        if self.stem_kind == "imagenet":
+            h = nnx.avg_pool(h, (3, 3), strides=(2, 2), padding="SAME")
+        for block in self.blocks:
+            h = block(h, act)
+        return self.head(jnp.mean(h, axis=(0, 1))), tuple(act.preacts)
+
+
+def resnet18(out_features: int, *, input_shape: Sequence[int] = (224, 224, 3), rngs: nnx.Rngs, **kw) -> ResNet:
+    """The paper's ResNet-18 variant: average instead of max pooling after the stem (App. I)."""
+    return ResNet(input_shape, (64, 128, 256, 512), (2, 2, 2, 2), out_features, stem="imagenet", rngs=rngs, **kw)
+
+
+class RNN(nnx.Module):
+    """Elman RNN h_t = act(W x_t + U h_{t-1} + b) with a dense read-out of h_T.
+
+    Input: one sequence of shape (T, F). Each time step's hidden
+    pre-activations are neurons (paper Sec. 4.3), returned as ONE preact of
+    shape (T, H). ``negative_slope`` > 0 gives the LeakyReLU of the paper's
+    Japanese-Vowel model; ``U`` starts orthogonal (as scoRNN's Cayley
+    parametrisation keeps it; the Cayley parametrisation itself is not built).
+
+    Args:
+      in_features: F.
+      hidden: H.
+      out_features: number of outputs.
+      length: T, if every sequence has the same length (sets ``input_shape``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        out_features: int,
+        *,
+        negative_slope: float = 0.0,
+        length: int | None = None,
+        rngs: nnx.Rngs,
+        param_dtype=jnp.float32,
+    ):
+        self.input_shape = None if length is None else (length, in_features)
+        self.negative_slope = float(negative_slope)
+        self.cell_in = nnx.Linear(in_features, hidden, rngs=rngs, param_dtype=param_dtype)
+        ortho = nnx.initializers.orthogonal()
+        self.cell_rec = nnx.Linear(hidden, hidden, use_bias=False, kernel_init=ortho, rngs=rngs, param_dtype=param_dtype)
+        self.readout = nnx.Linear(hidden, out_features, rngs=rngs, param_dtype=param_dtype)
+        self.hidden = hidden
+
+    def __call__(self, x: Array, slopes: Sequence[Array] | None = None):
+        if x.ndim != 2:
+            raise ValueError(f"RNN takes one sequence of shape (T, F); got shape {x.shape}.")
+        u = jax.vmap(self.cell_in)(x)  # (T, H)
+        w_rec = self.cell_rec.kernel[...]
+        s = None if slopes is None else slopes[0]
+
+        def step(h, inp):
+            ut, st = inp
+            z = ut + h @ w_rec
+            return leaky(z, self.negative_slope, st), z
+
+        h0 = jnp.zeros((self.hidden,), u.dtype)
+        if s is None:
+            h, zs = jax.lax.scan(lambda h, ut: step(h, (ut, None)), h0, u)
+        else:
+            h, zs = jax.lax.scan(step, h0, (u, s))
+        return self.readout(h), (zs,)

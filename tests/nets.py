@@ -1,0 +1,48 @@
+"""Small random networks of every kind, shared by the tests."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import lld_jax as L
+
+
+def _randomize_batchnorm(model, key):
+    # Fresh BatchNorm is the identity; random statistics make it a real affine map.
+    for path, bn in nnx.iter_graph(model):
+        if isinstance(bn, nnx.BatchNorm):
+            key, *ks = jax.random.split(key, 5)
+            c = bn.mean.shape
+            bn.mean[...] = 0.3 * jax.random.normal(ks[0], c, bn.mean.dtype)
+            bn.var[...] = 0.5 + jax.random.uniform(ks[1], c, bn.var.dtype)
+            bn.scale[...] = 1.0 + 0.3 * jax.random.normal(ks[2], c, bn.scale.dtype)
+            bn.bias[...] = 0.1 * jax.random.normal(ks[3], c, bn.bias.dtype)
+
+
+def make(kind: str, dtype=jnp.float64, seed: int = 0):
+    """Returns (network, params, x batch) for 'mlp', 'cnn', 'resnet', 'rnn', 'leaky_mlp'."""
+    rngs = nnx.Rngs(seed)
+    kx = jax.random.key(seed + 100)
+    if kind == "mlp":
+        model, shape = L.MLP(6, [12, 12, 12], 3, rngs=rngs, param_dtype=dtype), (6,)
+    elif kind == "leaky_mlp":
+        model, shape = L.MLP(6, [12, 12], 3, negative_slope=0.1, rngs=rngs, param_dtype=dtype), (6,)
+    elif kind == "cnn":
+        model, shape = L.CNN((6, 6, 2), (3, 4), (8,), 3, rngs=rngs, param_dtype=dtype), (6, 6, 2)
+    elif kind == "cnn_stride":
+        model, shape = L.CNN((6, 6, 2), (3, 4), (8,), 3, downsample="stride", rngs=rngs, param_dtype=dtype), (6, 6, 2)
+    elif kind == "resnet":
+        model, shape = L.ResNet((6, 6, 2), (3, 4), (1, 1), 3, rngs=rngs, param_dtype=dtype), (6, 6, 2)
+        _randomize_batchnorm(model, jax.random.key(seed + 7))
+    elif kind == "rnn":
+        model, shape = L.RNN(3, 8, 4, negative_slope=0.1, length=5, rngs=rngs, param_dtype=dtype), (5, 3)
+    else:
+        raise KeyError(kind)
+    net, params = L.from_nnx(model)
+    x = jax.random.normal(kx, (4, *shape), dtype)
+    return net, params, x
+
+
+KINDS = ("mlp", "leaky_mlp", "cnn", "cnn_stride", "resnet", "rnn")

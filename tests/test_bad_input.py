@@ -1,0 +1,143 @@
+"""Every bad input is refused with an error that names the problem."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import lld_jax as L
+from nets import make
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return make("mlp")
+
+
+def test_nan_and_inf_input(mlp):
+    net, params, x = mlp
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        L.margin(net, params, x.at[1, 2].set(jnp.nan))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        L.activation_pattern(net, params, x.at[0, 0].set(jnp.inf))
+    with pytest.raises(ValueError, match="direction contains"):
+        L.directional_margin(net, params, x, jnp.full(x.shape[1:], jnp.nan))
+
+
+def test_wrong_shape(mlp):
+    net, params, x = mlp
+    with pytest.raises(ValueError, match="input shape mismatch"):
+        L.margin(net, params, x[:, :4])
+    plain = lambda p, u: net.apply(p, u)
+    with pytest.raises(ValueError, match="could not be applied to one example"):
+        L.margin(plain, params, x[:, :4])
+    with pytest.raises(ValueError, match="direction must have the shape"):
+        L.directional_margin(net, params, x, jnp.ones(3))
+
+
+def test_empty_batch_and_scalar(mlp):
+    net, params, x = mlp
+    with pytest.raises(ValueError, match="empty batch"):
+        L.margin(net, params, x[:0])
+    with pytest.raises(ValueError, match="leading batch axis"):
+        L.margin(net, params, jnp.float64(1.0))
+
+
+@pytest.mark.parametrize("p", [0, 3, -1, "two", None])
+def test_bad_p(mlp, p):
+    net, params, x = mlp
+    with pytest.raises(ValueError, match="norm order must be 1, 2 or inf"):
+        L.margin(net, params, x, p=p)
+    with pytest.raises(ValueError, match="norm order must be 1, 2 or inf"):
+        L.margin_fn(net, p=p)
+
+
+def test_no_hidden_neurons():
+    fn = lambda params, x: (params @ x, ())
+    with pytest.raises(ValueError, match="no hidden neurons"):
+        L.margin(fn, jnp.eye(2), jnp.ones((3, 2)))
+
+
+@pytest.mark.parametrize("act", [jnp.tanh, jax.nn.gelu, jax.nn.softmax, jax.nn.sigmoid])
+def test_not_piecewise_linear(act):
+    w1 = jax.random.normal(jax.random.key(0), (8, 4))
+    w2 = jax.random.normal(jax.random.key(1), (8, 8))
+
+    def fn(params, x):
+        z1 = params[0] @ x
+        z2 = params[1] @ act(z1)
+        return jax.nn.relu(z2).sum(), (z1, z2)
+
+    with pytest.raises(ValueError, match="not piecewise linear"):
+        L.margin(fn, (w1, w2), jnp.ones((2, 4)))
+
+
+def test_softmax_output_refused():
+    fn = lambda params, x: (jax.nn.softmax(params @ jax.nn.relu(x)), (x,))
+    with pytest.raises(ValueError, match="not piecewise linear: its output"):
+        L.margin(fn, jnp.eye(3) * 2.0, jnp.array([[1.0, 2.0, 3.0]]))
+
+
+def test_bad_method_and_chunk(mlp):
+    net, params, x = mlp
+    with pytest.raises(ValueError, match="unknown method"):
+        L.margin(net, params, x, method="magic")
+    with pytest.raises(ValueError, match="only computes l2"):
+        L.margin(net, params, x, p=1, method="gram")
+    with pytest.raises(ValueError, match="norms only"):
+        L.neuron_gradients(net, params, x, method="gram")
+    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+        L.margin(net, params, x, chunk_size=0)
+    plain = lambda p, u: net.apply(p, u)
+    with pytest.raises(ValueError, match="frozen-pattern apply"):
+        L.margin(plain, params, x, method="template")
+    cnn, cparams, cx = make("cnn")
+    with pytest.raises(ValueError, match="MLP-only"):
+        L.margin(cnn, cparams, cx, method="gram")
+
+
+def test_not_a_network():
+    with pytest.raises(TypeError, match="must be a callable"):
+        L.margin(42, None, jnp.ones((1, 2)))
+    with pytest.raises(TypeError, match="pair"):
+        L.margin(lambda p, x: x, None, jnp.ones((1, 2)))
+
+
+def test_nnx_module_that_sows_preacts():
+    class Sower(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List([nnx.Linear(3, 5, rngs=rngs) for _ in range(1)] + [nnx.Linear(5, 5, rngs=rngs) for _ in range(10)])
+            self.out = nnx.Linear(5, 2, rngs=rngs)
+
+        def __call__(self, x):
+            h = x
+            for i, layer in enumerate(self.layers):
+                z = layer(h)
+                self.sow(nnx.Intermediate, f"z{i}", z)
+                h = jax.nn.relu(z)
+            return self.out(h)
+
+    model = Sower(nnx.Rngs(0))
+    net, params = L.from_nnx(model, input_shape=(3,))
+    x = jnp.ones((2, 3), jnp.float32)
+    _, pre = net.apply(params, x[0])
+    # z10 must come after z9 (natural order), i.e. the last layer's preact.
+    h = x[0]
+    for layer in model.layers:
+        z = layer(h)
+        h = jax.nn.relu(z)
+    np.testing.assert_allclose(pre[-1], z, rtol=1e-6)
+    assert len(pre) == 11
+    assert L.margin(net, params, x).shape == (2,)
+
+    class Silent(nnx.Module):
+        def __init__(self, rngs):
+            self.l = nnx.Linear(3, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l(x)
+
+    net2, params2 = L.from_nnx(Silent(nnx.Rngs(0)), input_shape=(3,))
+    with pytest.raises(ValueError, match="sowed no nnx.Intermediate"):
+        L.margin(net2, params2, x)
