@@ -77,6 +77,9 @@ def as_network(apply_fn: ApplyFn | Network, *, input_shape: Sequence[int] | None
 def from_nnx(module: Any, *, input_shape: Sequence[int] | None = None) -> tuple[Network, PyTree]:
     """Adapts a Flax NNX module to the protocol; returns ``(network, params)``.
 
+    ``params`` is the module's whole state (parameters and BatchNorm
+    statistics) as a plain nested dict.
+
     The module is called on one example and must either return
     ``(output, preacts)``, or return the output and ``sow`` each hidden
     pre-activation as ``nnx.Intermediate`` in depth order (they are read back in
@@ -87,6 +90,7 @@ def from_nnx(module: Any, *, input_shape: Sequence[int] | None = None) -> tuple[
     from flax import nnx
 
     graphdef, state = nnx.split(module)
+    params = nnx.to_pure_dict(state)  # plain nested dict: friendly to optax, orbax and users
 
     def _call(params, x, **kw):
         model = nnx.merge(graphdef, params)
@@ -118,7 +122,7 @@ def from_nnx(module: Any, *, input_shape: Sequence[int] | None = None) -> tuple[
         dense_layers=dense_fn,
         negative_slope=float(getattr(module, "negative_slope", 0.0)),
     )
-    return net, state
+    return net, params
 
 
 def _call_params(module: Any) -> tuple[str, ...]:

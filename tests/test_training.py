@@ -1,0 +1,121 @@
+"""Train step, data parallelism, resume, NaN handling and the MNIST loader."""
+
+import gzip
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import lld_jax as L
+from lld_jax.data import load_mnist, read_idx
+from lld_jax.loop import fit
+from lld_jax.training import Trainer, TrainConfig
+
+MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+
+
+def small_problem(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    y = (x[:, 0] * x[:, 1] > 0).astype(np.int32)
+    model = L.MLP(6, [16, 16], 2, rngs=nnx.Rngs(seed))
+    net, params = L.from_nnx(model)
+    return net, params, x, y
+
+
+def test_sharded_step_equals_single_device():
+    assert jax.device_count() == 8
+    net, params, x, y = small_problem()
+    cfg = TrainConfig(lam=0.5, C=1.0, batch_size=13)  # 13 does not divide 8: padded and masked
+    one = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    results = []
+    for mesh in (one, None):
+        tr = Trainer(net, cfg, mesh=mesh)
+        state = tr.init_state(params)
+        size = -(-13 // len(tr.mesh.devices.flat)) * len(tr.mesh.devices.flat)
+        state, m = tr.train_step(state, *tr.padded_batch(x[:13], y[:13], size))
+        results.append((jax.device_get(state["params"]), jax.device_get(m)))
+    (p1, m1), (p8, m8) = results
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p8)
+    np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+
+
+def test_padding_is_masked_not_counted():
+    net, params, x, y = small_problem()
+    tr = Trainer(net, TrainConfig(lam=0.0))
+    full = tr.evaluate(params, x[:10], y[:10])
+    ref = L.training.task_losses(jax.vmap(lambda u: net.apply(params, u)[0])(x[:10]), y[:10], "softmax")[0]
+    np.testing.assert_allclose(full["loss"], float(jnp.mean(ref)), rtol=1e-5)
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    net, params, x, y = small_problem(60)
+    cfg = TrainConfig(epochs=3, batch_size=16, lam=0.5, C=1.0, regularizer="sampled", num_samples=2, lr=0.05)
+    a, hist_a = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "a"), progress=False)
+    fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False, stop_after_epochs=1)
+    b, hist_b = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False)
+    jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), jax.device_get(a), jax.device_get(b))
+    assert hist_a == hist_b and len(hist_b) == 3
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["lam"] == 0.5
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
+    net, params, x, y = small_problem(40)
+    cfg = TrainConfig(epochs=3, batch_size=20, lr=0.01)
+    fit(net, params, cfg, (x, y), (x, y), str(tmp_path), progress=False, stop_after_epochs=1)
+    x_bad = x.copy()
+    x_bad[5, 0] = np.nan
+    with pytest.raises(FloatingPointError, match="loss became nan.*checkpoint"):
+        fit(net, params, cfg, (x_bad, y), (x, y), str(tmp_path), progress=False)
+    assert (tmp_path / "checkpoints" / "latest" / "1").exists()
+
+
+def test_config_change_in_existing_run_dir_refused(tmp_path):
+    net, params, x, y = small_problem(20)
+    fit(net, params, TrainConfig(epochs=1, batch_size=10), (x, y), (x, y), str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        fit(net, params, TrainConfig(epochs=1, batch_size=10, lam=1.0, C=1.0), (x, y), (x, y), str(tmp_path), progress=False)
+
+
+def test_training_reduces_loss_and_roll_enlarges_margins(tmp_path):
+    net, params, x, y = small_problem(200)
+    base = dict(epochs=15, batch_size=32, lr=0.01, optimizer="adam")
+    pv, hv = fit(net, params, TrainConfig(**base), (x, y), (x, y), str(tmp_path / "v"), progress=False)
+    pr, _ = fit(net, params, TrainConfig(**base, lam=1.0, C=1.0), (x, y), (x, y), str(tmp_path / "r"), progress=False)
+    assert hv[-1]["train_loss"] < hv[0]["train_loss"]
+    mv = np.median(L.margin(net, pv, jnp.asarray(x)))
+    mr = np.median(L.margin(net, pr, jnp.asarray(x)))
+    assert mr > 2 * mv, (mr, mv)
+
+
+@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="shared MNIST data not present")
+def test_mnist_loader_reads_real_files():
+    data = load_mnist(MNIST_DIR)
+    assert data.train.x.shape == (55000, 28, 28) and data.val.x.shape == (5000, 28, 28)
+    assert data.test.x.shape == (10000, 28, 28)
+    labels = np.concatenate([data.train.y, data.val.y])
+    np.testing.assert_array_equal(np.bincount(labels), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
+    # Normalised with the paper's constants: the train mean is ~0 and std ~1.
+    allx = np.concatenate([data.train.x, data.val.x])
+    assert abs(allx.mean()) < 1e-3 and abs(allx.std() - 1) < 1e-3
+    assert load_mnist(MNIST_DIR, train_size=100).train.x.shape[0] == 100
+
+
+def test_mnist_loader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        load_mnist(str(tmp_path))
+    bad = tmp_path / "x.gz"
+    with gzip.open(bad, "wb") as fh:
+        fh.write(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 10)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        read_idx(str(bad))
+    junk = tmp_path / "y"
+    junk.write_bytes(b"hello world")
+    with pytest.raises(ValueError, match="no uint8 IDX header"):
+        read_idx(str(junk))
