@@ -63,12 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_one(args, data, lam: float, C: float, gamma, out: str) -> dict:
-    """Trains (or resumes) one model and writes report.json / report.md in ``out``."""
-    cfg = TrainConfig(
+def make_config(args, lam: float, C: float, gamma) -> TrainConfig:
+    """The run's TrainConfig; raises on invalid hyper-parameters."""
+    return TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lam=lam, C=C, gamma=gamma,
         regularizer=args.regularizer, num_samples=args.num_samples, method=args.method, seed=args.seed,
     ).validate()
+
+
+def run_one(args, data, lam: float, C: float, gamma, out: str) -> dict:
+    """Trains (or resumes) one model and writes report.json / report.md in ``out``."""
+    cfg = make_config(args, lam, C, gamma)
     model = lld_jax.MLP((28, 28), args.widths, 10, rngs=nnx.Rngs(args.seed))
     net, params = lld_jax.from_nnx(model)
     t0 = time.time()
@@ -132,6 +137,9 @@ def plot_figure2(reports: dict[str, dict], path: str) -> None:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     maybe_initialize_distributed()
+    grid = itertools.product(args.grid_lam, args.grid_C, args.grid_gamma) if args.grid else [(args.lam, args.C, args.gamma)]
+    for lam, C, gamma in grid:  # refuse bad hyper-parameters before any work
+        make_config(args, lam, C, gamma)
     data = load_mnist(args.data_dir, train_size=args.train_size)
     if not args.grid:
         report = run_one(args, data, args.lam, args.C, args.gamma, args.out)

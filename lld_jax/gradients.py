@@ -61,12 +61,22 @@ def check_method(net: Network, method: str, ord: float | None) -> None:
             raise ValueError("method='gram' only computes l2 norms (ord=2, i.e. margins with p=2).")
 
 
-def choose_method(net: Network, ord: float | None, dim: int, num_neurons: int) -> str:
-    """The ``auto`` rule: Gram for l2 on MLPs, else forward unless neurons are far fewer than inputs."""
+def choose_method(net: Network, ord: float | None, dim: int, hidden: tuple[tuple[int, ...], ...]) -> str:
+    """The ``auto`` rule, by multiply-add count per example.
+
+    forward ~ D * (D N_1 + sum_i N_{i-1} N_i) for an MLP (D * |I| generally),
+    gram ~ 2 sum_i N_{i-1}^2 N_i (MLP, l2 only), reverse ~ 2 |I| forward passes.
+    """
+    sizes = [math.prod(s) for s in hidden]
+    n = sum(sizes)
     if ord == 2 and net.dense_layers is not None:
-        return "gram"
+        pairs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        forward = dim * (dim * sizes[0] + pairs)
+        gram = 2 * sum(a * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+        if gram < forward:
+            return "gram"
     # A VJP costs about two forward passes, a JVP about one.
-    return "forward" if dim <= 2 * num_neurons else "reverse"
+    return "forward" if dim <= 2 * n else "reverse"
 
 
 def default_chunk(dim: int, num_neurons: int) -> int:
@@ -183,7 +193,7 @@ def _resolve(net: Network, params, x, method: str, chunk_size: int | None, ord: 
     dim, n = math.prod(shape), sum(math.prod(s) for s in hidden)
     check_method(net, method, ord)
     if method == "auto":
-        method = choose_method(net, ord, dim, n)
+        method = choose_method(net, ord, dim, hidden)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     chunk = chunk_size or default_chunk(dim if method != "reverse" else n, n if method != "reverse" else dim)

@@ -79,9 +79,10 @@ def _method(net: Network, x: Array, method: str, chunk_size: int | None, params:
     check_method(net, method, 2)
     shape = x.shape[1:]
     dim = math.prod(shape)
-    n = sum(math.prod(p.shape) for p in jax.eval_shape(net.apply, params, jax.ShapeDtypeStruct(shape, x.dtype))[1])
+    hidden = tuple(p.shape for p in jax.eval_shape(net.apply, params, jax.ShapeDtypeStruct(shape, x.dtype))[1])
+    n = sum(math.prod(s) for s in hidden)
     if method == "auto":
-        method = choose_method(net, 2, dim, n)
+        method = choose_method(net, 2, dim, hidden)
     return method, chunk_size or default_chunk(dim if method != "reverse" else n, n if method != "reverse" else dim)
 
 

@@ -1,0 +1,45 @@
+"""Renders benchmarks/results.json as the README's Markdown table.
+
+Run: python -m benchmarks.table [benchmarks/results.json]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def render(res: dict) -> str:
+    peak = res["matmul_peak"]["flop_per_s"]
+    rows = res["results"]
+    out = [f"Device: {res['info']['device']} ({res['info']['cpu_count']} cores), jax {res['info']['jax']}; "
+           f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s.", "",
+           "| exact l2 margins | batch | min ms | median ms | examples/s | GFLOP/s | % of matmul peak |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["bench"] == "margin_l2":
+            g = f"{r['flop_per_s'] / 1e9:.1f}" if r["flop_per_s"] else "-"
+            f = f"{100 * r['fraction_of_peak']:.0f}%" if r["fraction_of_peak"] else "-"
+            out.append(f"| {r['method']} | {r['batch']} | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | {r['examples_per_s']:.0f} | {g} | {f} |")
+        if r["bench"] == "torch_margin_l2":
+            out.append(f"| PyTorch template (baseline) | {r['batch']} | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | {r['examples_per_s']:.0f} | - | - |")
+    out += ["", "| sampled mean ||grad z||^2 (Eq. 10) | batch | D' | min ms | mean relative error vs exact |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["bench"] == "sampled_sq_grad_mean":
+            out.append(f"| axes | {r['batch']} | {r['num_samples']} | {r['min_s'] * 1e3:.1f} | {r['mean_relative_error']:.3f} |")
+    out += ["", "| train step (batch 64) | min ms | median ms | x vanilla |", "|---|---|---|---|"]
+    for r in rows:
+        if r["bench"] == "train_step":
+            out.append(f"| {r['variant']} | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | {r['ratio_to_vanilla']:.1f} |")
+        if r["bench"] == "torch_train_step":
+            out.append(f"| PyTorch {r['variant']} (baseline) | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | lld_jax {r['speedup_of_lld_jax']:.1f}x faster |")
+    out += ["", "| scaling | size | method | min ms |", "|---|---|---|---|"]
+    for r in rows:
+        if r["bench"].startswith("scaling"):
+            size = r.get("width") or r.get("depth") or f"{r['side']}x{r['side']}x3 (batch 8)"
+            out.append(f"| {r['bench'][8:]} | {size} | {r['method']} | {r['min_s'] * 1e3:.1f} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results.json") as fh:
+        print(render(json.load(fh)))
