@@ -145,18 +145,50 @@ def bench_scaling(repeats: int, quick: bool) -> list[dict]:
     return rows
 
 
+def bench_slices(quick: bool) -> list[dict]:
+    """Regions enumerated per second on a 2-D slice: an MLP and a small ResNet (float32 here)."""
+    from lld_jax.slices import enumerate_slice
+
+    rows = []
+    cases = {
+        "mlp_2-100x4": (lld_jax.MLP(2, [100] * 4, 1, rngs=nnx.Rngs(0)), 1.5),
+        "resnet_16x16x3": (lld_jax.ResNet((16, 16, 3), (8, 16), (1, 1), 10, rngs=nnx.Rngs(0)), 0.1),
+    }
+    for name, (model, half) in cases.items():
+        net, params = lld_jax.from_nnx(model)
+        shape = net.input_shape
+        keys = jax.random.split(jax.random.key(0), 3)
+        x0, a, b = (jax.random.normal(k, shape) for k in keys)
+        a, b = a / jnp.linalg.norm(a), b / jnp.linalg.norm(b)  # unit directions: the box is in input units
+        if name.startswith("mlp"):
+            x0, a, b = jnp.zeros(2), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])
+        box = [(-half, -half), (half, -half), (half, half), (-half, half)]
+        enumerate_slice(net, params, x0, a, b, box)  # warm-up: compilation
+        t = time.perf_counter()
+        regions = enumerate_slice(net, params, x0, a, b, box)
+        dt = time.perf_counter() - t
+        rows.append({"bench": "slice_regions", "network": name, "regions": len(regions), "seconds": dt, "regions_per_s": len(regions) / dt})
+        print(f"slice {name:16s} {len(regions):7d} regions in {dt:7.2f} s = {len(regions) / dt:8.0f} regions/s", flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results.json")
     ap.add_argument("--torch", action="store_true", help="also run the PyTorch template baseline (needs the torch extra)")
+    ap.add_argument("--only", choices=("slices",), default=None, help="run one group only")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
     dev = jax.devices()[0]
     info = {"device": f"{dev.platform}:{dev.device_kind}", "num_devices": jax.device_count(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "repeats": repeats}
     print(json.dumps(info))
+    if args.only == "slices":
+        rows = bench_slices(args.quick)
+        print(json.dumps(rows, indent=2))
+        return
     peak = matmul_peak(repeats)
     print(f"matmul peak (float32, n={peak['n']}): {peak['flop_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
     rows = bench_margins(repeats, (64, 256), peak["flop_per_s"])
@@ -177,6 +209,7 @@ def main(argv=None) -> None:
                 r["speedup_of_lld_jax"] = r["min_s"] / mine
                 print(f"torch train step {r['variant']:22s} min {r['min_s'] * 1e3:9.2f} ms -> lld_jax is {r['speedup_of_lld_jax']:.1f}x faster", flush=True)
     rows += bench_scaling(repeats, args.quick)
+    rows += bench_slices(args.quick)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump({"info": info, "matmul_peak": peak, "results": rows}, fh, indent=2)

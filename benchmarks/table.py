@@ -37,6 +37,10 @@ def render(res: dict) -> str:
         if r["bench"].startswith("scaling"):
             size = r.get("width") or r.get("depth") or f"{r['side']}x{r['side']}x3 (batch 8)"
             out.append(f"| {r['bench'][8:]} | {size} | {r['method']} | {r['min_s'] * 1e3:.1f} |")
+    slices = [r for r in rows if r["bench"] == "slice_regions"]
+    if slices:
+        out += ["", "| 2-D slice enumeration | regions | seconds | regions/s |", "|---|---|---|---|"]
+        out += [f"| {r['network']} | {r['regions']} | {r['seconds']:.2f} | {r['regions_per_s']:.0f} |" for r in slices]
     return "\n".join(out)
 
 

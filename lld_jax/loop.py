@@ -157,3 +157,15 @@ def _read_metrics(run_dir: str) -> list[dict[str, Any]]:
         return []
     with open(path) as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+def load_best(run_dir: str, like: PyTree) -> PyTree:
+    """Parameters of the best-validation checkpoint in ``run_dir``; ``like`` gives their structure."""
+    ckpt = _Checkpoints(run_dir)
+    try:
+        got = ckpt.restore(ckpt.best, like)
+    finally:
+        ckpt.close()
+    if got is None:
+        raise FileNotFoundError(f"no best checkpoint in {run_dir}/checkpoints/best; train first (python -m experiments.mnist --out {run_dir}).")
+    return got[1]

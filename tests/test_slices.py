@@ -15,7 +15,7 @@ BOX = [(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
 
 def _slice(kind):
     net, params, x = make(kind)
-    scale = 1.0 if kind == "mlp" else 0.3  # keep the image nets' slices to a few hundred regions
+    scale = 1.0 if kind == "mlp" else 0.2  # keep the image nets' slices to a few hundred regions
     a = scale * jax.random.normal(jax.random.key(5), x.shape[1:], x.dtype)
     b = scale * jax.random.normal(jax.random.key(6), x.shape[1:], x.dtype)
     return net, params, x[0], a, b
