@@ -27,7 +27,7 @@ from flax import nnx
 
 import lld_jax
 from lld_jax.losses import roll_penalty, roll_penalty_sampled
-from lld_jax.training import Trainer, TrainConfig
+from lld_jax.training import Trainer, TrainConfig, data_mesh
 
 
 def timeit(fn, repeats: int) -> dict:
@@ -91,7 +91,7 @@ def bench_train_steps(repeats: int) -> list[dict]:
     net, params = mnist_net()
     x = np.random.default_rng(0).normal(size=(64, 784)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 10, 64).astype(np.int32)
-    one = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    one = data_mesh(jax.devices()[:1])
     variants = {
         "vanilla": {},
         "roll_exact_reverse": dict(lam=2.0, C=1.0, method="reverse"),

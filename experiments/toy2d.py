@@ -28,7 +28,7 @@ from flax import nnx  # noqa: E402
 import lld_jax  # noqa: E402
 from lld_jax.evaluation import percentiles  # noqa: E402
 from lld_jax.slices import enumerate_slice  # noqa: E402
-from lld_jax.training import Trainer, TrainConfig, write_json  # noqa: E402
+from lld_jax.training import Trainer, TrainConfig, data_mesh, write_json  # noqa: E402
 
 LAMBDAS = (1e-2, 1e-1, 1.0, 1e1, 1e2)
 
@@ -53,8 +53,7 @@ def train(x, y, *, lam: float, regularizer: str, steps: int, seed: int = 0):
         epochs=1, batch_size=len(x), optimizer="adam", lr=1e-3, lam=lam, C=5.0 if lam else 0.0,
         gamma="max", regularizer=regularizer, task_loss="sigmoid", seed=seed,
     )
-    one = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
-    tr = Trainer(net, cfg, mesh=one)
+    tr = Trainer(net, cfg, mesh=data_mesh(jax.devices()[:1]))
     state = tr.init_state(params)
     batch = tr.padded_batch(x, y, len(x))
     for _ in range(steps):

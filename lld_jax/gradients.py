@@ -188,16 +188,23 @@ def per_example_jacobian(net: Network, params: PyTree, x: Array, *, method: str,
     return z, cols
 
 
-def _resolve(net: Network, params, x, method: str, chunk_size: int | None, ord: float | None):
-    shape, hidden = validate(net, params, x)
+def pick_method(
+    net: Network, method: str, ord: float | None, shape: tuple[int, ...], hidden: tuple[tuple[int, ...], ...], chunk_size: int | None
+) -> tuple[str, int]:
+    """Resolves ``method="auto"`` and the default chunk size (no value checks: jit-safe)."""
     dim, n = math.prod(shape), sum(math.prod(s) for s in hidden)
     check_method(net, method, ord)
     if method == "auto":
         method = choose_method(net, ord, dim, hidden)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-    chunk = chunk_size or default_chunk(dim if method != "reverse" else n, n if method != "reverse" else dim)
-    return method, chunk, hidden
+    chunk = chunk_size or (default_chunk(n, dim) if method == "reverse" else default_chunk(dim, n))
+    return method, chunk
+
+
+def _resolve(net: Network, params, x, method: str, chunk_size: int | None, ord: float | None):
+    shape, hidden = validate(net, params, x)
+    return (*pick_method(net, method, ord, shape, hidden, chunk_size), hidden)
 
 
 @functools.lru_cache(maxsize=256)

@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lld_jax.gradients import check_method, choose_method, default_chunk, per_example_norms
+from lld_jax.gradients import per_example_norms, pick_method
 from lld_jax.margins import margin_terms
 from lld_jax.network import ApplyFn, Network, PyTree, as_network, flat_preacts
 
@@ -76,14 +76,9 @@ def aggregate(terms: Array, gamma: Any) -> Array:
 
 
 def _method(net: Network, x: Array, method: str, chunk_size: int | None, params: PyTree) -> tuple[str, int]:
-    check_method(net, method, 2)
-    shape = x.shape[1:]
-    dim = math.prod(shape)
+    shape = tuple(x.shape[1:])
     hidden = tuple(p.shape for p in jax.eval_shape(net.apply, params, jax.ShapeDtypeStruct(shape, x.dtype))[1])
-    n = sum(math.prod(s) for s in hidden)
-    if method == "auto":
-        method = choose_method(net, 2, dim, hidden)
-    return method, chunk_size or default_chunk(dim if method != "reverse" else n, n if method != "reverse" else dim)
+    return pick_method(net, method, 2, shape, hidden, chunk_size)
 
 
 def roll_penalty(

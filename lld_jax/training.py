@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -106,10 +106,11 @@ def make_loss_fn(net: Network, cfg: TrainConfig) -> Callable:
     return loss_fn
 
 
-def data_mesh() -> jax.sharding.Mesh:
-    """One-axis mesh over every device (all hosts)."""
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """One-axis ``("data",)`` mesh over ``devices`` (default: every device of every host)."""
+    devices = list(devices) if devices is not None else jax.devices()
     # Auto axes: XLA propagates the batch sharding through vmap/scan itself.
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
 
 
 def maybe_initialize_distributed() -> None:

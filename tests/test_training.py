@@ -13,7 +13,7 @@ from flax import nnx
 import lld_jax as L
 from lld_jax.data import load_mnist, read_idx
 from lld_jax.loop import fit
-from lld_jax.training import Trainer, TrainConfig
+from lld_jax.training import Trainer, TrainConfig, data_mesh
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
@@ -31,7 +31,7 @@ def test_sharded_step_equals_single_device():
     assert jax.device_count() == 8
     net, params, x, y = small_problem()
     cfg = TrainConfig(lam=0.5, C=1.0, batch_size=13)  # 13 does not divide 8: padded and masked
-    one = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:1])
+    one = data_mesh(jax.devices()[:1])
     results = []
     for mesh in (one, None):
         tr = Trainer(net, cfg, mesh=mesh)
