@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax.margins import margin
-from lld_jax.network import Network, PyTree
+from lld_jax.network import Network, PyTree, pad_rows
 from lld_jax.regions import count_regions
 
 PERCENTILES = (25, 50, 75, 100)
@@ -53,9 +53,7 @@ def evaluate_model(
     for lo in it:
         xb = x[lo : lo + batch_size]
         n = len(xb)
-        if n < batch_size:  # one compiled shape; the padding is dropped below
-            xb = np.concatenate([xb, np.repeat(xb[:1], batch_size - n, 0)])
-        xb = jnp.asarray(xb)
+        xb = jnp.asarray(pad_rows(xb, batch_size))
         m1.append(np.asarray(margin(net, params, xb, p=1))[:n])
         m2.append(np.asarray(margin(net, params, xb, p=2))[:n])
         correct.append(np.asarray(jnp.argmax(logits_fn(params, xb), -1))[:n] == y[lo : lo + n])

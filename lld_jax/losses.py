@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from lld_jax.gradients import per_example_norms, pick_method
 from lld_jax.margins import margin_terms
-from lld_jax.network import ApplyFn, Network, PyTree, as_network, flat_preacts
+from lld_jax.network import ApplyFn, Network, PyTree, as_network, flat_preacts, hidden_shapes
 
 Array = jax.Array
 GAMMAS = ("max", 25, 50, 75, 100)
@@ -77,8 +77,7 @@ def aggregate(terms: Array, gamma: Any) -> Array:
 
 def _method(net: Network, x: Array, method: str, chunk_size: int | None, params: PyTree) -> tuple[str, int]:
     shape = tuple(x.shape[1:])
-    hidden = tuple(p.shape for p in jax.eval_shape(net.apply, params, jax.ShapeDtypeStruct(shape, x.dtype))[1])
-    return pick_method(net, method, 2, shape, hidden, chunk_size)
+    return pick_method(net, method, 2, shape, hidden_shapes(net, params, shape, x.dtype), chunk_size)
 
 
 def roll_penalty(

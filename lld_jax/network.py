@@ -263,6 +263,13 @@ def flat_preacts(net: Network, params: PyTree, x: Array) -> tuple[Array, Array]:
     return out, jnp.concatenate([jnp.ravel(p) for p in pre])
 
 
+def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+    """Pads a host batch to ``size`` rows with copies of its first row (one compiled shape);
+    callers drop the padded results."""
+    n = len(x)
+    return x if n >= size else np.concatenate([x, np.repeat(x[:1], size - n, axis=0)])
+
+
 def pattern_slopes(net: Network, preacts: Sequence[Array]) -> tuple[Array, ...]:
     """Slopes of each activation at the given pre-activations (1 if z > 0, else alpha)."""
     a = net.negative_slope

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lld_jax.network import ApplyFn, Network, PyTree, as_network, check_finite, flat_preacts, validate
+from lld_jax.network import ApplyFn, Network, PyTree, as_network, check_finite, flat_preacts, pad_rows, validate
 
 Array = jax.Array
 
@@ -159,10 +159,7 @@ def count_regions(
     for lo, hi in it:
         xb = np.asarray(xs[lo:hi])
         check_finite(xb, "xs")
-        pad = batch_size - (hi - lo)
-        if pad:  # keep one compiled shape; padded rows are dropped below
-            xb = np.concatenate([xb, np.repeat(xb[:1], pad, axis=0)])
-        jac, pat = jax.device_get(fn(params, jnp.asarray(xb)))
+        jac, pat = jax.device_get(fn(params, jnp.asarray(pad_rows(xb, batch_size))))
         jac = np.round(jac[: hi - lo], decimals) + 0.0  # + 0.0 folds -0.0 into 0.0
         for row_j, row_p in zip(jac, pat[: hi - lo]):
             patterns.add(np.packbits(row_p).tobytes())
