@@ -68,7 +68,9 @@ def fit(
 ) -> tuple[PyTree, list[dict[str, Any]]]:
     """Trains ``params`` and returns (best-validation-loss params, per-epoch metrics).
 
-    Resumes from ``run_dir`` if it holds a checkpoint of the same config.
+    Resumes from ``run_dir`` if it holds a checkpoint of the same config; only
+    ``epochs`` may differ (the learning rate has no schedule), which extends a
+    finished run.
     ``stop_after_epochs`` ends early (simulates an interruption; used by tests).
     A non-finite loss stops training with ``FloatingPointError``; the last good
     checkpoint stays on disk.
@@ -81,9 +83,12 @@ def fit(
         with open(config_path) as fh:
             old = json.load(fh)
         new = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-        if old != new:
+        if {**old, "epochs": None} != {**new, "epochs": None}:
             raise ValueError(f"{run_dir} holds a run with a different config; use a fresh --out directory.\nold: {old}\nnew: {new}")
-    elif main:
+        if old["epochs"] != new["epochs"] and main:
+            # The learning rate is constant (no schedule over epochs), so a run may be extended or cut short.
+            write_json(config_path, dataclasses.asdict(cfg))
+    if not os.path.exists(config_path) and main:
         write_json(config_path, dataclasses.asdict(cfg))
 
     trainer = Trainer(net, cfg)

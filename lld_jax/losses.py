@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lld_jax.gradients import per_example_norms, pick_method
+from lld_jax.gradients import mlp_tangent_rows, per_example_norms, pick_method
 from lld_jax.margins import margin_terms
 from lld_jax.network import ApplyFn, Network, PyTree, as_network, flat_preacts, hidden_shapes
 
@@ -121,13 +121,29 @@ def distance_penalty(
     return jax.vmap(one)(x)
 
 
+def _distinct(key: Array, n: int, k: int) -> Array:
+    """``k`` distinct integers drawn uniformly from [0, n) (Floyd's algorithm).
+
+    k random draws and O(k^2) comparisons, where ``jax.random.choice(replace=False)``
+    permutes all n (on the MNIST step that alone cost 2.5x a vanilla step).
+    """
+    keys = jax.random.split(key, k)
+
+    def body(i, s):
+        j = n - k + i
+        t = jax.random.randint(keys[i], (), 0, j + 1, s.dtype)
+        return s.at[i].set(jnp.where(jnp.any(s == t), j, t).astype(s.dtype))
+
+    return jax.lax.fori_loop(0, k, body, jnp.full((k,), -1, jnp.int32))
+
+
 def _sample_axes(key: Array, shape: tuple[int, ...], num_samples: int, stratify: bool) -> tuple[Array, Array]:
     """Axes (flat indices) and their weights so that sum_k w_k s_k is unbiased for sum_all s."""
     dim = math.prod(shape)
     if not stratify:
         if num_samples > dim:
             raise ValueError(f"num_samples={num_samples} exceeds the input dimension {dim}.")
-        idx = jax.random.choice(key, dim, (num_samples,), replace=False)
+        idx = _distinct(key, dim, num_samples)
         return idx, jnp.full((num_samples,), dim / num_samples)
     channels = shape[-1]
     per = num_samples // channels
@@ -138,7 +154,7 @@ def _sample_axes(key: Array, shape: tuple[int, ...], num_samples: int, stratify:
     per_channel = dim // channels
     keys = jax.random.split(key, channels)
     # Positions within a channel, then mapped to flat indices of that channel (channel is the last axis).
-    pos = jax.vmap(lambda k: jax.random.choice(k, per_channel, (per,), replace=False))(keys)
+    pos = jax.vmap(lambda k: _distinct(k, per_channel, per))(keys)
     idx = (pos * channels + jnp.arange(channels)[:, None]).reshape(-1)
     return idx, jnp.full((num_samples,), per_channel / per)
 
@@ -175,15 +191,19 @@ def roll_penalty_sampled(
     dim = math.prod(shape)
 
     def one(xi, k):
-        f = lambda u: flat_preacts(net, params, u.reshape(shape))[1]
-        z, lin = jax.linearize(f, xi.reshape(-1))
         if estimator == "axes":
             idx, w = _sample_axes(k, shape, num_samples, stratify)
-            tangents = jax.nn.one_hot(idx, dim, dtype=xi.dtype)
         else:
-            tangents = jax.random.normal(k, (num_samples, dim), xi.dtype)
             w = jnp.full((num_samples,), 1.0 / num_samples, xi.dtype)
-        cols = jax.vmap(lin)(tangents)  # (D', N) directional derivatives
+        if estimator == "axes" and net.dense_layers is not None:
+            # MLP: the derivatives along e_k start as columns k of W_1, no first-layer product.
+            z, cols = mlp_tangent_rows(net, params, xi, net.dense_layers(params)[0][0][:, idx])
+            cols = cols.T
+        else:
+            f = lambda u: flat_preacts(net, params, u.reshape(shape))[1]
+            z, lin = jax.linearize(f, xi.reshape(-1))
+            tangents = jax.nn.one_hot(idx, dim, dtype=xi.dtype) if estimator == "axes" else jax.random.normal(k, (num_samples, dim), xi.dtype)
+            cols = jax.vmap(lin)(tangents)  # (D', N) directional derivatives
         grad_part = jnp.sum(w[:, None] * cols * cols) / z.shape[0]
         return grad_part + C * jnp.mean(jax.nn.relu(1.0 - jnp.abs(z)))
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lld_jax.gradients import _resolve, canonical_ord, per_example_norms
+from lld_jax.gradients import _resolve, canonical_ord, map_examples, per_example_norms
 from lld_jax.network import (
     ApplyFn,
     Network,
@@ -77,7 +77,7 @@ def _compiled_margin(net: Network, q: float, method: str, chunk: int, hidden: tu
         return terms[j], j
 
     def batch(params, x):
-        r, j = jax.vmap(lambda xi: one(params, xi))(x)
+        r, j = map_examples(lambda xi: one(params, xi), x)
         layer, idx = neuron_location(hidden, j)
         return Margin(r, layer, idx)
 

@@ -22,11 +22,13 @@ def _randomize_batchnorm(model, key):
 
 
 def make(kind: str, dtype=jnp.float64, seed: int = 0):
-    """Returns (network, params, x batch) for 'mlp', 'cnn', 'resnet', 'rnn', 'leaky_mlp'."""
+    """Returns (network, params, x batch) for 'mlp', 'narrow_mlp', 'cnn', 'resnet', 'rnn', 'leaky_mlp'."""
     rngs = nnx.Rngs(seed)
     kx = jax.random.key(seed + 100)
     if kind == "mlp":
         model, shape = L.MLP(6, [12, 12, 12], 3, rngs=rngs, param_dtype=dtype), (6,)
+    elif kind == "narrow_mlp":  # D > N_1: the gram method's QR-compressed first layer
+        model, shape = L.MLP(10, [8, 7, 5], 3, rngs=rngs, param_dtype=dtype), (10,)
     elif kind == "leaky_mlp":
         model, shape = L.MLP(6, [12, 12], 3, negative_slope=0.1, rngs=rngs, param_dtype=dtype), (6,)
     elif kind == "cnn":
@@ -45,4 +47,4 @@ def make(kind: str, dtype=jnp.float64, seed: int = 0):
     return net, params, x
 
 
-KINDS = ("mlp", "leaky_mlp", "cnn", "cnn_stride", "resnet", "rnn")
+KINDS = ("mlp", "narrow_mlp", "leaky_mlp", "cnn", "cnn_stride", "resnet", "rnn")

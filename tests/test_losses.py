@@ -10,10 +10,10 @@ import lld_jax as L
 from lld_jax.losses import aggregate, distance_penalty, roll_penalty, roll_penalty_sampled
 
 
-def tiny():
-    model = L.MLP(4, [5, 3], 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+def tiny(d=4):
+    model = L.MLP(d, [5, 3], 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     net, params = L.from_nnx(model)
-    x = jax.random.normal(jax.random.key(1), (6, 4), jnp.float64) * 2
+    x = jax.random.normal(jax.random.key(1), (6, d), jnp.float64) * 2
     return net, params, x
 
 
@@ -35,8 +35,9 @@ def numpy_terms(params, x, C):
 
 @pytest.mark.parametrize("gamma", ["max", 25, 50, 75, 100])
 @pytest.mark.parametrize("method", ["gram", "forward", "reverse", "template"])
-def test_roll_penalty_matches_reference(gamma, method):
-    net, params, x = tiny()
+@pytest.mark.parametrize("d", [4, 9])  # 9 > N_1 = 5: gram compresses W_1 by QR
+def test_roll_penalty_matches_reference(gamma, method, d):
+    net, params, x = tiny(d)
     C = 0.7
     got = np.asarray(roll_penalty(net, params, x, C=C, gamma=gamma, method=method))
     for i, (_, _, terms) in enumerate(numpy_terms(params, x, C)):
@@ -88,12 +89,13 @@ def test_sampled_with_all_axes_is_exact():
     np.testing.assert_allclose(got, exact, rtol=1e-12)
 
 
-def test_parameter_gradient_flows_through_gradient_term():
-    net, params, x = tiny()
+@pytest.mark.parametrize("method,d", [("forward", 4), ("gram", 4), ("gram", 9)])
+def test_parameter_gradient_flows_through_gradient_term(method, d):
+    net, params, x = tiny(d)
     C = 0.0  # only the ||grad_x z||^2 term: its parameter gradient must be right
 
     def loss(p):
-        return jnp.mean(roll_penalty(net, p, x, C=C, method="forward"))
+        return jnp.mean(roll_penalty(net, p, x, C=C, method=method))
 
     g = jax.grad(loss)(params)
     leaves, treedef = jax.tree.flatten(params)

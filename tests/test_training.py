@@ -1,5 +1,6 @@
 """Train step, data parallelism, resume, NaN handling and the MNIST loader."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -63,6 +64,17 @@ def test_resume_equals_uninterrupted(tmp_path):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
     assert json.loads((tmp_path / "b" / "config.json").read_text())["lam"] == 0.5
+
+
+def test_finished_run_extends_to_more_epochs(tmp_path):
+    net, params, x, y = small_problem(60)
+    cfg = TrainConfig(epochs=3, batch_size=16, lam=0.5, C=1.0, lr=0.05)
+    a, hist_a = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "a"), progress=False)
+    fit(net, params, dataclasses.replace(cfg, epochs=1), (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False)
+    b, hist_b = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False)
+    jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), jax.device_get(a), jax.device_get(b))
+    assert hist_a == hist_b
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["epochs"] == 3
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
