@@ -8,8 +8,10 @@ min and median reported. Ratios are only meaningful within one run.
 
 FLOP counts (multiply-add = 2 FLOP), MLP D-N_1-...-N_M:
   forward margins  : 2 * B * D * sum_{i>=2} N_{i-1} N_i  (Jacobian of layer i+1 from layer i)
-  gram l2 margins  : 2 * B * (sum_{i=2}^{M-1} 2 N_{i-1}^2 N_i + N_{M-1}^2 N_M)  (+ 2 D N_1^2 once)
+  gram l2 margins  : 2 * B * r * sum_{i>=2} N_{i-1} N_i, r = min(D, N_1)  (+ QR of W_1^T once)
   matmul peak      : 2 n^3 for an n x n matmul in the same dtype.
+Memory: XLA's compiled temporary buffer size (``memory_analysis().temp_size_in_bytes``)
+of the jitted computation, in MiB; arguments and outputs excluded.
 """
 
 from __future__ import annotations
@@ -27,17 +29,26 @@ from flax import nnx
 
 import lld_jax
 from lld_jax.losses import roll_penalty, roll_penalty_sampled
-from lld_jax.training import Trainer, TrainConfig, data_mesh
+from lld_jax.training import Trainer, TrainConfig, data_mesh, task_losses
 
 
-def timeit(fn, repeats: int) -> dict:
+def timeit(fn, repeats: int, min_total_s: float = 0.5) -> dict:
+    """Min and median of at least ``repeats`` timed calls after a warm-up; fast
+    kernels are repeated (up to 200 calls) until ``min_total_s`` is spent, so
+    their minimum is not at the mercy of a few noisy samples."""
     jax.block_until_ready(fn())  # compile + warm-up
     ts = []
-    for _ in range(repeats):
+    while len(ts) < repeats or (sum(ts) < min_total_s and len(ts) < 200):
         t = time.perf_counter()
         jax.block_until_ready(fn())
         ts.append(time.perf_counter() - t)
-    return {"min_s": float(np.min(ts)), "median_s": float(np.median(ts))}
+    return {"min_s": float(np.min(ts)), "median_s": float(np.median(ts)), "calls": len(ts)}
+
+
+def temp_mib(fn, *args) -> float | None:
+    """Temporary memory XLA allocates for ``jit(fn)(*args)``, MiB (None if the backend does not say)."""
+    stats = jax.jit(fn).lower(*args).compile().memory_analysis()
+    return None if stats is None else stats.temp_size_in_bytes / 2**20
 
 
 def matmul_peak(repeats: int, n: int = 2048) -> dict:
@@ -54,10 +65,8 @@ def mnist_net(widths=(300, 300, 300, 300), d=784):
 
 def margin_flops(method: str, b: int, d: int, widths) -> float:
     w = list(widths)
-    if method == "gram":
-        inner = sum(2 * w[i - 1] ** 2 * w[i] for i in range(1, len(w) - 1)) + w[-2] ** 2 * w[-1]
-        return 2.0 * b * inner
-    return 2.0 * b * d * sum(w[i - 1] * w[i] for i in range(1, len(w)))
+    r = min(d, w[0]) if method == "gram" else d
+    return 2.0 * b * r * sum(w[i - 1] * w[i] for i in range(1, len(w)))
 
 
 def bench_margins(repeats: int, batches, peak: float) -> list[dict]:
@@ -72,9 +81,10 @@ def bench_margins(repeats: int, batches, peak: float) -> list[dict]:
             if method == "gram":
                 exact = lld_jax.neuron_gradient_norms(net, params, x, ord=2, method="gram", squared=True)[1]
             flops = margin_flops(method, b, 784, (300,) * 4) if method != "reverse" else None
-            rows.append({"bench": "margin_l2", "batch": b, "method": method, **t, "examples_per_s": b / t["min_s"],
+            mem = temp_mib(lld_jax.margin_fn(net, p=2, method=method), params, x)
+            rows.append({"bench": "margin_l2", "batch": b, "method": method, **t, "temp_mib": mem, "examples_per_s": b / t["min_s"],
                          "flop_per_s": flops / t["min_s"] if flops else None, "fraction_of_peak": flops / t["min_s"] / peak if flops else None})
-            print(f"margin_l2 B={b:4d} {method:9s} min {t['min_s'] * 1e3:9.2f} ms  median {t['median_s'] * 1e3:9.2f} ms  {b / t['min_s']:10.0f} ex/s"
+            print(f"margin_l2 B={b:4d} {method:9s} min {t['min_s'] * 1e3:9.2f} ms  median {t['median_s'] * 1e3:9.2f} ms  {b / t['min_s']:10.0f} ex/s  {mem:7.1f} MiB"
                   + (f"  {flops / t['min_s'] / 1e9:7.1f} GFLOP/s ({100 * flops / t['min_s'] / peak:.0f}% of peak)" if flops else ""), flush=True)
         exact_mean = np.asarray(jnp.mean(exact, axis=1))
         for dp in (1, 3, 10, 100):
@@ -121,27 +131,61 @@ def bench_train_steps(repeats: int) -> list[dict]:
 
 def bench_scaling(repeats: int, quick: bool) -> list[dict]:
     rows = []
-    for width in (100, 300, 1000) if not quick else (100, 300):
-        net, params = mnist_net((width,) * 4)
-        x = jax.random.normal(jax.random.key(1), (64, 784))
+
+    def mlp_case(bench: str, key: str, value: int, widths, batch: int = 64) -> None:
+        net, params = mnist_net(widths)
+        x = jax.random.normal(jax.random.key(1), (batch, 784))
         for method in ("forward", "gram"):
-            t = timeit(lambda: lld_jax.margin(net, params, x, method=method), repeats)
-            rows.append({"bench": "scaling_width", "width": width, "method": method, **t})
-            print(f"scaling width={width:5d} {method:8s} min {t['min_s'] * 1e3:9.2f} ms", flush=True)
-    for depth in (2, 4, 8) if not quick else (2, 4):
-        net, params = mnist_net((300,) * depth)
-        x = jax.random.normal(jax.random.key(1), (64, 784))
-        for method in ("forward", "gram"):
-            t = timeit(lambda: lld_jax.margin(net, params, x, method=method), repeats)
-            rows.append({"bench": "scaling_depth", "depth": depth, "method": method, **t})
-            print(f"scaling depth={depth:5d} {method:8s} min {t['min_s'] * 1e3:9.2f} ms", flush=True)
-    for side in (16, 32) if quick else (16, 32, 64):
+            fn = lld_jax.margin_fn(net, p=2, method=method)
+            t = timeit(lambda: fn(params, x), repeats)
+            mem = temp_mib(fn, params, x)
+            rows.append({"bench": bench, key: value, "batch": batch, "method": method, **t, "temp_mib": mem})
+            print(f"scaling {key}={value:5d} B={batch:4d} {method:8s} min {t['min_s'] * 1e3:9.2f} ms  temp {mem:8.1f} MiB", flush=True)
+
+    for width in (100, 300) if quick else (100, 300, 1000):
+        mlp_case("scaling_width", "width", width, (width,) * 4)
+    for depth in (2, 4) if quick else (2, 4, 8):
+        mlp_case("scaling_depth", "depth", depth, (300,) * depth)
+    for batch in (16, 256) if quick else (16, 64, 256, 1024):
+        mlp_case("scaling_batch", "batch_size", batch, (300,) * 4, batch)
+    rows += bench_input_scaling(repeats, quick)
+    return rows
+
+
+def bench_input_scaling(repeats: int, quick: bool) -> list[dict]:
+    """A small CNN (conv 8, conv 16, avg-pool, dense 64) on H x W x 3 inputs up to 224 x 224 x 3.
+
+    Exact l2 margins stream over chunks of 16 input axes (memory ~ chunk x N,
+    time ~ D forward passes: timed only where it takes seconds); one
+    approximate-ROLL (D'=3) and one vanilla parameter gradient at batch 8.
+    """
+    rows = []
+    timed_exact = 32 if quick else 64
+    for side in (16, 32, 64, 224) if quick else (16, 32, 64, 128, 224):
         model = lld_jax.CNN((side, side, 3), (8, 16), (64,), 10, rngs=nnx.Rngs(0))
         net, params = lld_jax.from_nnx(model)
-        x = jax.random.normal(jax.random.key(1), (8, side, side, 3))
-        t = timeit(lambda: lld_jax.margin(net, params, x, method="forward", chunk_size=256), repeats)
-        rows.append({"bench": "scaling_input", "side": side, "method": "forward", "batch": 8, **t})
-        print(f"scaling CNN input {side}x{side}x3 forward (chunk 256) min {t['min_s'] * 1e3:9.2f} ms", flush=True)
+        x1 = jax.random.normal(jax.random.key(1), (1, side, side, 3))
+        x8 = jax.random.normal(jax.random.key(2), (8, side, side, 3))
+        exact = lld_jax.margin_fn(net, p=2, method="forward", chunk_size=16)
+        row = {"bench": "scaling_input", "side": side, "dim": side * side * 3, "exact_temp_mib": temp_mib(exact, params, x1)}
+        if side <= timed_exact:
+            row["exact_margin_1ex"] = timeit(lambda: exact(params, x1), repeats)
+        y8 = jnp.zeros(8, jnp.int32)
+        ce = lambda p: jnp.mean(task_losses(jax.vmap(lambda u: net.apply(p, u)[0])(x8), y8, "softmax")[0])
+        vanilla = jax.grad(ce)
+        sampled = jax.grad(lambda p, k: ce(p) + jnp.mean(roll_penalty_sampled(net, p, x8, k, C=1.0, num_samples=3)))
+        key = jax.random.key(0)
+        vanilla_jit, sampled_jit = jax.jit(vanilla), jax.jit(sampled)
+        row["vanilla_grad_b8"] = timeit(lambda: vanilla_jit(params), repeats)
+        row["sampled3_grad_b8"] = timeit(lambda: sampled_jit(params, key), repeats)
+        row["sampled3_temp_mib"] = temp_mib(sampled, params, key)
+        row["vanilla_temp_mib"] = temp_mib(vanilla, params)
+        row["sampled3_ratio_to_vanilla"] = row["sampled3_grad_b8"]["min_s"] / row["vanilla_grad_b8"]["min_s"]
+        rows.append(row)
+        ex = f"exact margin {row['exact_margin_1ex']['min_s'] * 1e3:9.1f} ms/ex" if "exact_margin_1ex" in row else "exact margin (not timed)"
+        print(f"scaling CNN {side:3d}x{side:3d}x3: {ex}, temp {row['exact_temp_mib']:7.1f} MiB | "
+              f"D'=3 ROLL grad B=8 {row['sampled3_grad_b8']['min_s'] * 1e3:8.1f} ms = x{row['sampled3_ratio_to_vanilla']:.2f} vanilla, "
+              f"temp {row['sampled3_temp_mib']:7.1f} vs {row['vanilla_temp_mib']:7.1f} MiB", flush=True)
     return rows
 
 
@@ -178,15 +222,15 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results.json")
     ap.add_argument("--torch", action="store_true", help="also run the PyTorch template baseline (needs the torch extra)")
-    ap.add_argument("--only", choices=("slices",), default=None, help="run one group only")
+    ap.add_argument("--only", choices=("slices", "scaling"), default=None, help="run one group only")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
     dev = jax.devices()[0]
     info = {"device": f"{dev.platform}:{dev.device_kind}", "num_devices": jax.device_count(), "machine": platform.machine(),
             "cpu_count": os.cpu_count(), "jax": jax.__version__, "repeats": repeats}
     print(json.dumps(info))
-    if args.only == "slices":
-        rows = bench_slices(args.quick)
+    if args.only is not None:
+        rows = bench_slices(args.quick) if args.only == "slices" else bench_scaling(repeats, args.quick)
         print(json.dumps(rows, indent=2))
         return
     peak = matmul_peak(repeats)

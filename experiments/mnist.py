@@ -107,8 +107,8 @@ def select(reports: dict[str, dict], vanilla: dict) -> dict[str, str | None]:
     return picks
 
 
-def plot_figure2(reports: dict[str, dict], path: str) -> None:
-    """Figure 2: test accuracy and median l2 margin against C (lambda=0.5) and lambda (C=1), one curve per gamma."""
+def plot_figure2(reports: dict[str, dict], path: str, *, lam_fixed: float = 0.5, C_fixed: float = 1.0) -> None:
+    """Figure 2: test accuracy and median l2 margin against C (at ``lam_fixed``) and lambda (at ``C_fixed``), one curve per gamma."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,7 +117,7 @@ def plot_figure2(reports: dict[str, dict], path: str) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     rows = [r["config"] | {"acc": r["accuracy"], "m2": r["margin_l2"]["P50"]} for r in reports.values() if r["config"]["lam"] > 0]
     gammas = sorted({str(r["gamma"]) for r in rows})
-    for col, (fixed, fval, var, metric) in enumerate([("lam", 0.5, "C", "acc"), ("lam", 0.5, "C", "m2"), ("C", 1.0, "lam", "acc"), ("C", 1.0, "lam", "m2")]):
+    for col, (fixed, fval, var, metric) in enumerate([("lam", lam_fixed, "C", "acc"), ("lam", lam_fixed, "C", "m2"), ("C", C_fixed, "lam", "acc"), ("C", C_fixed, "lam", "m2")]):
         ax = axes[col]
         for g in gammas:
             pts = sorted((r[var], r[metric]) for r in rows if str(r["gamma"]) == g and np.isclose(r[fixed], fval))
@@ -145,18 +145,27 @@ def main(argv=None) -> None:
         report = run_one(args, data, args.lam, args.C, args.gamma, args.out)
         print(json.dumps({k: report[k] for k in ("accuracy", "num_patterns", "num_jacobians", "margin_l1", "margin_l2", "spearman_l1_l2")}, indent=2))
         return
+    run_grid(args, data)
+
+
+def run_grid(args, data) -> tuple[dict[str, dict], dict[str, str | None]]:
+    """Vanilla plus every (lambda, C, gamma) of the grid, the selection, Table 1 and Figure 2 in ``args.out``."""
     reports = {"vanilla": run_one(args, data, 0.0, 0.0, 100.0, os.path.join(args.out, "vanilla"))}
     for lam, C, gamma in itertools.product(args.grid_lam, args.grid_C, args.grid_gamma):
         key = f"lam{lam:g}_C{C:g}_gamma{gamma}"
         reports[key] = run_one(args, data, lam, C, gamma, os.path.join(args.out, key))
     picks = select({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
-    rows = [("Vanilla", "-", reports["vanilla"])] + [(f"ROLL {k}", str(reports[k]["config"]["C"]), reports[k]) for k in picks.values() if k]
+    rows = [("Vanilla", "-", reports["vanilla"])] + [(f"ROLL {k} ({slot})", f"{reports[k]['config']['C']:g}", reports[k]) for slot, k in picks.items() if k]
     if jax.process_index() == 0:
         write_json(os.path.join(args.out, "selection.json"), picks)
         with open(os.path.join(args.out, "table1.md"), "w") as fh:
             fh.write(table1_markdown(rows) + "\n")
-        plot_figure2(reports, os.path.join(args.out, "figure2"))
+        # The paper's slices (lambda = 0.5, C = 1), or the grid's middle values when those are not in the grid.
+        lam_fixed = 0.5 if 0.5 in args.grid_lam else sorted(args.grid_lam)[len(args.grid_lam) // 2]
+        C_fixed = 1.0 if 1.0 in args.grid_C else sorted(args.grid_C)[len(args.grid_C) // 2]
+        plot_figure2(reports, os.path.join(args.out, "figure2"), lam_fixed=lam_fixed, C_fixed=C_fixed)
     print(table1_markdown(rows))
+    return reports, picks
 
 
 if __name__ == "__main__":

@@ -35,6 +35,27 @@ def test_mnist_run_writes_report(tmp_path):
     assert picks["same_accuracy"] == "a"
 
 
+@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="shared MNIST data not present")
+def test_mnist_grid_selects_and_plots(tmp_path):
+    from experiments import mnist
+
+    data = load_mnist(MNIST_DIR, train_size=128)
+    small = MNIST(data.train, Split(data.val.x[:64], data.val.y[:64]), Split(data.test.x[:64], data.test.y[:64]))
+    args = mnist.build_parser().parse_args(
+        ["--grid", "--epochs", "1", "--widths", "16", "16", "--no-progress", "--out", str(tmp_path),
+         "--grid-lam", "0.5", "2", "--grid-C", "1", "--grid-gamma", "max", "100"]
+    )
+    reports, picks = mnist.run_grid(args, small)
+    assert set(reports) == {"vanilla", "lam0.5_C1_gammamax", "lam0.5_C1_gamma100.0", "lam2_C1_gammamax", "lam2_C1_gamma100.0"}
+    # The selection rule, re-derived from the reports: best validation median l2 margin per rounded accuracy.
+    target = round(100 * reports["vanilla"]["val"]["accuracy"])
+    for slot, acc in (("same_accuracy", target), ("one_point_lower", target - 1)):
+        cands = {k: r["val"]["margin_l2"]["P50"] for k, r in reports.items() if k != "vanilla" and round(100 * r["val"]["accuracy"]) == acc}
+        assert picks[slot] == (max(cands, key=cands.get) if cands else None)
+    assert json.loads((tmp_path / "selection.json").read_text()) == picks
+    assert (tmp_path / "figure2.png").stat().st_size > 0 and "| Vanilla" in (tmp_path / "table1.md").read_text()
+
+
 def test_mnist_cli_refuses_bad_hyper_parameters(tmp_path):
     from experiments import mnist
 
