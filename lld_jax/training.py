@@ -116,12 +116,23 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
 def maybe_initialize_distributed() -> None:
     """Calls ``jax.distributed.initialize()`` when launched as one of several processes.
 
-    Detected through the usual cluster variables (JAX_COORDINATOR_ADDRESS, SLURM,
-    Open MPI, TPU pods); a single process needs nothing.
+    Detected through the usual cluster variables (SLURM, Open MPI, TPU pods, which
+    JAX reads itself) or, by hand, ``JAX_COORDINATOR_ADDRESS`` (host:port of
+    process 0) with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. On CPU hosts the
+    gradient all-reduce goes through gloo. A single process needs nothing.
     """
     markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
-    if any(k in os.environ for k in markers) and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+    if not any(k in os.environ for k in markers) or jax.distributed.is_initialized():
+        return
+    kw = {}
+    if "JAX_NUM_PROCESSES" in os.environ or "JAX_PROCESS_ID" in os.environ:
+        try:
+            kw = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]), "process_id": int(os.environ["JAX_PROCESS_ID"])}
+        except (KeyError, ValueError) as e:
+            raise ValueError("set both JAX_NUM_PROCESSES and JAX_PROCESS_ID to integers (with JAX_COORDINATOR_ADDRESS).") from e
+    if jax.config.jax_platforms in (None, "", "cpu") and jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kw)
 
 
 class Trainer:

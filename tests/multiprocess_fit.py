@@ -1,0 +1,27 @@
+"""Worker for test_training.test_multiprocess_fit_equals_single_process: one of N processes.
+
+Usage: python tests/multiprocess_fit.py RUN_DIR OUT.npz  (with JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID set).
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from lld_jax.loop import fit
+from lld_jax.training import maybe_initialize_distributed
+
+jax.config.update("jax_enable_x64", True)  # as in the test process (conftest)
+maybe_initialize_distributed()
+
+from test_training import multiprocess_config, small_problem  # noqa: E402  (after initialize: no devices touched before)
+
+run_dir, out = sys.argv[1], sys.argv[2]
+net, params, x, y = small_problem(60)
+best, hist = fit(net, params, multiprocess_config(), (x, y), (x[:20], y[:20]), run_dir, progress=False)
+if jax.process_index() == 0:
+    np.savez(out, *[np.asarray(a) for a in jax.tree.leaves(jax.device_get(best))])
+    with open(out + ".json", "w") as fh:
+        json.dump({"history": hist, "process_count": jax.process_count(), "device_count": jax.device_count()}, fh)
