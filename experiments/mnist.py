@@ -7,6 +7,7 @@ One run::
 Grid with the paper's selection rule and the Figure 2 plot::
 
     python -m experiments.mnist --grid --out runs/mnist_grid
+    python -m experiments.mnist --grid --grid-cross --out runs/mnist_fig2   # only Figure 2's two slices
 
 Paper defaults (App. G): SGD with Nesterov momentum 0.5, lr 0.01, batch 64,
 20 epochs, gamma 100, best-validation-loss epoch kept; split 55k/5k/10k.
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-lam", type=float, nargs="+", default=[2.0**k for k in range(-3, 3)])
     p.add_argument("--grid-C", type=float, nargs="+", default=[2.0**k for k in range(-2, 4)])
     p.add_argument("--grid-gamma", type=parse_gamma, nargs="+", default=["max", 25.0, 50.0, 75.0, 100.0])
+    p.add_argument("--grid-cross", action="store_true",
+                   help="only the two slices Figure 2 plots (every lambda at the fixed C, every C at the fixed lambda): "
+                   "|lambda| + |C| - 1 runs per gamma instead of |lambda| x |C|")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -137,7 +141,7 @@ def plot_figure2(reports: dict[str, dict], path: str, *, lam_fixed: float = 0.5,
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     maybe_initialize_distributed()
-    grid = itertools.product(args.grid_lam, args.grid_C, args.grid_gamma) if args.grid else [(args.lam, args.C, args.gamma)]
+    grid = grid_points(args) if args.grid else [(args.lam, args.C, args.gamma)]
     for lam, C, gamma in grid:  # refuse bad hyper-parameters before any work
         make_config(args, lam, C, gamma)
     data = load_mnist(args.data_dir, train_size=args.train_size)
@@ -148,10 +152,26 @@ def main(argv=None) -> None:
     run_grid(args, data)
 
 
+def figure2_slices(args) -> tuple[float, float]:
+    """(lambda, C) held fixed in Figure 2: the paper's 0.5 and 1, or the grid's middle values when absent."""
+    lam_fixed = 0.5 if 0.5 in args.grid_lam else sorted(args.grid_lam)[len(args.grid_lam) // 2]
+    C_fixed = 1.0 if 1.0 in args.grid_C else sorted(args.grid_C)[len(args.grid_C) // 2]
+    return lam_fixed, C_fixed
+
+
+def grid_points(args) -> list[tuple[float, float, object]]:
+    """(lambda, C, gamma) of the grid: the full product, or with ``--grid-cross`` the two Figure 2 slices."""
+    points = list(itertools.product(args.grid_lam, args.grid_C, args.grid_gamma))
+    if args.grid_cross:
+        lam_fixed, C_fixed = figure2_slices(args)
+        points = [(lam, C, g) for lam, C, g in points if lam == lam_fixed or C == C_fixed]
+    return points
+
+
 def run_grid(args, data) -> tuple[dict[str, dict], dict[str, str | None]]:
-    """Vanilla plus every (lambda, C, gamma) of the grid, the selection, Table 1 and Figure 2 in ``args.out``."""
+    """Vanilla plus every grid point (:func:`grid_points`), the selection, Table 1 and Figure 2 in ``args.out``."""
     reports = {"vanilla": run_one(args, data, 0.0, 0.0, 100.0, os.path.join(args.out, "vanilla"))}
-    for lam, C, gamma in itertools.product(args.grid_lam, args.grid_C, args.grid_gamma):
+    for lam, C, gamma in grid_points(args):
         key = f"lam{lam:g}_C{C:g}_gamma{gamma}"
         reports[key] = run_one(args, data, lam, C, gamma, os.path.join(args.out, key))
     picks = select({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
@@ -160,9 +180,7 @@ def run_grid(args, data) -> tuple[dict[str, dict], dict[str, str | None]]:
         write_json(os.path.join(args.out, "selection.json"), picks)
         with open(os.path.join(args.out, "table1.md"), "w") as fh:
             fh.write(table1_markdown(rows) + "\n")
-        # The paper's slices (lambda = 0.5, C = 1), or the grid's middle values when those are not in the grid.
-        lam_fixed = 0.5 if 0.5 in args.grid_lam else sorted(args.grid_lam)[len(args.grid_lam) // 2]
-        C_fixed = 1.0 if 1.0 in args.grid_C else sorted(args.grid_C)[len(args.grid_C) // 2]
+        lam_fixed, C_fixed = figure2_slices(args)
         plot_figure2(reports, os.path.join(args.out, "figure2"), lam_fixed=lam_fixed, C_fixed=C_fixed)
     print(table1_markdown(rows))
     return reports, picks

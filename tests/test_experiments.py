@@ -53,6 +53,8 @@ def test_mnist_grid_selects_and_plots(tmp_path):
         cands = {k: r["val"]["margin_l2"]["P50"] for k, r in reports.items() if k != "vanilla" and round(100 * r["val"]["accuracy"]) == acc}
         assert picks[slot] == (max(cands, key=cands.get) if cands else None)
     assert json.loads((tmp_path / "selection.json").read_text()) == picks
+    cross = mnist.build_parser().parse_args(["--grid", "--grid-cross", "--grid-lam", "0.5", "2", "4", "--grid-C", "0.5", "1", "--grid-gamma", "100"])
+    assert sorted(mnist.grid_points(cross)) == [(0.5, 0.5, 100.0), (0.5, 1.0, 100.0), (2.0, 1.0, 100.0), (4.0, 1.0, 100.0)]
     assert (tmp_path / "figure2.png").stat().st_size > 0 and "| Vanilla" in (tmp_path / "table1.md").read_text()
 
 
