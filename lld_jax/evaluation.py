@@ -35,15 +35,28 @@ def percentiles(values: np.ndarray, scale: float = 1.0) -> dict[str, float]:
 
 
 def evaluate_model(
-    net: Network, params: PyTree, x: np.ndarray, y: np.ndarray, *, scale: float = 1.0, batch_size: int = 500, progress: bool = False
+    net: Network,
+    params: PyTree,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    scale: float = 1.0,
+    batch_size: int = 500,
+    ps: tuple[int, ...] = (1, 2),
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Accuracy, region counts, l1/l2 margin percentiles (times ``scale``) and their Spearman correlation.
+    """Accuracy, region counts, l_p margin percentiles (times ``scale``) and the l1/l2 Spearman correlation.
 
     Args:
       scale: multiplies margins, e.g. the normalisation std (0.3081 on MNIST)
         to report them in pixel units (paper App. G).
+      ps: which margins to report, from (1, 2); (2,) skips the l1 margin (a
+        forward pass per input axis), e.g. for validation-set model selection.
     """
-    m1, m2, correct = [], [], []
+    if not ps or not set(ps) <= {1, 2}:
+        raise ValueError(f"ps must be a non-empty subset of (1, 2), got {ps!r}.")
+    margins: dict[int, list[np.ndarray]] = {p: [] for p in ps}
+    correct = []
     logits_fn = jax.jit(jax.vmap(lambda p, xi: net.apply(p, xi)[0], in_axes=(None, 0)))
     it = range(0, len(x), batch_size)
     if progress:
@@ -54,23 +67,25 @@ def evaluate_model(
         xb = x[lo : lo + batch_size]
         n = len(xb)
         xb = jnp.asarray(pad_rows(xb, batch_size))
-        m1.append(np.asarray(margin(net, params, xb, p=1))[:n])
-        m2.append(np.asarray(margin(net, params, xb, p=2))[:n])
+        for p in ps:
+            margins[p].append(np.asarray(margin(net, params, xb, p=p))[:n])
         correct.append(np.asarray(jnp.argmax(logits_fn(params, xb), -1))[:n] == y[lo : lo + n])
-    m1, m2, correct = np.concatenate(m1), np.concatenate(m2), np.concatenate(correct)
+    m = {p: np.concatenate(v) for p, v in margins.items()}
+    correct = np.concatenate(correct)
     counts = count_regions(net, params, x, batch_size=batch_size, progress=progress)
-    return {
+    report = {
         "n": int(len(x)),
         "accuracy": float(correct.mean()),
         "num_patterns": counts.num_patterns,
         "num_jacobians": counts.num_jacobians,
-        "margin_l1": percentiles(m1, scale),
-        "margin_l2": percentiles(m2, scale),
-        "margin_l1_min": float(m1.min() * scale),
-        "margin_l2_min": float(m2.min() * scale),
-        "spearman_l1_l2": spearman(m1, m2),
         "scale": scale,
     }
+    for p, v in m.items():
+        report[f"margin_l{p}"] = percentiles(v, scale)
+        report[f"margin_l{p}_min"] = float(v.min() * scale)
+    if len(m) == 2:
+        report["spearman_l1_l2"] = spearman(m[1], m[2])
+    return report
 
 
 def table1_markdown(rows: list[tuple[str, str, dict[str, Any]]], unit: float = 1e-4) -> str:
