@@ -113,11 +113,15 @@ def _columns_scan(column_block, dim: int, chunk: int, n: int, dtype, *, keep: bo
     return acc, cols
 
 
+def linearize_preacts(net: Network, params, x: Array) -> tuple[Array, Any]:
+    """``(z (N,), lin)`` for ONE example: ``lin`` maps a flat input tangent (D,) to dz (N,) (one JVP)."""
+    shape = x.shape
+    return jax.linearize(lambda u: flat_preacts(net, params, u.reshape(shape))[1], x.reshape(-1))
+
+
 def _forward(net: Network, params, x, chunk: int, keep: bool):
-    shape, dim = x.shape, x.size
-    f = lambda u: flat_preacts(net, params, u.reshape(shape))[1]
-    z, lin = jax.linearize(f, x.reshape(-1))
-    return z, _columns_scan(jax.vmap(lin), dim, chunk, z.shape[0], x.dtype, keep=keep)
+    z, lin = linearize_preacts(net, params, x)
+    return z, _columns_scan(jax.vmap(lin), x.size, chunk, z.shape[0], x.dtype, keep=keep)
 
 
 def _template(net: Network, params, x, chunk: int, keep: bool):

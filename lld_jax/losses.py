@@ -25,9 +25,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lld_jax.gradients import mlp_tangent_rows, per_example_norms, pick_method
+from lld_jax.gradients import linearize_preacts, mlp_tangent_rows, per_example_norms, pick_method
 from lld_jax.margins import margin_terms
-from lld_jax.network import ApplyFn, Network, PyTree, as_network, flat_preacts, hidden_shapes
+from lld_jax.network import ApplyFn, Network, PyTree, as_network, hidden_shapes
 
 Array = jax.Array
 GAMMAS = ("max", 25, 50, 75, 100)
@@ -200,8 +200,7 @@ def roll_penalty_sampled(
             z, cols = mlp_tangent_rows(net, params, xi, net.dense_layers(params)[0][0][:, idx])
             cols = cols.T
         else:
-            f = lambda u: flat_preacts(net, params, u.reshape(shape))[1]
-            z, lin = jax.linearize(f, xi.reshape(-1))
+            z, lin = linearize_preacts(net, params, xi)
             tangents = jax.nn.one_hot(idx, dim, dtype=xi.dtype) if estimator == "axes" else jax.random.normal(k, (num_samples, dim), xi.dtype)
             cols = jax.vmap(lin)(tangents)  # (D', N) directional derivatives
         grad_part = jnp.sum(w[:, None] * cols * cols) / z.shape[0]
