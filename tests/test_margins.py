@@ -129,6 +129,18 @@ def test_margin_fn_single_and_batched():
     np.testing.assert_allclose(jax.jit(f)(params, x), batch, rtol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["gram", "forward"])
+def test_large_ragged_batch_equals_one_by_one(method):
+    """Batches over the CPU example block (16), with a ragged remainder, give per-example results."""
+    net, params, _ = make("narrow_mlp")
+    x = jax.random.normal(jax.random.key(5), (37, 10), jnp.float64)
+    res = L.margin(net, params, x, p=2, method=method, return_neuron=True)
+    for i in (0, 15, 16, 31, 32, 36):
+        one = L.margin(net, params, x[i : i + 1], p=2, method=method, return_neuron=True)
+        np.testing.assert_allclose(res.radius[i], one.radius[0], rtol=1e-12)
+        assert int(res.neuron[i]) == int(one.neuron[0]) and int(res.layer[i]) == int(one.layer[0])
+
+
 def test_margin_fn_plain_function_with_input_shape():
     w = jnp.array([[1.0, 2.0], [-1.0, 0.5]])
     fn = lambda params, x: (params @ jax.nn.relu(params @ x), (params @ x,))
