@@ -121,6 +121,7 @@ def plot_figure2(reports: dict[str, dict], path: str, *, lam_fixed: float = 0.5,
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
     rows = [r["config"] | {"acc": r["accuracy"], "m2": r["margin_l2"]["P50"]} for r in reports.values() if r["config"]["lam"] > 0]
+    base = [{"acc": r["accuracy"], "m2": r["margin_l2"]["P50"]} for r in reports.values() if r["config"]["lam"] == 0]
     gammas = sorted({str(r["gamma"]) for r in rows})
     for col, (fixed, fval, var, metric) in enumerate([("lam", lam_fixed, "C", "acc"), ("lam", lam_fixed, "C", "m2"), ("C", C_fixed, "lam", "acc"), ("C", C_fixed, "lam", "m2")]):
         ax = axes[col]
@@ -128,9 +129,11 @@ def plot_figure2(reports: dict[str, dict], path: str, *, lam_fixed: float = 0.5,
             pts = sorted((r[var], r[metric]) for r in rows if str(r["gamma"]) == g and np.isclose(r[fixed], fval))
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=f"gamma={g}")
+        if base:
+            ax.axhline(base[0][metric], color="gray", linestyle="--", label="vanilla")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(var)
-        ax.set_ylabel("test accuracy" if metric == "acc" else "test median l2 margin")
+        ax.set_ylabel("test accuracy" if metric == "acc" else "test median l2 margin (pixels)")
         ax.set_title(f"{fixed}={fval:g}")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
