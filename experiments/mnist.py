@@ -80,11 +80,11 @@ def run_one(args, data, lam: float, C: float, gamma, out: str) -> dict:
     cfg = make_config(args, lam, C, gamma)
     model = lld_jax.MLP((28, 28), args.widths, 10, rngs=nnx.Rngs(args.seed))
     net, params = lld_jax.from_nnx(model)
+    progress = not args.no_progress
     t0 = time.time()
-    params, history = fit(net, params, cfg, data.train, data.val, out, progress=not args.no_progress)
+    params, history = fit(net, params, cfg, data.train, data.val, out, progress=progress)
     train_time = time.time() - t0
     test = data.test if args.test_size is None else type(data.test)(data.test.x[: args.test_size], data.test.y[: args.test_size])
-    progress = not args.no_progress
     report = {
         "config": dataclasses.asdict(cfg),
         "train_time_s": train_time,

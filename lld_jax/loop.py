@@ -79,16 +79,15 @@ def fit(
     main = jax.process_index() == 0
     os.makedirs(run_dir, exist_ok=True)
     config_path = os.path.join(run_dir, "config.json")
+    new = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    old = None
     if os.path.exists(config_path):
         with open(config_path) as fh:
             old = json.load(fh)
-        new = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+        # The learning rate is constant (no schedule over epochs), so only ``epochs`` may change.
         if {**old, "epochs": None} != {**new, "epochs": None}:
             raise ValueError(f"{run_dir} holds a run with a different config; use a fresh --out directory.\nold: {old}\nnew: {new}")
-        if old["epochs"] != new["epochs"] and main:
-            # The learning rate is constant (no schedule over epochs), so a run may be extended or cut short.
-            write_json(config_path, dataclasses.asdict(cfg))
-    if not os.path.exists(config_path) and main:
+    if main and old != new:
         write_json(config_path, dataclasses.asdict(cfg))
 
     trainer = Trainer(net, cfg)

@@ -23,7 +23,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lld_jax.losses import check_gamma, check_hyper, distance_penalty, roll_penalty, roll_penalty_sampled
-from lld_jax.network import Network, PyTree
+from lld_jax.network import Network, PyTree, pad_rows
 
 Array = jax.Array
 
@@ -172,14 +172,10 @@ class Trainer:
         In a multi-process run each process passes its own slice of the global
         batch; ``size`` is the per-process size.
         """
-        n = len(x)
         mask = np.zeros(size, np.float32)
-        mask[:n] = 1.0
-        if n < size:
-            x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), x.dtype)])
-            y = np.concatenate([y, np.zeros((size - n,), y.dtype)])
+        mask[: len(x)] = 1.0
         put = lambda a: jax.make_array_from_process_local_data(self.sharded, a)
-        return put(x), put(y), put(mask)
+        return put(pad_rows(x, size)), put(pad_rows(y, size)), put(mask)
 
     def evaluate(self, params: PyTree, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Mean metrics over a whole split (nothing dropped: the last batch is masked)."""
