@@ -17,6 +17,7 @@ of the jitted computation, in MiB; arguments and outputs excluded.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -28,8 +29,19 @@ import numpy as np
 from flax import nnx
 
 import lld_jax
-from lld_jax.losses import roll_penalty, roll_penalty_sampled
+from lld_jax.losses import roll_penalty_sampled
 from lld_jax.training import Trainer, TrainConfig, data_mesh, task_losses
+
+
+def margin_fn(net, **kw):
+    """``(params, x) -> (B,)`` exact margins with the library's default checks."""
+    return functools.partial(lld_jax.batched.margin, net, **kw)
+
+
+def sampled_penalties(net, params, x, key, **kw):
+    """Eq. 10 for every example of ``x`` (one key per example)."""
+    keys = jax.random.split(key, x.shape[0])
+    return jax.vmap(lambda xi, k: roll_penalty_sampled(net, params, xi, k, **kw))(x, keys)
 
 
 def timeit(fn, repeats: int, min_total_s: float = 0.5) -> dict:
@@ -76,19 +88,19 @@ def bench_margins(repeats: int, batches, peak: float) -> list[dict]:
         x = jax.random.normal(jax.random.key(1), (b, 784))
         exact = None
         for method in ("reverse", "forward", "template", "gram"):
-            f = lambda: lld_jax.margin(net, params, x, p=2, method=method)
+            f = lambda: lld_jax.batched.margin(net, params, x, p=2, method=method)
             t = timeit(f, repeats)
             if method == "gram":
-                exact = lld_jax.neuron_gradient_norms(net, params, x, ord=2, method="gram", squared=True)[1]
+                exact = lld_jax.batched.neuron_gradient_norms(net, params, x, ord=2, method="gram", squared=True)[1]
             flops = margin_flops(method, b, 784, (300,) * 4) if method != "reverse" else None
-            mem = temp_mib(lld_jax.margin_fn(net, p=2, method=method), params, x)
+            mem = temp_mib(margin_fn(net, p=2, method=method), params, x)
             rows.append({"bench": "margin_l2", "batch": b, "method": method, **t, "temp_mib": mem, "examples_per_s": b / t["min_s"],
                          "flop_per_s": flops / t["min_s"] if flops else None, "fraction_of_peak": flops / t["min_s"] / peak if flops else None})
             print(f"margin_l2 B={b:4d} {method:9s} min {t['min_s'] * 1e3:9.2f} ms  median {t['median_s'] * 1e3:9.2f} ms  {b / t['min_s']:10.0f} ex/s  {mem:7.1f} MiB"
                   + (f"  {flops / t['min_s'] / 1e9:7.1f} GFLOP/s ({100 * flops / t['min_s'] / peak:.0f}% of peak)" if flops else ""), flush=True)
         exact_mean = np.asarray(jnp.mean(exact, axis=1))
         for dp in (1, 3, 10, 100):
-            f = jax.jit(lambda k: roll_penalty_sampled(net, params, x, k, C=0.0, num_samples=dp))
+            f = jax.jit(lambda k: sampled_penalties(net, params, x, k, C=0.0, num_samples=dp))
             t = timeit(lambda: f(jax.random.key(0)), repeats)
             draws = np.stack([np.asarray(f(k)) for k in jax.random.split(jax.random.key(1), 20)])
             rel = float(np.mean(np.abs(draws - exact_mean[None]) / exact_mean[None]))
@@ -136,7 +148,7 @@ def bench_scaling(repeats: int, quick: bool) -> list[dict]:
         net, params = mnist_net(widths)
         x = jax.random.normal(jax.random.key(1), (batch, 784))
         for method in ("forward", "gram"):
-            fn = lld_jax.margin_fn(net, p=2, method=method)
+            fn = margin_fn(net, p=2, method=method)
             t = timeit(lambda: fn(params, x), repeats)
             mem = temp_mib(fn, params, x)
             rows.append({"bench": bench, key: value, "batch": batch, "method": method, **t, "temp_mib": mem})
@@ -166,14 +178,14 @@ def bench_input_scaling(repeats: int, quick: bool) -> list[dict]:
         net, params = lld_jax.from_nnx(model)
         x1 = jax.random.normal(jax.random.key(1), (1, side, side, 3))
         x8 = jax.random.normal(jax.random.key(2), (8, side, side, 3))
-        exact = lld_jax.margin_fn(net, p=2, method="forward", chunk_size=16)
+        exact = margin_fn(net, p=2, method="forward", chunk_size=16)
         row = {"bench": "scaling_input", "side": side, "dim": side * side * 3, "exact_temp_mib": temp_mib(exact, params, x1)}
         if side <= timed_exact:
             row["exact_margin_1ex"] = timeit(lambda: exact(params, x1), repeats)
         y8 = jnp.zeros(8, jnp.int32)
         ce = lambda p: jnp.mean(task_losses(jax.vmap(lambda u: net.apply(p, u)[0])(x8), y8, "softmax")[0])
         vanilla = jax.grad(ce)
-        sampled = jax.grad(lambda p, k: ce(p) + jnp.mean(roll_penalty_sampled(net, p, x8, k, C=1.0, num_samples=3)))
+        sampled = jax.grad(lambda p, k: ce(p) + jnp.mean(sampled_penalties(net, p, x8, k, C=1.0, num_samples=3)))
         key = jax.random.key(0)
         vanilla_jit, sampled_jit = jax.jit(vanilla), jax.jit(sampled)
         row["vanilla_grad_b8"] = timeit(lambda: vanilla_jit(params), repeats)

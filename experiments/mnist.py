@@ -11,95 +11,158 @@ Grid with the paper's selection rule and the Figure 2 plot::
 
 Paper defaults (App. G): SGD with Nesterov momentum 0.5, lr 0.01, batch 64,
 20 epochs, gamma 100, best-validation-loss epoch kept; split 55k/5k/10k.
+Every setting is a field of :class:`Config` (and a flag); the run directory
+records it, and rerunning a command resumes its run.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
 import time
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
 import lld_jax
-from lld_jax.data import MNIST_STD, load_mnist
+from experiments import _cli
+from lld_jax.data import MNIST, MNIST_STD, Split, load_mnist
 from lld_jax.evaluation import evaluate_model, table1_markdown
-from lld_jax.loop import fit
-from lld_jax.training import TrainConfig, maybe_initialize_distributed, write_json
+from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+MNIST_TRAIN, MNIST_TEST = 60000, 10000
 
 
-def parse_gamma(s: str):
-    return "max" if s == "max" else float(s)
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of an MNIST run or grid (paper App. G defaults)."""
+
+    out: str = dataclasses.field(default="runs/mnist", metadata={"help": "run directory (resumed if it exists)"})
+    data_dir: str = dataclasses.field(default=DEFAULT_DATA, metadata={"help": "folder with the four MNIST IDX files"})
+    train_size: int | None = dataclasses.field(default=None, metadata={"help": "use only the first N training examples"})
+    val_size: int = 5000
+    test_size: int | None = dataclasses.field(default=None, metadata={"help": "evaluate on the first N test examples"})
+    widths: tuple[int, ...] = (300, 300, 300, 300)
+    seed: int = 1
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.5
+    lam: float = dataclasses.field(default=0.0, metadata={"help": "lambda; 0 = vanilla"})
+    C: float = 0.0
+    gamma: str | float = dataclasses.field(default=100.0, metadata={"help": "'max', 25, 50, 75 or 100"})
+    regularizer: str = dataclasses.field(default="roll", metadata={"help": "roll (Eq. 9), sampled (Eq. 10) or distance (Eq. 4)"})
+    num_samples: int = dataclasses.field(default=3, metadata={"help": "D' for --regularizer sampled"})
+    method: str = dataclasses.field(default="auto", metadata={"help": "gradient method of the exact ROLL loss"})
+    grid: bool = dataclasses.field(default=False, metadata={"help": "run the lambda x C x gamma grid, select, plot Figure 2"})
+    grid_lam: tuple[float, ...] = tuple(2.0**k for k in range(-3, 3))
+    grid_C: tuple[float, ...] = tuple(2.0**k for k in range(-2, 4))
+    grid_gamma: tuple[str | float, ...] = ("max", 25.0, 50.0, 75.0, 100.0)
+    grid_cross: bool = dataclasses.field(default=False, metadata={"help": "only the two slices Figure 2 plots"})
+    progress: bool = True
+
+    def train_config(self, lam: float, C: float, gamma: Any) -> TrainConfig:
+        """The :class:`~lld_jax.training.TrainConfig` of one run; raises on invalid values."""
+        return TrainConfig(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum, lam=lam, C=C, gamma=gamma,
+            regularizer=self.regularizer, num_samples=self.num_samples, method=self.method, seed=self.seed,
+        ).validate()
+
+    def points(self) -> list[tuple[float, float, Any]]:
+        """(lambda, C, gamma) of every run: one, or the grid (with ``grid_cross`` the two Figure 2 slices)."""
+        if not self.grid:
+            return [(self.lam, self.C, self.gamma)]
+        pts = list(itertools.product(self.grid_lam, self.grid_C, self.grid_gamma))
+        if self.grid_cross:
+            lam_fixed, C_fixed = self.figure2_slices()
+            pts = [(lam, C, g) for lam, C, g in pts if lam == lam_fixed or C == C_fixed]
+        return pts
+
+    def figure2_slices(self) -> tuple[float, float]:
+        """(lambda, C) held fixed in Figure 2: the paper's 0.5 and 1, or the grid's middle values when absent."""
+        lam_fixed = 0.5 if 0.5 in self.grid_lam else sorted(self.grid_lam)[len(self.grid_lam) // 2]
+        C_fixed = 1.0 if 1.0 in self.grid_C else sorted(self.grid_C)[len(self.grid_C) // 2]
+        return lam_fixed, C_fixed
+
+    def validate(self) -> "Config":
+        """Checks every setting (and every grid point) before anything is read or written."""
+        if not (isinstance(self.val_size, int) and 1 <= self.val_size < MNIST_TRAIN):
+            raise ValueError(f"val_size must be in [1, {MNIST_TRAIN - 1}], got {self.val_size}.")
+        if self.train_size is not None and not 1 <= self.train_size <= MNIST_TRAIN - self.val_size:
+            raise ValueError(f"train_size must be in [1, {MNIST_TRAIN - self.val_size}] (the training split), got {self.train_size}.")
+        if self.test_size is not None and not 1 <= self.test_size <= MNIST_TEST:
+            raise ValueError(f"test_size must be in [1, {MNIST_TEST}], got {self.test_size}.")
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ValueError(f"widths must be one or more positive layer widths, got {list(self.widths)}.")
+        if self.grid and not (self.grid_lam and self.grid_C and self.grid_gamma):
+            raise ValueError("the grid needs at least one value of each of --grid-lam, --grid-C and --grid-gamma.")
+        for lam, C, gamma in self.points():
+            self.train_config(lam, C, gamma)
+        if self.regularizer == "sampled" and self.num_samples > 784:
+            raise ValueError(f"num_samples={self.num_samples} exceeds the input dimension 784.")
+        return self
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=DEFAULT_DATA, help="folder with the four MNIST IDX files")
-    p.add_argument("--out", default="runs/mnist", help="run directory (resumed if it exists)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lam", type=float, default=0.0, help="lambda; 0 = vanilla")
-    p.add_argument("--C", type=float, default=0.0)
-    p.add_argument("--gamma", type=parse_gamma, default=100.0, help="'max', 25, 50, 75 or 100")
-    p.add_argument("--regularizer", choices=("roll", "sampled", "distance"), default="roll")
-    p.add_argument("--num-samples", type=int, default=3, help="D' for --regularizer sampled")
-    p.add_argument("--method", default="auto", help="gradient method for the exact ROLL loss")
-    p.add_argument("--train-size", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test examples")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--widths", type=int, nargs="+", default=[300, 300, 300, 300])
-    p.add_argument("--grid", action="store_true", help="run the lambda x C x gamma grid, select, and plot Figure 2")
-    p.add_argument("--grid-lam", type=float, nargs="+", default=[2.0**k for k in range(-3, 3)])
-    p.add_argument("--grid-C", type=float, nargs="+", default=[2.0**k for k in range(-2, 4)])
-    p.add_argument("--grid-gamma", type=parse_gamma, nargs="+", default=["max", 25.0, 50.0, 75.0, 100.0])
-    p.add_argument("--grid-cross", action="store_true",
-                   help="only the two slices Figure 2 plots (every lambda at the fixed C, every C at the fixed lambda): "
-                   "|lambda| + |C| - 1 runs per gamma instead of |lambda| x |C|")
-    p.add_argument("--no-progress", action="store_true")
-    return p
+def build_model(widths: Sequence[int], seed: int) -> tuple[lld_jax.Network, Any]:
+    """The MNIST MLP ``784 - widths - 10`` as ``(network, params)``."""
+    return lld_jax.from_nnx(lld_jax.MLP((28, 28), list(widths), 10, rngs=nnx.Rngs(seed)))
 
 
-def make_config(args, lam: float, C: float, gamma) -> TrainConfig:
-    """The run's TrainConfig; raises on invalid hyper-parameters."""
-    return TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, lam=lam, C=C, gamma=gamma,
-        regularizer=args.regularizer, num_samples=args.num_samples, method=args.method, seed=args.seed,
-    ).validate()
+def load(config: Config) -> MNIST:
+    return load_mnist(config.data_dir, val_size=config.val_size, train_size=config.train_size, test_size=config.test_size)
 
 
-def run_one(args, data, lam: float, C: float, gamma, out: str) -> dict:
-    """Trains (or resumes) one model and writes report.json / report.md in ``out``."""
-    cfg = make_config(args, lam, C, gamma)
-    model = lld_jax.MLP((28, 28), args.widths, 10, rngs=nnx.Rngs(args.seed))
-    net, params = lld_jax.from_nnx(model)
-    progress = not args.no_progress
+def fingerprint(*splits: Split) -> str:
+    """SHA-1 of the examples and labels: a resumed run must see the same data."""
+    h = hashlib.sha1()
+    for s in splits:
+        h.update(np.ascontiguousarray(s.x).tobytes())
+        h.update(np.ascontiguousarray(s.y).tobytes())
+    return h.hexdigest()
+
+
+def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workdir: str) -> dict:
+    """Trains (or resumes) one model and writes report.json / report.md in ``workdir``."""
+    cfg = config.train_config(lam, C, gamma)
+    net, params = build_model(config.widths, config.seed)
+    experiment = {
+        "dataset": "mnist", "train_size": len(data.train.x), "val_size": len(data.val.x), "seed_split": 1,
+        "data_sha1": fingerprint(data.train, data.val), "model": "MLP", "widths": list(config.widths),
+        "init": "flax-default", "model_seed": config.seed,
+    }
     t0 = time.time()
-    params, history = fit(net, params, cfg, data.train, data.val, out, progress=progress)
+    params, history = fit(net, params, cfg, data.train, data.val, workdir, experiment=experiment, progress=config.progress)
     train_time = time.time() - t0
-    test = data.test if args.test_size is None else type(data.test)(data.test.x[: args.test_size], data.test.y[: args.test_size])
     report = {
         "config": dataclasses.asdict(cfg),
+        "experiment": experiment,
         "train_time_s": train_time,
-        "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1) if history else None,
-        **evaluate_model(net, params, test.x, test.y, scale=MNIST_STD, progress=progress),
+        "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1),
+        **evaluate_model(net, params, data.test.x, data.test.y, scale=MNIST_STD, progress=config.progress),
         # Selection needs validation accuracy and l2 margins only: skip the costlier l1 margins.
-        "val": evaluate_model(net, params, data.val.x, data.val.y, scale=MNIST_STD, ps=(2,), progress=progress),
+        "val": evaluate_model(net, params, data.val.x, data.val.y, scale=MNIST_STD, ps=(2,), progress=config.progress),
         "device": str(jax.devices()[0].device_kind),
     }
-    if jax.process_index() == 0:
-        write_json(os.path.join(out, "report.json"), report)
+    rd = RunDir(workdir, write=jax.process_index() == 0)
+    rd.write_json("report.json", report)
+    if rd.write:
         name = "Vanilla" if lam == 0 else f"ROLL (lam={lam:g}, gamma={gamma})"
-        with open(os.path.join(out, "report.md"), "w") as fh:
+        with open(rd.file("report.md"), "w") as fh:
             fh.write(table1_markdown([(name, "-" if lam == 0 else f"{C:g}", report)]) + "\n")
     return report
+
+
+def train_and_evaluate(config: Config, workdir: str) -> dict:
+    """One run (``config.grid`` False) in ``workdir``; returns its report."""
+    config.validate()
+    return run_one(config, load(config), config.lam, config.C, config.gamma, workdir)
 
 
 def select(reports: dict[str, dict], vanilla: dict) -> dict[str, str | None]:
@@ -142,53 +205,42 @@ def plot_figure2(reports: dict[str, dict], path: str, *, lam_fixed: float = 0.5,
     plt.close(fig)
 
 
-def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
-    maybe_initialize_distributed()
-    grid = grid_points(args) if args.grid else [(args.lam, args.C, args.gamma)]
-    for lam, C, gamma in grid:  # refuse bad hyper-parameters before any work
-        make_config(args, lam, C, gamma)
-    data = load_mnist(args.data_dir, train_size=args.train_size)
-    if not args.grid:
-        report = run_one(args, data, args.lam, args.C, args.gamma, args.out)
-        print(json.dumps({k: report[k] for k in ("accuracy", "num_patterns", "num_jacobians", "margin_l1", "margin_l2", "spearman_l1_l2")}, indent=2))
-        return
-    run_grid(args, data)
-
-
-def figure2_slices(args) -> tuple[float, float]:
-    """(lambda, C) held fixed in Figure 2: the paper's 0.5 and 1, or the grid's middle values when absent."""
-    lam_fixed = 0.5 if 0.5 in args.grid_lam else sorted(args.grid_lam)[len(args.grid_lam) // 2]
-    C_fixed = 1.0 if 1.0 in args.grid_C else sorted(args.grid_C)[len(args.grid_C) // 2]
-    return lam_fixed, C_fixed
-
-
-def grid_points(args) -> list[tuple[float, float, object]]:
-    """(lambda, C, gamma) of the grid: the full product, or with ``--grid-cross`` the two Figure 2 slices."""
-    points = list(itertools.product(args.grid_lam, args.grid_C, args.grid_gamma))
-    if args.grid_cross:
-        lam_fixed, C_fixed = figure2_slices(args)
-        points = [(lam, C, g) for lam, C, g in points if lam == lam_fixed or C == C_fixed]
-    return points
-
-
-def run_grid(args, data) -> tuple[dict[str, dict], dict[str, str | None]]:
-    """Vanilla plus every grid point (:func:`grid_points`), the selection, Table 1 and Figure 2 in ``args.out``."""
-    reports = {"vanilla": run_one(args, data, 0.0, 0.0, 100.0, os.path.join(args.out, "vanilla"))}
-    for lam, C, gamma in grid_points(args):
+def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, str | None]]:
+    """Vanilla plus every grid point, the selection, Table 1 and Figure 2 in ``workdir``."""
+    config.validate()
+    data = load(config)
+    reports = {"vanilla": run_one(config, data, 0.0, 0.0, 100.0, os.path.join(workdir, "vanilla"))}
+    for lam, C, gamma in config.points():
         key = f"lam{lam:g}_C{C:g}_gamma{gamma}"
-        reports[key] = run_one(args, data, lam, C, gamma, os.path.join(args.out, key))
+        reports[key] = run_one(config, data, lam, C, gamma, os.path.join(workdir, key))
     picks = select({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
     rows = [("Vanilla", "-", reports["vanilla"])] + [(f"ROLL {k} ({slot})", f"{reports[k]['config']['C']:g}", reports[k]) for slot, k in picks.items() if k]
-    if jax.process_index() == 0:
-        write_json(os.path.join(args.out, "selection.json"), picks)
-        with open(os.path.join(args.out, "table1.md"), "w") as fh:
+    rd = RunDir(workdir, write=jax.process_index() == 0)
+    rd.write_json("selection.json", picks)
+    if rd.write:
+        with open(rd.file("table1.md"), "w") as fh:
             fh.write(table1_markdown(rows) + "\n")
-        lam_fixed, C_fixed = figure2_slices(args)
-        plot_figure2(reports, os.path.join(args.out, "figure2"), lam_fixed=lam_fixed, C_fixed=C_fixed)
+        lam_fixed, C_fixed = config.figure2_slices()
+        plot_figure2(reports, rd.file("figure2"), lam_fixed=lam_fixed, C_fixed=C_fixed)
     print(table1_markdown(rows))
     return reports, picks
 
 
+def parse(argv: Sequence[str] | None = None) -> Config:
+    """The :class:`Config` of a command line."""
+    args = _cli.config_parser(Config, __doc__).parse_args(argv)
+    return _cli.config_from_args(Config, args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse(argv).validate()
+    maybe_initialize_distributed()
+    if config.grid:
+        run_grid(config, config.out)
+        return
+    report = train_and_evaluate(config, config.out)
+    print(json.dumps({k: report[k] for k in ("accuracy", "num_patterns", "num_jacobians", "margin_l1", "margin_l2", "spearman_l1_l2")}, indent=2))
+
+
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

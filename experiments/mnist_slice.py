@@ -2,7 +2,8 @@
 
 For each trained run directory, enumerates the regions of the triangle spanned
 by three test digits x_A, x_B, x_C: {x_A + u (x_B - x_A) + v (x_C - x_A) : u, v >= 0, u + v <= 1},
-and plots them side by side with the exact decision boundaries (argmax changes).
+and plots them side by side, coloured by predicted class. The model of each
+run is rebuilt from the architecture its ``config.json`` records.
 
 Run: python -m experiments.mnist_slice runs/mnist/vanilla runs/mnist/roll_sampled3_c1 --out runs/mnist_slice
 """
@@ -10,69 +11,69 @@ Run: python -m experiments.mnist_slice runs/mnist/vanilla runs/mnist/roll_sample
 from __future__ import annotations
 
 import argparse
-import json
 import os
+from typing import Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-jax.config.update("jax_enable_x64", True)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-import lld_jax  # noqa: E402
-from lld_jax.data import load_mnist  # noqa: E402
-from lld_jax.loop import load_best  # noqa: E402
-from lld_jax.slices import enumerate_slice  # noqa: E402
-from experiments.mnist import DEFAULT_DATA  # noqa: E402
+from experiments import _cli
+from experiments.mnist import DEFAULT_DATA, build_model
+from lld_jax.data import load_mnist
+from lld_jax.slices import draw_regions, enumerate_slice
+from lld_jax.training import RunDir, load_best
 
 
-def main(argv=None) -> None:
+def load_run(run: str):
+    """``(network, float64 params, recorded config)`` of a finished MNIST run directory."""
+    cfg = RunDir(run, write=False).stored_config()
+    if cfg is None or cfg.get("experiment", {}).get("dataset") != "mnist":
+        raise FileNotFoundError(f"{run} holds no MNIST run (no config.json written by experiments.mnist).")
+    exp = cfg["experiment"]
+    net, like = build_model(exp["widths"], exp["model_seed"])
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), load_best(run, like))
+    return net, params, cfg
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories written by experiments.mnist")
     ap.add_argument("--data-dir", default=DEFAULT_DATA)
     ap.add_argument("--digits", type=int, nargs=3, default=[0, 1, 2], help="indices of three test images")
     ap.add_argument("--max-regions", type=int, default=300_000)
     ap.add_argument("--out", default="runs/mnist_slice")
+    ap.add_argument("--debug", action="store_true")
     args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    jax.config.update("jax_enable_x64", True)  # exact geometry on the slice
     test = load_mnist(args.data_dir).test
+    if not all(0 <= d < len(test.x) for d in args.digits):
+        raise ValueError(f"--digits must be indices of test images in [0, {len(test.x)}), got {args.digits}.")
+    runs = [(run, *load_run(run)) for run in args.runs]  # every run checked before any work
     xa, xb, xc = (jnp.asarray(test.x[i], jnp.float64) for i in args.digits)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.collections import PolyCollection
 
-    fig, axes = plt.subplots(1, len(args.runs), figsize=(5 * len(args.runs), 4.6), squeeze=False)
+    os.makedirs(args.out, exist_ok=True)
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
     summary = {}
-    for ax, run in zip(axes[0], args.runs):
-        with open(os.path.join(run, "config.json")) as fh:
-            cfg = json.load(fh)
-        model = lld_jax.MLP((28, 28), [300] * 4, 10, rngs=nnx.Rngs(0))
-        net, like = lld_jax.from_nnx(model)
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), load_best(run, like))
+    for ax, (run, net, params, cfg) in zip(axes[0], runs):
         regions = enumerate_slice(net, params, xa, xb - xa, xc - xa, [(0, 0), (1, 0), (0, 1)], max_regions=args.max_regions)
-        # Colour each region by its predicted class at its centre.
-        cls = [int(np.argmax(r.out_slope @ r.vertices.mean(0) + r.out_offset)) for r in regions]
-        cmap = plt.get_cmap("tab10")
-        ax.add_collection(PolyCollection([r.vertices for r in regions], facecolors=[cmap(c) for c in cls], edgecolors="k", linewidths=0.05, alpha=0.6))
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
-        name = "vanilla" if cfg["lam"] == 0 else f"ROLL lam={cfg['lam']:g} C={cfg['C']:g}"
+        draw_regions(ax, regions, logit=None, fill="class", edge_width=0.05)
+        train = cfg["train"]
+        name = "vanilla" if train["lam"] == 0 else f"ROLL lam={train['lam']:g} C={train['C']:g}"
         ax.set_title(f"{name}: {len(regions)} regions")
         ax.set_xlabel(f"towards test digit #{args.digits[1]} (label {test.y[args.digits[1]]})")
         ax.set_ylabel(f"towards test digit #{args.digits[2]} (label {test.y[args.digits[2]]})")
-        summary[run] = {"regions": len(regions)}
+        summary[run] = {"regions": len(regions), "classes": sorted({int(np.argmax(r.out_slope @ r.vertices.mean(0) + r.out_offset)) for r in regions})}
         print(f"{run}: {len(regions)} regions", flush=True)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "mnist_slice.png"), dpi=90)
     fig.savefig(os.path.join(args.out, "mnist_slice.pdf"))
-    with open(os.path.join(args.out, "mnist_slice.json"), "w") as fh:
-        json.dump(summary, fh, indent=2)
+    RunDir(args.out).write_json("mnist_slice.json", summary)
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

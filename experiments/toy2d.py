@@ -12,25 +12,49 @@ Run: python -m experiments.toy2d [--steps 5000] [--out runs/toy2d]
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import os
 import time
+from typing import Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
-jax.config.update("jax_enable_x64", True)  # exact geometry on the slice
+import lld_jax
+from experiments import _cli
+from lld_jax.evaluation import percentiles
+from lld_jax.slices import draw_heatmap, draw_points, draw_regions, enumerate_slice
+from lld_jax.training import RunDir, Trainer, TrainConfig, data_mesh
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
-import lld_jax  # noqa: E402
-from lld_jax.evaluation import percentiles  # noqa: E402
-from lld_jax.slices import enumerate_slice  # noqa: E402
-from lld_jax.training import Trainer, TrainConfig, data_mesh, write_json  # noqa: E402
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Settings of the toy experiment."""
 
-LAMBDAS = (1e-2, 1e-1, 1.0, 1e1, 1e2)
+    out: str = "runs/toy2d"
+    steps: int = dataclasses.field(default=3000, metadata={"help": "full-batch Adam steps per model (paper: 5000)"})
+    num_points: int = 100
+    noise: float = 0.1
+    data_seed: int = 0
+    widths: tuple[int, ...] = (100, 100, 100, 100)
+    lr: float = 1e-3
+    C: float = 5.0
+    lambdas: tuple[float, ...] = (1e-2, 1e-1, 1.0, 1e1, 1e2)
+    seed: int = 0
+
+    def validate(self) -> "Config":
+        if not (isinstance(self.steps, int) and self.steps >= 1):
+            raise ValueError(f"steps must be a positive integer (an untrained model has no regions to compare), got {self.steps}.")
+        if self.num_points < 4:
+            raise ValueError(f"num_points must be >= 4, got {self.num_points}.")
+        if not self.lambdas or any(lam <= 0 for lam in self.lambdas):
+            raise ValueError(f"lambdas must be positive, got {list(self.lambdas)}.")
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ValueError(f"widths must be positive, got {list(self.widths)}.")
+        TrainConfig(lr=self.lr, C=self.C).validate()
+        return self
 
 
 def two_moons(n: int = 100, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,20 +69,20 @@ def two_moons(n: int = 100, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarr
     return x.astype(np.float64), y
 
 
-def train(x, y, *, lam: float, regularizer: str, steps: int, seed: int = 0):
+def train(config: Config, x, y, *, lam: float, regularizer: str):
     """Full-batch training; returns (network, params, final train accuracy)."""
-    model = lld_jax.MLP(2, [100] * 4, 1, rngs=nnx.Rngs(seed), param_dtype=jnp.float64)
+    model = lld_jax.MLP(2, list(config.widths), 1, rngs=nnx.Rngs(config.seed), param_dtype=jnp.float64)
     net, params = lld_jax.from_nnx(model)
     cfg = TrainConfig(
-        epochs=1, batch_size=len(x), optimizer="adam", lr=1e-3, lam=lam, C=5.0 if lam else 0.0,
-        gamma="max", regularizer=regularizer, task_loss="sigmoid", seed=seed,
+        epochs=1, batch_size=len(x), optimizer="adam", lr=config.lr, lam=lam, C=config.C if lam else 0.0,
+        gamma="max", regularizer=regularizer, task_loss="sigmoid", seed=config.seed,
     )
     tr = Trainer(net, cfg, mesh=data_mesh(jax.devices()[:1]))
     state = tr.init_state(params)
     batch = tr.padded_batch(x, y, len(x))
-    for _ in range(steps):
-        state, m = tr.train_step(state, *batch)
-    params = state["params"]
+    for _ in range(config.steps):
+        state, _ = tr.train_step(state, *batch)
+    params = state.params
     logits = jax.vmap(lambda u: net.apply(params, u)[0][0])(jnp.asarray(x))
     acc = float(np.mean((np.asarray(logits) > 0) == (y > 0)))  # exact count: 1.0 means perfect
     return net, params, acc
@@ -67,51 +91,58 @@ def train(x, y, *, lam: float, regularizer: str, steps: int, seed: int = 0):
 def analyse(net, params, x, box):
     u0, u1, v0, v1 = box
     regions = enumerate_slice(net, params, jnp.zeros(2), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), [(u0, v0), (u1, v0), (u1, v1), (u0, v1)])
-    margins = np.asarray(lld_jax.margin(net, params, jnp.asarray(x), p=2))
+    margins = np.asarray(lld_jax.batched.margin(net, params, jnp.asarray(x), p=2))
     grads = np.asarray(jax.vmap(jax.grad(lambda u: net.apply(params, u)[0][0]))(jnp.asarray(x)))
     return regions, margins, grads
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=3000, help="full-batch Adam steps per model (paper: 5000)")
-    ap.add_argument("--out", default="runs/toy2d")
-    args = ap.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    x, y = two_moons()
+def train_and_evaluate(config: Config, workdir: str) -> dict:
+    """Trains the three models of Figure 1, writes toy2d.json / .md / .png in ``workdir``; returns the summary."""
+    config.validate()
+    jax.config.update("jax_enable_x64", True)  # exact geometry on the slice
+    os.makedirs(workdir, exist_ok=True)
+    x, y = two_moons(config.num_points, config.noise, config.data_seed)
     pad = 0.25
     box = (x[:, 0].min() - pad, x[:, 0].max() + pad, x[:, 1].min() - pad, x[:, 1].max() + pad)
     t0 = time.time()
     results = {}
-    print(f"training vanilla ({args.steps} steps)...", flush=True)
-    results["vanilla"] = (0.0, *train(x, y, lam=0.0, regularizer="roll", steps=args.steps))
+    print(f"training vanilla ({config.steps} steps)...", flush=True)
+    results["vanilla"] = (0.0, *train(config, x, y, lam=0.0, regularizer="roll"))
     for name, reg in (("distance", "distance"), ("relaxed", "roll")):
         best = None
-        for lam in LAMBDAS:  # the largest lambda that keeps the training set perfectly classified
-            net, params, acc = train(x, y, lam=lam, regularizer=reg, steps=args.steps)
+        for lam in config.lambdas:  # the largest lambda that keeps the training set perfectly classified
+            net, params, acc = train(config, x, y, lam=lam, regularizer=reg)
             print(f"  {name}: lambda={lam:g} train accuracy={acc:.3f}", flush=True)
             if acc < 1.0:
                 break
             best = (lam, net, params, acc)
         if best is None:
             print(f"  {name}: no lambda keeps the training set perfect; using the smallest", flush=True)
-            best = (LAMBDAS[0], net, params, acc)
+            best = (config.lambdas[0], net, params, acc)
         results[name] = best
     rows, panels = {}, {}
     for name, (lam, net, params, acc) in results.items():
         regions, margins, grads = analyse(net, params, x, box)
         panels[name] = (net, params, regions, margins, grads)
         rows[name] = {"lambda": lam, "train_accuracy": acc, "num_regions": len(regions), "margin_l2": percentiles(margins)}
-    write_json(os.path.join(args.out, "toy2d.json"), {"box": box, "steps": args.steps, "models": rows, "seconds": time.time() - t0})
+    summary = {"config": dataclasses.asdict(config), "box": box, "models": rows, "seconds": time.time() - t0}
+    RunDir(workdir).write_json("toy2d.json", summary)
     table = ["| model | lambda | train acc | #regions in box | margin P25 | P50 | P75 | P100 |", "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         m = r["margin_l2"]
         table.append(f"| {name} | {r['lambda']:g} | {r['train_accuracy']:.2f} | {r['num_regions']} | {m['P25']:.4f} | {m['P50']:.4f} | {m['P75']:.4f} | {m['P100']:.4f} |")
-    with open(os.path.join(args.out, "toy2d.md"), "w") as fh:
+    with open(os.path.join(workdir, "toy2d.md"), "w") as fh:
         fh.write("\n".join(table) + "\n")
     print("\n".join(table))
-    plot(panels, x, y, box, os.path.join(args.out, "toy2d"))
-    print(f"figure: {args.out}/toy2d.png  ({time.time() - t0:.0f} s)")
+    plot(panels, x, y, box, os.path.join(workdir, "toy2d"))
+    print(f"figure: {workdir}/toy2d.png  ({time.time() - t0:.0f} s)")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = _cli.config_parser(Config, __doc__).parse_args(argv)
+    config = _cli.config_from_args(Config, args).validate()
+    return train_and_evaluate(config, config.out)
 
 
 def plot(panels, x, y, box, path):
@@ -119,8 +150,6 @@ def plot(panels, x, y, box, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from lld_jax.plotting import draw_heatmap, draw_points, draw_regions
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
     titles = {"vanilla": "(a) vanilla", "distance": "(b) distance regularisation (Eq. 4)", "relaxed": "(c) relaxed regularisation (Eq. 7)"}
@@ -143,4 +172,4 @@ def plot(panels, x, y, box, path):
 
 
 if __name__ == "__main__":
-    main()
+    _cli.run(main)

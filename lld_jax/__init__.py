@@ -1,23 +1,37 @@
 """lld_jax: robust, locally linear deep networks in JAX (Lee, Alvarez-Melis, Jaakkola, ICLR 2019).
 
-Inference: exact linear-region geometry of piecewise-linear networks
-(:func:`margin`, :func:`directional_margin`, :func:`activation_pattern`,
-:func:`count_regions`). The network protocol is documented in
-:mod:`lld_jax.network`.
+The functions here act on ONE example and compose with ``jax.vmap``,
+``jax.jit`` and ``jax.grad``; :mod:`lld_jax.batched` holds the same functions
+for batches (fast CPU blocking, value errors raised as ``ValueError``).
+
+* Geometry: :func:`margin`, :func:`margin_with_neuron`,
+  :func:`directional_margin`, :func:`activation_pattern`, :func:`same_region`,
+  :func:`hull_in_region`, :func:`l1_ball_in_region`, :func:`neuron_gradients`,
+  :func:`neuron_gradient_norms`, and over a data set :func:`count_regions`.
+* Learning: :func:`roll_penalty`, :func:`roll_penalty_sampled`,
+  :func:`distance_penalty` (more in :mod:`lld_jax.losses`); the training loop
+  is in :mod:`lld_jax.training`.
+* Networks: :class:`Network`, :func:`as_network`, :func:`from_nnx` and the
+  built-in models :class:`MLP`, :class:`CNN`, :class:`ResNet`,
+  :func:`resnet18`, :class:`RNN`.
 """
 
-from lld_jax.gradients import METHODS, neuron_gradient_norms, neuron_gradients
-from lld_jax.margins import (
+from lld_jax import batched, evaluation, losses, slices, training
+from lld_jax._src.checks import CheckError
+from lld_jax._src.gradients import METHODS, neuron_gradient_norms, neuron_gradients
+from lld_jax._src.losses import distance_penalty, roll_penalty, roll_penalty_sampled
+from lld_jax._src.margins import (
     Margin,
     directional_margin,
     directional_margin_bisect,
     dual_exponent,
     margin,
-    margin_fn,
+    margin_with_neuron,
 )
-from lld_jax.models import CNN, MLP, RNN, ResNet, resnet18
-from lld_jax.network import Network, as_network, from_nnx
-from lld_jax.regions import (
+from lld_jax._src.models import CNN, MLP, RNN, ResNet, resnet18
+from lld_jax._src.network import Network, as_network
+from lld_jax._src.nnx_adapter import from_nnx
+from lld_jax._src.regions import (
     RegionCounts,
     activation_pattern,
     count_regions,
@@ -27,10 +41,11 @@ from lld_jax.regions import (
     same_region,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CNN",
+    "CheckError",
     "METHODS",
     "MLP",
     "Margin",
@@ -40,18 +55,26 @@ __all__ = [
     "ResNet",
     "activation_pattern",
     "as_network",
+    "batched",
     "count_regions",
     "directional_margin",
     "directional_margin_bisect",
+    "distance_penalty",
     "dual_exponent",
+    "evaluation",
     "from_nnx",
     "hull_in_region",
     "l1_ball_in_region",
     "l1_ball_vertices",
+    "losses",
     "margin",
-    "margin_fn",
+    "margin_with_neuron",
     "neuron_gradient_norms",
     "neuron_gradients",
     "resnet18",
+    "roll_penalty",
+    "roll_penalty_sampled",
     "same_region",
+    "slices",
+    "training",
 ]

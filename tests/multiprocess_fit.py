@@ -10,8 +10,7 @@ import sys
 import jax
 import numpy as np
 
-from lld_jax.loop import fit
-from lld_jax.training import maybe_initialize_distributed
+from lld_jax.training import fit, maybe_initialize_distributed
 
 jax.config.update("jax_enable_x64", True)  # as in the test process (conftest)
 maybe_initialize_distributed()

@@ -18,45 +18,45 @@ def mlp():
 def test_nan_and_inf_input(mlp):
     net, params, x = mlp
     with pytest.raises(ValueError, match="NaN or Inf"):
-        L.margin(net, params, x.at[1, 2].set(jnp.nan))
+        L.batched.margin(net, params, x.at[1, 2].set(jnp.nan))
     with pytest.raises(ValueError, match="NaN or Inf"):
-        L.activation_pattern(net, params, x.at[0, 0].set(jnp.inf))
+        L.batched.activation_pattern(net, params, x.at[0, 0].set(jnp.inf))
     with pytest.raises(ValueError, match="direction contains"):
-        L.directional_margin(net, params, x, jnp.full(x.shape[1:], jnp.nan))
+        L.batched.directional_margin(net, params, x, jnp.full(x.shape[1:], jnp.nan))
 
 
 def test_wrong_shape(mlp):
     net, params, x = mlp
     with pytest.raises(ValueError, match="input shape mismatch"):
-        L.margin(net, params, x[:, :4])
+        L.batched.margin(net, params, x[:, :4])
     plain = lambda p, u: net.apply(p, u)
     with pytest.raises(ValueError, match="could not be applied to one example"):
-        L.margin(plain, params, x[:, :4])
+        L.batched.margin(plain, params, x[:, :4])
     with pytest.raises(ValueError, match="direction must have the shape"):
-        L.directional_margin(net, params, x, jnp.ones(3))
+        L.batched.directional_margin(net, params, x, jnp.ones(3))
 
 
 def test_empty_batch_and_scalar(mlp):
     net, params, x = mlp
     with pytest.raises(ValueError, match="empty batch"):
-        L.margin(net, params, x[:0])
+        L.batched.margin(net, params, x[:0])
     with pytest.raises(ValueError, match="leading batch axis"):
-        L.margin(net, params, jnp.float64(1.0))
+        L.batched.margin(net, params, jnp.float64(1.0))
 
 
 @pytest.mark.parametrize("p", [0, 3, -1, "two", None])
 def test_bad_p(mlp, p):
     net, params, x = mlp
     with pytest.raises(ValueError, match="norm order must be 1, 2 or inf"):
-        L.margin(net, params, x, p=p)
+        L.batched.margin(net, params, x, p=p)
     with pytest.raises(ValueError, match="norm order must be 1, 2 or inf"):
-        L.margin_fn(net, p=p)
+        L.margin(net, params, x[0], p=p)
 
 
 def test_no_hidden_neurons():
     fn = lambda params, x: (params @ x, ())
     with pytest.raises(ValueError, match="no hidden neurons"):
-        L.margin(fn, jnp.eye(2), jnp.ones((3, 2)))
+        L.batched.margin(fn, jnp.eye(2), jnp.ones((3, 2)))
 
 
 @pytest.mark.parametrize("act", [jnp.tanh, jax.nn.gelu, jax.nn.softmax, jax.nn.sigmoid])
@@ -70,38 +70,38 @@ def test_not_piecewise_linear(act):
         return jax.nn.relu(z2).sum(), (z1, z2)
 
     with pytest.raises(ValueError, match="not piecewise linear"):
-        L.margin(fn, (w1, w2), jnp.ones((2, 4)))
+        L.batched.margin(fn, (w1, w2), jnp.ones((2, 4)))
 
 
 def test_softmax_output_refused():
     fn = lambda params, x: (jax.nn.softmax(params @ jax.nn.relu(x)), (x,))
     with pytest.raises(ValueError, match="not piecewise linear: its output"):
-        L.margin(fn, jnp.eye(3) * 2.0, jnp.array([[1.0, 2.0, 3.0]]))
+        L.batched.margin(fn, jnp.eye(3) * 2.0, jnp.array([[1.0, 2.0, 3.0]]))
 
 
 def test_bad_method_and_chunk(mlp):
     net, params, x = mlp
     with pytest.raises(ValueError, match="unknown method"):
-        L.margin(net, params, x, method="magic")
+        L.batched.margin(net, params, x, method="magic")
     with pytest.raises(ValueError, match="only computes l2"):
-        L.margin(net, params, x, p=1, method="gram")
+        L.batched.margin(net, params, x, p=1, method="gram")
     with pytest.raises(ValueError, match="norms only"):
-        L.neuron_gradients(net, params, x, method="gram")
+        L.batched.neuron_gradients(net, params, x, method="gram")
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
-        L.margin(net, params, x, chunk_size=0)
+        L.batched.margin(net, params, x, chunk_size=0)
     plain = lambda p, u: net.apply(p, u)
     with pytest.raises(ValueError, match="frozen-pattern apply"):
-        L.margin(plain, params, x, method="template")
+        L.batched.margin(plain, params, x, method="template")
     cnn, cparams, cx = make("cnn")
     with pytest.raises(ValueError, match="MLP-only"):
-        L.margin(cnn, cparams, cx, method="gram")
+        L.batched.margin(cnn, cparams, cx, method="gram")
 
 
 def test_not_a_network():
     with pytest.raises(TypeError, match="must be a callable"):
-        L.margin(42, None, jnp.ones((1, 2)))
+        L.batched.margin(42, None, jnp.ones((1, 2)))
     with pytest.raises(TypeError, match="pair"):
-        L.margin(lambda p, x: x, None, jnp.ones((1, 2)))
+        L.batched.margin(lambda p, x: x, None, jnp.ones((1, 2)))
 
 
 def test_nnx_module_that_sows_preacts():
@@ -129,7 +129,7 @@ def test_nnx_module_that_sows_preacts():
         h = jax.nn.relu(z)
     np.testing.assert_allclose(pre[-1], z, rtol=1e-6)
     assert len(pre) == 11
-    assert L.margin(net, params, x).shape == (2,)
+    assert L.batched.margin(net, params, x).shape == (2,)
 
     class Silent(nnx.Module):
         def __init__(self, rngs):
@@ -140,4 +140,4 @@ def test_nnx_module_that_sows_preacts():
 
     net2, params2 = L.from_nnx(Silent(nnx.Rngs(0)), input_shape=(3,))
     with pytest.raises(ValueError, match="sowed no nnx.Intermediate"):
-        L.margin(net2, params2, x)
+        L.batched.margin(net2, params2, x)

@@ -1,51 +1,57 @@
-"""Smoke tests of the experiment entry points on tiny subsets (real data where present)."""
+"""The experiment entry points on tiny subsets of the real data: reports, reloading, CLI errors."""
 
+import dataclasses
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 import lld_jax as L
-from lld_jax.data import MNIST, Split, load_mnist
-from lld_jax.slices import enumerate_slice
+from experiments import _cli, mnist, mnist_slice, toy2d
+from lld_jax.slices import draw_points, draw_regions, enumerate_slice
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="shared MNIST data not present")
+TINY = mnist.Config(data_dir=MNIST_DIR, train_size=128, val_size=64, test_size=64, widths=(16, 16), epochs=1, progress=False)
 
 
-@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="shared MNIST data not present")
-def test_mnist_run_writes_report(tmp_path):
-    from experiments import mnist
+def _png(path):
+    import matplotlib.image
 
-    data = load_mnist(MNIST_DIR, train_size=128)
-    small = MNIST(data.train, Split(data.val.x[:64], data.val.y[:64]), Split(data.test.x[:64], data.test.y[:64]))
-    args = mnist.build_parser().parse_args(["--epochs", "1", "--widths", "32", "32", "--no-progress", "--regularizer", "sampled"])
-    report = mnist.run_one(args, small, 2.0, 1.0, 100.0, str(tmp_path))
+    img = matplotlib.image.imread(str(path))
+    assert img.ndim == 3 and img[..., :3].std() > 0.05, "the figure is blank"
+    return img.shape[:2]
+
+
+@needs_mnist
+def test_mnist_report_matches_an_independent_evaluation(tmp_path):
+    cfg = dataclasses.replace(TINY, lam=2.0, C=1.0, regularizer="sampled", widths=(32, 32))
+    report = mnist.train_and_evaluate(cfg, str(tmp_path))
     saved = json.loads((tmp_path / "report.json").read_text())
-    for key in ("accuracy", "margin_l1", "margin_l2", "num_patterns", "num_jacobians"):
-        assert key in saved
-    assert set(saved["margin_l2"]) == {"P25", "P50", "P75", "P100"}
-    assert saved["margin_l2"]["P25"] <= saved["margin_l2"]["P50"] <= saved["margin_l2"]["P100"]
-    assert saved["num_jacobians"] <= saved["num_patterns"] <= 64
-    assert "| Vanilla" in (tmp_path / "report.md").read_text() or "| ROLL" in (tmp_path / "report.md").read_text()
-    assert report["accuracy"] == saved["accuracy"]
-    picks = mnist.select({"a": report}, report)
-    assert picks["same_accuracy"] == "a"
+    assert saved["accuracy"] == report["accuracy"] and saved["experiment"]["widths"] == [32, 32]
+    assert "| ROLL (lam=2, gamma=100.0) | 1 |" in (tmp_path / "report.md").read_text()
+    # Rebuild the model from the run directory alone and recompute the report's numbers.
+    net, params, _ = mnist_slice.load_run(str(tmp_path))
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    test = L.data.load_mnist(MNIST_DIR, val_size=64, train_size=128, test_size=64).test
+    logits = jax.vmap(lambda u: net.apply(params, u)[0])(jnp.asarray(test.x))
+    assert saved["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1) == test.y)))
+    m2 = np.asarray(jax.vmap(lambda u: L.margin(net, params, u, p=2, method="reverse"))(jnp.asarray(test.x))) * L.data.MNIST_STD
+    np.testing.assert_allclose(saved["margin_l2"]["P50"], np.median(m2), rtol=1e-3)
+    pats = np.asarray(jax.vmap(lambda u: L.activation_pattern(net, params, u))(jnp.asarray(test.x)))
+    assert saved["num_patterns"] == len(np.unique(pats, axis=0))
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1] and saved["best_epoch"] == 1
 
 
-@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="shared MNIST data not present")
+@needs_mnist
 def test_mnist_grid_selects_and_plots(tmp_path):
-    from experiments import mnist
-
-    data = load_mnist(MNIST_DIR, train_size=128)
-    small = MNIST(data.train, Split(data.val.x[:64], data.val.y[:64]), Split(data.test.x[:64], data.test.y[:64]))
-    args = mnist.build_parser().parse_args(
-        ["--grid", "--epochs", "1", "--widths", "16", "16", "--no-progress", "--out", str(tmp_path),
-         "--grid-lam", "0.5", "2", "--grid-C", "1", "--grid-gamma", "max", "100"]
-    )
-    reports, picks = mnist.run_grid(args, small)
+    cfg = dataclasses.replace(TINY, grid=True, grid_lam=(0.5, 2.0), grid_C=(1.0,), grid_gamma=("max", 100.0))
+    reports, picks = mnist.run_grid(cfg, str(tmp_path))
     assert set(reports) == {"vanilla", "lam0.5_C1_gammamax", "lam0.5_C1_gamma100.0", "lam2_C1_gammamax", "lam2_C1_gamma100.0"}
     # The selection rule, re-derived from the reports: best validation median l2 margin per rounded accuracy.
     target = round(100 * reports["vanilla"]["val"]["accuracy"])
@@ -53,33 +59,91 @@ def test_mnist_grid_selects_and_plots(tmp_path):
         cands = {k: r["val"]["margin_l2"]["P50"] for k, r in reports.items() if k != "vanilla" and round(100 * r["val"]["accuracy"]) == acc}
         assert picks[slot] == (max(cands, key=cands.get) if cands else None)
     assert json.loads((tmp_path / "selection.json").read_text()) == picks
-    cross = mnist.build_parser().parse_args(["--grid", "--grid-cross", "--grid-lam", "0.5", "2", "4", "--grid-C", "0.5", "1", "--grid-gamma", "100"])
-    assert sorted(mnist.grid_points(cross)) == [(0.5, 0.5, 100.0), (0.5, 1.0, 100.0), (2.0, 1.0, 100.0), (4.0, 1.0, 100.0)]
-    assert (tmp_path / "figure2.png").stat().st_size > 0 and "| Vanilla" in (tmp_path / "table1.md").read_text()
+    assert _png(tmp_path / "figure2.png") == (350, 1600)
+    assert (tmp_path / "table1.md").read_text().count("\n| ") == 1 + sum(1 for k in picks.values() if k)
+    cross = mnist.Config(grid=True, grid_cross=True, grid_lam=(0.5, 2.0, 4.0), grid_C=(0.5, 1.0), grid_gamma=(100.0,))
+    assert sorted(cross.points()) == [(0.5, 0.5, 100.0), (0.5, 1.0, 100.0), (2.0, 1.0, 100.0), (4.0, 1.0, 100.0)]
 
 
-def test_mnist_cli_refuses_bad_hyper_parameters(tmp_path):
-    from experiments import mnist
+@needs_mnist
+def test_run_directory_refuses_other_data_or_architecture(tmp_path):
+    mnist.train_and_evaluate(TINY, str(tmp_path))
+    for change, field in [({"train_size": 100}, "experiment.train_size"), ({"widths": (8, 8)}, "experiment.widths"), ({"lr": 0.1}, "train.lr")]:
+        with pytest.raises(ValueError, match=f"different config.*{field}"):
+            mnist.train_and_evaluate(dataclasses.replace(TINY, **change), str(tmp_path))
+    # More epochs extend the run; the report then covers both.
+    report = mnist.train_and_evaluate(dataclasses.replace(TINY, epochs=2), str(tmp_path))
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2 and report["best_epoch"] in (1, 2)
 
-    with pytest.raises(ValueError, match="C \\(hinge weight\\)"):
-        mnist.main(["--C", "-1", "--lam", "1", "--out", str(tmp_path), "--data-dir", MNIST_DIR, "--train-size", "10"])
+
+@needs_mnist
+def test_mnist_slice_rebuilds_the_recorded_architecture(tmp_path):
+    mnist.train_and_evaluate(dataclasses.replace(TINY, widths=(12, 10)), str(tmp_path / "run"))
+    net, params, cfg = mnist_slice.load_run(str(tmp_path / "run"))
+    assert cfg["experiment"]["widths"] == [12, 10]
+    assert sum(np.prod(s.shape) for s in jax.eval_shape(net.apply, params, jax.ShapeDtypeStruct((28, 28), jnp.float64))[1]) == 22
+    mnist_slice.main([str(tmp_path / "run"), "--data-dir", MNIST_DIR, "--out", str(tmp_path / "slice")])
+    summary = json.loads((tmp_path / "slice" / "mnist_slice.json").read_text())
+    assert summary[str(tmp_path / "run")]["regions"] >= 1
+    _png(tmp_path / "slice" / "mnist_slice.png")
+    with pytest.raises(FileNotFoundError, match="no MNIST run"):
+        mnist_slice.load_run(str(tmp_path))
 
 
-def test_toy_data_and_region_plot(tmp_path):
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--C", "-1", "--lam", "1"], "C (hinge weight)"),
+        (["--widths", "0"], "widths must be"),
+        (["--test-size", "0"], "test_size must be in"),
+        (["--test-size", "-250"], "test_size must be in"),
+        (["--train-size", "99999"], "train_size must be in"),
+        (["--method", "bogus", "--lam", "1", "--C", "1"], "method must be one of"),
+        (["--regularizer", "sampled", "--lam", "1", "--num-samples", "1000"], "exceeds the input dimension"),
+    ],
+)
+def test_mnist_cli_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.run(mnist.main, argv + ["--out", str(tmp_path / "run"), "--data-dir", MNIST_DIR])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_toy_cli_refuses_zero_steps(capsys):
+    with pytest.raises(SystemExit):
+        _cli.run(toy2d.main, ["--steps", "0"])
+    assert "steps must be a positive integer" in capsys.readouterr().err
+
+
+def test_toy_experiment_end_to_end(tmp_path):
+    cfg = toy2d.Config(steps=20, num_points=24, widths=(8, 8), lambdas=(0.1, 1.0))
+    summary = toy2d.train_and_evaluate(cfg, str(tmp_path))
+    assert set(summary["models"]) == {"vanilla", "distance", "relaxed"}
+    for row in summary["models"].values():
+        assert row["num_regions"] >= 1 and 0 <= row["train_accuracy"] <= 1
+        m = row["margin_l2"]
+        assert 0 <= m["P25"] <= m["P50"] <= m["P75"] <= m["P100"]
+    assert _png(tmp_path / "toy2d.png") == (416, 1200)
+    assert json.loads((tmp_path / "toy2d.json").read_text())["config"]["steps"] == 20
+
+
+def test_region_plot_draws_every_region(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from experiments.toy2d import two_moons
-    from lld_jax.plotting import draw_points, draw_regions
-
-    x, y = two_moons()
+    x, y = toy2d.two_moons()
     assert x.shape == (100, 2) and set(np.unique(y)) == {0, 1}
     net, params = L.from_nnx(L.MLP(2, [8, 8], 1, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
     regions = enumerate_slice(net, params, jnp.zeros(2), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), [(-2, -2), (2, -2), (2, 2), (-2, 2)])
-    fig, ax = plt.subplots()
-    draw_regions(ax, regions)
-    draw_points(ax, x, y, margins=np.asarray(L.margin(net, params, jnp.asarray(x))), grads=np.ones_like(x))
-    fig.savefig(tmp_path / "r.png")
-    assert (tmp_path / "r.png").stat().st_size > 1000
+    for fill in ("random", "class", None):
+        fig, ax = plt.subplots()
+        draw_regions(ax, regions, fill=fill)
+        draw_points(ax, x, y, margins=np.asarray(L.batched.margin(net, params, jnp.asarray(x))), grads=np.ones_like(x))
+        assert len(ax.collections[0].get_paths()) == len(regions)
+        plt.close(fig)
+    with pytest.raises(ValueError, match="fill must be"):
+        draw_regions(plt.subplots()[1], regions, fill="rainbow")

@@ -10,6 +10,15 @@ import lld_jax as L
 from lld_jax.losses import aggregate, distance_penalty, roll_penalty, roll_penalty_sampled
 
 
+def batch_roll(net, params, x, **kw):
+    return jax.vmap(lambda xi: roll_penalty(net, params, xi, **kw))(x)
+
+
+def batch_sampled(net, params, x, key, **kw):
+    keys = jax.random.split(key, x.shape[0])
+    return jax.vmap(lambda xi, k: roll_penalty_sampled(net, params, xi, k, **kw))(x, keys)
+
+
 def tiny(d=4):
     model = L.MLP(d, [5, 3], 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     net, params = L.from_nnx(model)
@@ -39,7 +48,7 @@ def numpy_terms(params, x, C):
 def test_roll_penalty_matches_reference(gamma, method, d):
     net, params, x = tiny(d)
     C = 0.7
-    got = np.asarray(roll_penalty(net, params, x, C=C, gamma=gamma, method=method))
+    got = np.asarray(batch_roll(net, params, x, C=C, gamma=gamma, method=method))
     for i, (_, _, terms) in enumerate(numpy_terms(params, x, C)):
         if gamma == "max":
             ref = terms.max()
@@ -56,7 +65,7 @@ def test_distance_penalty_is_minus_margin():
         # Conventions: z = 0 gives distance 0 (even with a zero gradient); zero gradient otherwise never bounds.
         d = np.where(z == 0, 0.0, np.where(sq > 0, np.abs(z) / np.sqrt(np.where(sq > 0, sq, 1)), np.inf))
         ref.append(-d.min())
-    np.testing.assert_allclose(distance_penalty(net, params, x), ref, rtol=1e-12)
+    np.testing.assert_allclose(jax.vmap(lambda xi: distance_penalty(net, params, xi))(x), ref, rtol=1e-12)
 
 
 def test_aggregate_topk_semantics():
@@ -74,8 +83,8 @@ def test_sampled_estimator_is_unbiased(estimator, stratify):
     net, params = L.from_nnx(model)
     x = jax.random.normal(jax.random.key(2), (2, 4, 4, 3), jnp.float64)
     C = 0.5
-    exact = np.asarray(roll_penalty(net, params, x, C=C, gamma=100, method="forward"))
-    f = jax.jit(lambda k: roll_penalty_sampled(net, params, x, k, C=C, num_samples=3, estimator=estimator, stratify=stratify))
+    exact = np.asarray(batch_roll(net, params, x, C=C, gamma=100, method="forward"))
+    f = jax.jit(lambda k: batch_sampled(net, params, x, k, C=C, num_samples=3, estimator=estimator, stratify=stratify))
     draws = np.stack([np.asarray(f(k)) for k in jax.random.split(jax.random.key(0), 3000)])
     mean, se = draws.mean(0), draws.std(0) / np.sqrt(len(draws))
     assert np.all(np.abs(mean - exact) < 4 * se), (mean, exact, se)
@@ -84,8 +93,8 @@ def test_sampled_estimator_is_unbiased(estimator, stratify):
 
 def test_sampled_with_all_axes_is_exact():
     net, params, x = tiny()
-    exact = roll_penalty(net, params, x, C=0.3)
-    got = roll_penalty_sampled(net, params, x, jax.random.key(0), C=0.3, num_samples=4)
+    exact = batch_roll(net, params, x, C=0.3)
+    got = batch_sampled(net, params, x, jax.random.key(0), C=0.3, num_samples=4)
     np.testing.assert_allclose(got, exact, rtol=1e-12)
 
 
@@ -95,7 +104,7 @@ def test_parameter_gradient_flows_through_gradient_term(method, d):
     C = 0.0  # only the ||grad_x z||^2 term: its parameter gradient must be right
 
     def loss(p):
-        return jnp.mean(roll_penalty(net, p, x, C=C, method=method))
+        return jnp.mean(batch_roll(net, p, x, C=C, method=method))
 
     g = jax.grad(loss)(params)
     leaves, treedef = jax.tree.flatten(params)
@@ -114,13 +123,13 @@ def test_parameter_gradient_flows_through_gradient_term(method, d):
 def test_invalid_hyper_parameters_refused():
     net, params, x = tiny()
     with pytest.raises(ValueError, match="C \\(hinge weight\\) must be >= 0"):
-        roll_penalty(net, params, x, C=-1.0)
+        roll_penalty(net, params, x[0], C=-1.0)
     with pytest.raises(ValueError, match="gamma must be"):
-        roll_penalty(net, params, x, C=1.0, gamma=0)
+        roll_penalty(net, params, x[0], C=1.0, gamma=0)
     with pytest.raises(ValueError, match="gamma must be"):
-        roll_penalty(net, params, x, C=1.0, gamma=150)
+        roll_penalty(net, params, x[0], C=1.0, gamma=150)
     with pytest.raises(ValueError, match="D' must be an integer >= 1"):
-        roll_penalty_sampled(net, params, x, jax.random.key(0), C=1.0, num_samples=0)
+        roll_penalty_sampled(net, params, x[0], jax.random.key(0), C=1.0, num_samples=0)
     from lld_jax.training import TrainConfig
 
     with pytest.raises(ValueError, match="lambda"):

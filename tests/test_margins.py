@@ -1,5 +1,7 @@
 """Margins are sound (no sampled point in the ball changes pattern), tight, and match an LP."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ N_SAMPLES = 2000
 
 
 def _pattern(net, params, x):
-    return np.asarray(L.activation_pattern(net, params, x))
+    return np.asarray(L.batched.activation_pattern(net, params, x))
 
 
 def _ball_samples(rng, p, d, n):
@@ -37,14 +39,14 @@ def _ball_samples(rng, p, d, n):
 @pytest.mark.parametrize("p", [1, 2, np.inf])
 def test_soundness_no_sample_inside_ball_flips(kind, p):
     net, params, x = make(kind)
-    eps = np.asarray(L.margin(net, params, x, p=p))
+    eps = np.asarray(L.batched.margin(net, params, x, p=p))
     rng = np.random.default_rng(0)
     shape = x.shape[1:]
     d = int(np.prod(shape))
     for i in range(x.shape[0]):
         pts = x[i].reshape(1, -1) + 0.999 * eps[i] * _ball_samples(rng, p, d, N_SAMPLES)
         pts = jnp.asarray(pts.reshape((N_SAMPLES, *shape)))
-        same = L.same_region(net, params, jnp.broadcast_to(x[i], pts.shape), pts)
+        same = L.batched.same_region(net, params, jnp.broadcast_to(x[i], pts.shape), pts)
         assert bool(jnp.all(same)), f"{int((~same).sum())} points inside the l{p} ball of example {i} flip"
 
 
@@ -52,8 +54,8 @@ def test_soundness_no_sample_inside_ball_flips(kind, p):
 @pytest.mark.parametrize("p", [1, 2, np.inf])
 def test_tightness_bounding_neuron_flips_just_outside(kind, p):
     net, params, x = make(kind)
-    res = L.margin(net, params, x, p=p, return_neuron=True)
-    z, grads = L.neuron_gradients(net, params, x)
+    res = L.batched.margin_with_neuron(net, params, x, p=p)
+    z, grads = L.batched.neuron_gradients(net, params, x)
     sizes = [int(np.prod(s.shape[1:])) for s in jax.eval_shape(lambda u: jax.vmap(lambda v: net.apply(params, v)[1])(u), x)]
     starts = np.concatenate([[0], np.cumsum(sizes)])
     for i in range(x.shape[0]):
@@ -91,7 +93,7 @@ def _polytope(net, params, x):
 @pytest.mark.parametrize("p", [1, np.inf])
 def test_l1_linf_margins_equal_linear_program(p):
     net, params, x = make("mlp")
-    eps = np.asarray(L.margin(net, params, x, p=p))
+    eps = np.asarray(L.batched.margin(net, params, x, p=p))
     d = x.shape[1]
     # Vertices of the unit ball: l1 -> +-e_k; l_inf -> all sign vectors.
     if p == 1:
@@ -112,21 +114,21 @@ def test_l1_linf_margins_equal_linear_program(p):
 def test_l2_margin_equals_distance_to_nearest_hyperplane_qp_free():
     # Independent check of Prop. 6 on the brute-force polytope.
     net, params, x = make("mlp")
-    eps = np.asarray(L.margin(net, params, x, p=2))
+    eps = np.asarray(L.batched.margin(net, params, x, p=2))
     for i in range(x.shape[0]):
         a, c = _polytope(net, params, x[i])
         dist = (a @ np.asarray(x[i]) + c) / np.linalg.norm(a, axis=1)
         np.testing.assert_allclose(eps[i], dist.min(), rtol=1e-10)
 
 
-def test_margin_fn_single_and_batched():
+def test_per_example_margin_matches_batched_under_vmap_and_jit():
     net, params, x = make("cnn")
-    f = L.margin_fn(net, p=2)
-    batch = f(params, x)
+    batch = L.batched.margin(net, params, x, p=2)
     assert batch.shape == (x.shape[0],)
-    np.testing.assert_allclose(f(params, x[2]), batch[2], rtol=1e-12)
-    # Works under the user's own jit.
-    np.testing.assert_allclose(jax.jit(f)(params, x), batch, rtol=1e-12)
+    np.testing.assert_allclose(L.margin(net, params, x[2]), batch[2], rtol=1e-12)
+    one = lambda xi: L.margin(net, params, xi, p=2)
+    np.testing.assert_allclose(jax.vmap(one)(x), batch, rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(jax.vmap(one))(x), batch, rtol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["gram", "forward"])
@@ -134,20 +136,20 @@ def test_large_ragged_batch_equals_one_by_one(method):
     """Batches over the CPU example block (16), with a ragged remainder, give per-example results."""
     net, params, _ = make("narrow_mlp")
     x = jax.random.normal(jax.random.key(5), (37, 10), jnp.float64)
-    res = L.margin(net, params, x, p=2, method=method, return_neuron=True)
+    res = L.batched.margin_with_neuron(net, params, x, p=2, method=method)
     for i in (0, 15, 16, 31, 32, 36):
-        one = L.margin(net, params, x[i : i + 1], p=2, method=method, return_neuron=True)
+        one = L.batched.margin_with_neuron(net, params, x[i : i + 1], p=2, method=method)
         np.testing.assert_allclose(res.radius[i], one.radius[0], rtol=1e-12)
         assert int(res.neuron[i]) == int(one.neuron[0]) and int(res.layer[i]) == int(one.layer[0])
 
 
-def test_margin_fn_plain_function_with_input_shape():
+def test_margin_of_plain_function_as_partial():
     w = jnp.array([[1.0, 2.0], [-1.0, 0.5]])
     fn = lambda params, x: (params @ jax.nn.relu(params @ x), (params @ x,))
-    f = L.margin_fn(fn, p=2, input_shape=(2,))
+    margin_l2 = functools.partial(L.margin, fn, p=2)
     x = jnp.array([1.0, 0.3])
     z = w @ x
-    np.testing.assert_allclose(f(w, x), np.min(np.abs(z) / np.linalg.norm(w, axis=1)), rtol=1e-12)
+    np.testing.assert_allclose(margin_l2(w, x), np.min(np.abs(z) / np.linalg.norm(w, axis=1)), rtol=1e-12)
 
 
 def test_zero_gradient_neuron_never_bounds_and_zero_preact_gives_zero():
@@ -158,22 +160,22 @@ def test_zero_gradient_neuron_never_bounds_and_zero_preact_gives_zero():
     params = {"w": jnp.array([[1.0, 0.0], [0.0, 0.0]]), "b": jnp.array([0.0, 0.5])}
     x = jnp.array([[2.0, 1.0]])
     # Neuron 1 has zero gradient and z = 0.5: never bounds; neuron 0 bounds at |2| / 1.
-    res = L.margin(fn, params, x, return_neuron=True)
+    res = L.batched.margin_with_neuron(fn, params, x)
     assert float(res.radius[0]) == 2.0 and int(res.neuron[0]) == 0
     params = {"w": jnp.array([[0.0, 0.0]]), "b": jnp.array([0.5])}
-    assert np.isinf(float(L.margin(fn, params, x)[0]))
+    assert np.isinf(float(L.batched.margin(fn, params, x)[0]))
     params = {"w": jnp.array([[1.0, 0.0]]), "b": jnp.array([-2.0])}  # z = 0 exactly
-    assert float(L.margin(fn, params, x)[0]) == 0.0
+    assert float(L.batched.margin(fn, params, x)[0]) == 0.0
     params = {"w": jnp.array([[0.0, 0.0]]), "b": jnp.array([0.0])}  # z = 0 and zero gradient
-    assert float(L.margin(fn, params, x)[0]) == 0.0
+    assert float(L.batched.margin(fn, params, x)[0]) == 0.0
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_directional_margin_matches_dense_sampling_and_bisection(kind):
     net, params, x = make(kind)
     d = jax.random.normal(jax.random.key(3), x.shape, x.dtype)
-    t = np.asarray(L.directional_margin(net, params, x, d))
-    tb = np.asarray(L.directional_margin_bisect(net, params, x, d, t_max=100.0))
+    t = np.asarray(L.batched.directional_margin(net, params, x, d))
+    tb = np.asarray(L.batched.directional_margin_bisect(net, params, x, d, t_max=100.0))
     np.testing.assert_allclose(tb, t, rtol=1e-9)
     p0 = _pattern(net, params, x)
     for i in range(x.shape[0]):
@@ -189,6 +191,6 @@ def test_directional_margin_matches_dense_sampling_and_bisection(kind):
 def test_directional_margin_infinite_when_no_neuron_is_approached():
     fn = lambda params, x: (x.sum(), (x,))  # identity preacts: boundary at x_k = 0
     x = jnp.array([[1.0, 2.0]])
-    assert np.isinf(float(L.directional_margin(fn, None, x, jnp.array([1.0, 0.0]))[0]))
-    assert float(L.directional_margin(fn, None, x, jnp.array([-1.0, 0.0]))[0]) == 1.0
-    assert np.isinf(float(L.directional_margin_bisect(fn, None, x, jnp.array([1.0, 0.0]))[0]))
+    assert np.isinf(float(L.batched.directional_margin(fn, None, x, jnp.array([1.0, 0.0]))[0]))
+    assert float(L.batched.directional_margin(fn, None, x, jnp.array([-1.0, 0.0]))[0]) == 1.0
+    assert np.isinf(float(L.batched.directional_margin_bisect(fn, None, x, jnp.array([1.0, 0.0]))[0]))

@@ -12,31 +12,31 @@ from nets import make
 
 def test_pattern_matches_preacts_and_same_region():
     net, params, x = make("resnet")
-    pat = np.asarray(L.activation_pattern(net, params, x))
+    pat = np.asarray(L.batched.activation_pattern(net, params, x))
     z = np.concatenate([np.asarray(p).reshape(x.shape[0], -1) for p in jax.vmap(lambda u: net.apply(params, u)[1])(x)], 1)
     assert (pat == (z > 0)).all()
-    assert bool(L.same_region(net, params, x, x).all())
-    assert not bool(L.same_region(net, params, x, x[::-1]).any())
+    assert bool(L.batched.same_region(net, params, x, x).all())
+    assert not bool(L.batched.same_region(net, params, x, x[::-1]).any())
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_l1_ball_membership_at_margin(kind):
     net, params, x = make(kind)
-    eps = L.margin(net, params, x, p=1)
-    assert bool(L.l1_ball_in_region(net, params, x, 0.999 * eps).all())
+    eps = L.batched.margin(net, params, x, p=1)
+    assert bool(L.batched.l1_ball_in_region(net, params, x, 0.999 * eps).all())
     # Just outside, the vertex towards the bounding neuron leaves the region.
-    assert not bool(L.l1_ball_in_region(net, params, x, 1.001 * eps).any())
+    assert not bool(L.batched.l1_ball_in_region(net, params, x, 1.001 * eps).any())
 
 
 def test_hull_in_region_all_or_nothing():
     net, params, x = make("mlp")
-    eps = L.margin(net, params, x, p=2)
+    eps = L.batched.margin(net, params, x, p=2)
     d = jax.random.normal(jax.random.key(0), (x.shape[0], 5, x.shape[1]), x.dtype)
     d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
     verts = x[:, None] + 0.9 * eps[:, None, None] * d
-    assert bool(L.hull_in_region(net, params, x, verts).all())
+    assert bool(L.batched.hull_in_region(net, params, x, verts).all())
     far = verts.at[:, 0].set(x + 100.0)
-    assert not bool(L.hull_in_region(net, params, x, far).any())
+    assert not bool(L.batched.hull_in_region(net, params, x, far).any())
 
 
 def _brute_counts(net, params, xs, decimals=4):

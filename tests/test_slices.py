@@ -26,7 +26,7 @@ def _grid_patterns(net, params, x0, a, b, n=120):
     uu, vv = np.meshgrid(u, u)
     pts = np.stack([uu.ravel(), vv.ravel()], 1)
     xs = x0[None] + pts[:, 0].reshape((-1,) + (1,) * x0.ndim) * a[None] + pts[:, 1].reshape((-1,) + (1,) * x0.ndim) * b[None]
-    return pts, np.asarray(L.activation_pattern(net, params, jnp.asarray(xs)))
+    return pts, np.asarray(L.batched.activation_pattern(net, params, jnp.asarray(xs)))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet"])
@@ -57,7 +57,7 @@ def test_count_equals_brute_force_on_small_net():
     regions = enumerate_slice(net, params, x0, a, b, box)
     u = np.linspace(-3, 3, 1501)
     uu, vv = np.meshgrid(u, u)
-    pats = np.asarray(L.activation_pattern(net, params, jnp.asarray(np.stack([uu.ravel(), vv.ravel()], 1))))
+    pats = np.asarray(L.batched.activation_pattern(net, params, jnp.asarray(np.stack([uu.ravel(), vv.ravel()], 1))))
     grid_count = len(np.unique(pats, axis=0))
     big = [r for r in regions if polygon_area(r.vertices) > 4 * (u[1] - u[0]) ** 2]
     # Every region larger than a few grid cells is found by the grid, and the grid finds no others.

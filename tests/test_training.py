@@ -16,8 +16,7 @@ from flax import nnx
 
 import lld_jax as L
 from lld_jax.data import load_mnist, read_idx
-from lld_jax.loop import fit
-from lld_jax.training import Trainer, TrainConfig, data_mesh
+from lld_jax.training import Trainer, TrainConfig, data_mesh, fit
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
@@ -46,7 +45,7 @@ def test_sharded_step_equals_single_device():
         state = tr.init_state(params)
         size = -(-13 // len(tr.mesh.devices.flat)) * len(tr.mesh.devices.flat)
         state, m = tr.train_step(state, *tr.padded_batch(x[:13], y[:13], size))
-        results.append((jax.device_get(state["params"]), jax.device_get(m)))
+        results.append((jax.device_get(state.params), jax.device_get(m)))
     (p1, m1), (p8, m8) = results
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), p1, p8)
     np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
@@ -60,39 +59,49 @@ def test_padding_is_masked_not_counted():
     np.testing.assert_allclose(full["loss"], float(jnp.mean(ref)), rtol=1e-5)
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("regularizer", ["roll", "sampled"])
+def test_resumed_and_extended_run_equals_uninterrupted(tmp_path, regularizer):
     net, params, x, y = small_problem(60)
-    cfg = TrainConfig(epochs=3, batch_size=16, lam=0.5, C=1.0, regularizer="sampled", num_samples=2, lr=0.05)
-    a, hist_a = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "a"), progress=False)
-    fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False, stop_after_epochs=1)
-    b, hist_b = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False)
-    jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), jax.device_get(a), jax.device_get(b))
-    assert hist_a == hist_b and len(hist_b) == 3
-    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["lam"] == 0.5
-
-
-def test_finished_run_extends_to_more_epochs(tmp_path):
-    net, params, x, y = small_problem(60)
-    cfg = TrainConfig(epochs=3, batch_size=16, lam=0.5, C=1.0, lr=0.05)
+    cfg = TrainConfig(epochs=3, batch_size=16, lam=0.5, C=1.0, regularizer=regularizer, num_samples=2, lr=0.05)
     a, hist_a = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "a"), progress=False)
     fit(net, params, dataclasses.replace(cfg, epochs=1), (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False)
     b, hist_b = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False)
     jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), jax.device_get(a), jax.device_get(b))
-    assert hist_a == hist_b
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["epochs"] == 3
+    assert hist_a == hist_b and len(hist_b) == 3
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    saved = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert saved["train"]["epochs"] == 3 and saved["train"]["lam"] == 0.5
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
     net, params, x, y = small_problem(40)
-    cfg = TrainConfig(epochs=3, batch_size=20, lr=0.01)
-    fit(net, params, cfg, (x, y), (x, y), str(tmp_path), progress=False, stop_after_epochs=1)
+    cfg = TrainConfig(epochs=2, batch_size=20, lr=0.01)
+    fit(net, params, dataclasses.replace(cfg, epochs=1), (x, y), (x, y), str(tmp_path), progress=False)
     x_bad = x.copy()
-    x_bad[5, 0] = np.nan
-    with pytest.raises(FloatingPointError, match="loss became nan.*checkpoint"):
+    x_bad[5] = 3e38  # finite, but the first layer overflows
+    with pytest.raises(FloatingPointError, match=r"NaN or Inf at epoch 2, step \d+.*last good checkpoint \(epoch 1\)"):
         fit(net, params, cfg, (x_bad, y), (x, y), str(tmp_path), progress=False)
     assert (tmp_path / "checkpoints" / "latest" / "1").exists()
+    with pytest.raises(FloatingPointError, match=r"at epoch 1, step \d+.*no checkpoint was written yet"):
+        fit(net, params, cfg, (x_bad, y), (x, y), str(tmp_path / "fresh"), progress=False)
+
+
+def test_bad_data_refused_before_anything_is_written(tmp_path):
+    net, params, x, y = small_problem(20)
+    cfg = TrainConfig(epochs=1, batch_size=10)
+    for bad, match in [
+        ((x, np.where(y == 1, 7, y).astype(np.int32)), r"labels must be integers in \[0, 2\)"),
+        ((np.where(x > 1, np.nan, x), y), "NaN or Inf inputs"),
+        ((x[:, :4], y), "shape"),
+        ((x[:0], y[:0]), "at least one"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fit(net, params, cfg, bad, (x, y), str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="method must be one of"):
+        fit(net, params, TrainConfig(method="bogus"), (x, y), (x, y), str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_change_in_existing_run_dir_refused(tmp_path):
@@ -108,8 +117,8 @@ def test_training_reduces_loss_and_roll_enlarges_margins(tmp_path):
     pv, hv = fit(net, params, TrainConfig(**base), (x, y), (x, y), str(tmp_path / "v"), progress=False)
     pr, _ = fit(net, params, TrainConfig(**base, lam=1.0, C=1.0), (x, y), (x, y), str(tmp_path / "r"), progress=False)
     assert hv[-1]["train_loss"] < hv[0]["train_loss"]
-    mv = np.median(L.margin(net, pv, jnp.asarray(x)))
-    mr = np.median(L.margin(net, pr, jnp.asarray(x)))
+    mv = np.median(L.batched.margin(net, pv, jnp.asarray(x)))
+    mr = np.median(L.batched.margin(net, pr, jnp.asarray(x)))
     assert mr > 2 * mv, (mr, mv)
 
 

@@ -6,29 +6,51 @@ from typing import Sequence
 
 import numpy as np
 
-from lld_jax.slices import SliceRegion
+from lld_jax._src.slices import SliceRegion
 
 
 def draw_regions(
     ax,
     regions: Sequence[SliceRegion],
     *,
-    logit: int = 0,
-    fill: bool = True,
+    logit: int | None = 0,
+    fill: str | None = "random",
     seed: int = 0,
     edge_width: float = 0.15,
 ) -> None:
-    """Region outlines (and pastel fills), plus the exact decision boundary of output ``logit``.
+    """Region outlines and fills on a matplotlib axis, plus the exact decision boundary of output ``logit``.
 
-    The boundary is exact: on each region the logit is affine, so its zero set
-    is a segment, clipped to the region.
+    Args:
+      ax: the axis.
+      regions: from :func:`~lld_jax.slices.enumerate_slice`.
+      logit: output whose zero set is drawn (exact: on each region the logit
+        is affine, so its zero set is a segment clipped to the region);
+        ``None`` draws no boundary.
+      fill: ``"random"`` pastel colours, ``"class"`` the arg-max output at
+        each region's centre (tab10 colours), or ``None``.
+      seed: of the random colours.
+      edge_width: of the region outlines.
     """
+    from matplotlib import colormaps
     from matplotlib.collections import LineCollection, PolyCollection
 
-    rng = np.random.default_rng(seed)
     polys = [r.vertices for r in regions]
-    colors = 0.75 + 0.25 * rng.random((len(polys), 3)) if fill else "none"
-    ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="0.45", linewidths=edge_width))
+    if fill == "random":
+        colors = 0.75 + 0.25 * np.random.default_rng(seed).random((len(polys), 3))
+    elif fill == "class":
+        cmap = colormaps["tab10"]
+        colors = [cmap(int(np.argmax(r.out_slope @ r.vertices.mean(0) + r.out_offset)) % 10) for r in regions]
+    elif fill is None:
+        colors = "none"
+    else:
+        raise ValueError(f"fill must be 'random', 'class' or None, got {fill!r}.")
+    ax.add_collection(PolyCollection(polys, facecolors=colors, edgecolors="0.45", linewidths=edge_width, alpha=0.6 if fill == "class" else 1.0))
+    allv = np.concatenate(polys)
+    ax.set_xlim(allv[:, 0].min(), allv[:, 0].max())
+    ax.set_ylim(allv[:, 1].min(), allv[:, 1].max())
+    ax.set_aspect("equal")
+    if logit is None:
+        return
     segs = []
     for r in regions:
         g, c = r.out_slope[logit], r.out_offset[logit]
@@ -42,10 +64,6 @@ def draw_regions(
         if len(pts) == 2:
             segs.append(pts)
     ax.add_collection(LineCollection(segs, colors="k", linewidths=2.0))
-    allv = np.concatenate(polys)
-    ax.set_xlim(allv[:, 0].min(), allv[:, 0].max())
-    ax.set_ylim(allv[:, 1].min(), allv[:, 1].max())
-    ax.set_aspect("equal")
 
 
 def draw_points(ax, points: np.ndarray, labels: np.ndarray, *, margins: np.ndarray | None = None, grads: np.ndarray | None = None, arrow_scale: float = 0.1) -> None:

@@ -63,6 +63,7 @@ class MLP(nnx.Module):
         shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
         if not widths:
             raise ValueError("an MLP needs at least one hidden layer (widths is empty).")
+        _check_sizes("widths", widths)
         self.input_shape = shape
         self.negative_slope = float(negative_slope)
         sizes = [math.prod(shape), *widths, out_features]
@@ -80,6 +81,11 @@ class MLP(nnx.Module):
     def dense_layers(self) -> list[tuple[Array, Array]]:
         """``[(W, b), ...]`` with ``W`` of shape (fan_out, fan_in), output layer last."""
         return [(layer.kernel[...].T, layer.bias[...]) for layer in self.layers]
+
+
+def _check_sizes(name: str, sizes: Sequence[int]) -> None:
+    if any(not isinstance(n, int) or n < 1 for n in sizes):
+        raise ValueError(f"{name} must be positive integers, got {list(sizes)}.")
 
 
 def _pool(h: Array, kind: str) -> Array:
@@ -112,6 +118,8 @@ class CNN(nnx.Module):
     ):
         if downsample not in ("avg", "stride"):
             raise ValueError(f"downsample must be 'avg' or 'stride', got {downsample!r}.")
+        _check_sizes("channels", channels)
+        _check_sizes("hidden", hidden)
         self.input_shape = tuple(input_shape)
         self.negative_slope = float(negative_slope)
         self.downsample = downsample

@@ -30,15 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lld_jax.network import (
-    ApplyFn,
-    Network,
-    PyTree,
-    as_network,
-    flat_preacts,
-    pattern_slopes,
-    validate,
-)
+from lld_jax._src.checks import check_values, prepare, run_checked
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts, pattern_slopes
 
 Array = jax.Array
 METHODS = ("auto", "forward", "reverse", "template", "gram")
@@ -87,25 +80,43 @@ def default_chunk(dim: int, num_neurons: int) -> int:
 
 def _reduce_init(n: int, dtype) -> tuple[Array, Array, Array]:
     zero = jnp.zeros((n,), dtype)
-    return zero, zero, zero  # sum of squares, max |.|, sum |.|
+    return zero, zero, zero  # sum of squares (scaled by max^2 unless squared), max |.|, sum |.|
 
 
-def _reduce_block(acc, cols):
-    """Folds a block of Jacobian columns ``cols`` (c, N) into the accumulators."""
+def _reduce_block(acc, cols, squared: bool):
+    """Folds a block of Jacobian columns ``cols`` (c, N) into the accumulators.
+
+    For certificates (``squared=False``) the sum of squares is kept relative to
+    the running maximum (LAPACK's nrm2 rescaling), so that norms neither
+    overflow above ~1e19 nor flush to zero below ~1e-19 in float32. The
+    training loss (``squared=True``) needs the plain, smooth sum of squares.
+    NaN propagates through both.
+    """
     sq, mx, ab = acc
     a = jnp.abs(cols)
-    return sq + jnp.sum(cols * cols, 0), jnp.maximum(mx, jnp.max(a, 0)), ab + jnp.sum(a, 0)
+    new_mx = jnp.maximum(mx, jnp.max(a, 0))
+    if squared:
+        sq = sq + jnp.sum(cols * cols, 0)
+    else:
+        safe = jnp.where(new_mx > 0, new_mx, 1)
+        sq = sq * jnp.square(mx / safe) + jnp.sum(jnp.square(a / safe), 0)
+    return sq, new_mx, ab + jnp.sum(a, 0)
 
 
-def _columns_scan(column_block, dim: int, chunk: int, n: int, dtype, *, keep: bool):
+def _l2_from_acc(sq: Array, mx: Array, squared: bool) -> Array:
+    """The l2 norm (or its square) from :func:`_reduce_block`'s accumulators."""
+    return sq if squared else mx * jnp.sqrt(sq)
+
+
+def _columns_scan(column_block, dim: int, chunk: int, n: int, dtype, *, keep: bool, squared: bool):
     """Scans ``column_block(tangents (c, D)) -> (c, N)`` over chunks of basis vectors."""
     n_chunks = -(-dim // chunk)
 
     def step(acc, k):
         idx = k * chunk + jnp.arange(chunk)
         tangents = jax.nn.one_hot(idx, dim, dtype=dtype)  # rows past D are all zero
-        cols = column_block(tangents)
-        return _reduce_block(acc, cols), (cols if keep else None)
+        cols = column_block(tangents).astype(acc[0].dtype)
+        return _reduce_block(acc, cols, squared), (cols if keep else None)
 
     acc, cols = jax.lax.scan(step, _reduce_init(n, dtype), jnp.arange(n_chunks))
     if keep:
@@ -119,12 +130,12 @@ def linearize_preacts(net: Network, params, x: Array) -> tuple[Array, Any]:
     return jax.linearize(lambda u: flat_preacts(net, params, u.reshape(shape))[1], x.reshape(-1))
 
 
-def _forward(net: Network, params, x, chunk: int, keep: bool):
+def _forward(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     z, lin = linearize_preacts(net, params, x)
-    return z, _columns_scan(jax.vmap(lin), x.size, chunk, z.shape[0], x.dtype, keep=keep)
+    return z, _columns_scan(jax.vmap(lin), x.size, chunk, z.shape[0], x.dtype, keep=keep, squared=squared)
 
 
-def _template(net: Network, params, x, chunk: int, keep: bool):
+def _template(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     shape, dim = x.shape, x.size
     _, pre = net.apply(params, x)
     slopes = jax.lax.stop_gradient(pattern_slopes(net, pre))
@@ -132,10 +143,10 @@ def _template(net: Network, params, x, chunk: int, keep: bool):
     g = lambda u: jnp.concatenate([jnp.ravel(p) for p in net.apply_frozen(params, u.reshape(shape), slopes)[1]])
     g0 = g(jnp.zeros((dim,), x.dtype))
     block = lambda t: jax.vmap(g)(t) - g0  # biases cancel: columns of the Jacobian
-    return z, _columns_scan(block, dim, chunk, z.shape[0], x.dtype, keep=keep)
+    return z, _columns_scan(block, dim, chunk, z.shape[0], x.dtype, keep=keep, squared=squared)
 
 
-def _reverse(net: Network, params, x, chunk: int, keep: bool):
+def _reverse(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     shape = x.shape
     f = lambda u: flat_preacts(net, params, u.reshape(shape))[1]
     z, vjp = jax.vjp(f, x.reshape(-1))
@@ -143,9 +154,8 @@ def _reverse(net: Network, params, x, chunk: int, keep: bool):
 
     def row(i):
         g = vjp(jax.nn.one_hot(i, n, dtype=z.dtype))[0]
-        a = jnp.abs(g)
-        out = (jnp.sum(g * g), jnp.max(a), jnp.sum(a))
-        return out + ((g,) if keep else ())
+        acc = _reduce_block(tuple(jnp.zeros((1,), z.dtype) for _ in range(3)), g[:, None], squared)
+        return tuple(a[0] for a in acc) + ((g,) if keep else ())
 
     res = jax.lax.map(row, jnp.arange(n), batch_size=chunk)
     return z, (res[:3], res[3] if keep else None)
@@ -181,30 +191,34 @@ def mlp_tangent_rows(net: Network, params, x, f1: Array) -> tuple[Array, Array]:
     return z, jnp.concatenate(rows)
 
 
-def _gram(net: Network, params, x, chunk: int, keep: bool):
+def _gram(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     del chunk, keep
     f1 = l2_factor(net.dense_layers(params)[0][0])  # independent of x: vmap keeps it (and its QR) unbatched
     z, f = mlp_tangent_rows(net, params, x, f1)  # gradients up to a rotation: l2 norms are exact
-    return z, ((jnp.sum(f * f, 1), None, None), None)
+    sq, mx, _ = _reduce_block(tuple(jnp.zeros((f.shape[0],), f.dtype) for _ in range(3)), f.T, squared)
+    return z, ((sq, mx, None), None)
 
 
 _KERNELS = {"forward": _forward, "template": _template, "reverse": _reverse, "gram": _gram}
 
 
-def per_example_norms(net: Network, params: PyTree, x: Array, *, ord: float, method: str, chunk: int) -> tuple[Array, Array]:
-    """``(z, n)`` for ONE example: n_j = ||grad z_j||_ord, except ord=2 gives the SQUARED norm.
+def norms_kernel(
+    net: Network, params: PyTree, x: Array, *, ord: float, method: str, chunk: int, squared: bool = False
+) -> tuple[Array, Array]:
+    """``(z (N,), n (N,))`` for ONE example: n_j = ||grad z_j||_ord (squared for ``squared`` and ord 2).
 
-    Squared for ord 2 so that training through it stays differentiable at 0.
+    No checks; ``method`` already resolved. ``squared=True`` is the smooth sum
+    of squares the ROLL loss differentiates; otherwise norms are scale-safe.
     """
-    z, ((sq, mx, ab), _) = _KERNELS[method](net, params, x, chunk, False)
+    z, ((sq, mx, ab), _) = _KERNELS[method](net, params, x, chunk, False, squared and ord == 2)
     if ord == 2:
-        return z, sq
+        return z, _l2_from_acc(sq, mx, squared)
     return z, ab if ord == 1 else mx
 
 
-def per_example_jacobian(net: Network, params: PyTree, x: Array, *, method: str, chunk: int) -> tuple[Array, Array]:
-    """``(z (N,), J (N, D))`` for ONE example."""
-    z, (_, cols) = _KERNELS[method](net, params, x, chunk, True)
+def jacobian_kernel(net: Network, params: PyTree, x: Array, *, method: str, chunk: int) -> tuple[Array, Array]:
+    """``(z (N,), J (N, D))`` for ONE example; no checks."""
+    z, (_, cols) = _KERNELS[method](net, params, x, chunk, True, False)
     return z, cols
 
 
@@ -222,9 +236,11 @@ def pick_method(
     return method, chunk
 
 
-def _resolve(net: Network, params, x, method: str, chunk_size: int | None, ord: float | None):
-    shape, hidden = validate(net, params, x)
-    return (*pick_method(net, method, ord, shape, hidden, chunk_size), hidden)
+def resolve_method(
+    net: Network, method: str, ord: float | None, x: Array, hidden: tuple[tuple[int, ...], ...], chunk_size: int | None, *, batched: bool
+) -> tuple[str, int]:
+    """:func:`pick_method` for an input ``x`` (one example, or a batch when ``batched``)."""
+    return pick_method(net, method, ord, tuple(x.shape[1:] if batched else x.shape), hidden, chunk_size)
 
 
 # Examples per vectorised block in inference kernels on CPU: with the whole batch
@@ -240,42 +256,58 @@ def map_examples(fn, x: Array):
     return jax.lax.map(fn, x, batch_size=CPU_EXAMPLE_BLOCK)
 
 
-@functools.lru_cache(maxsize=256)
-def _compiled(net: Network, kind: str, method: str, chunk: int, ord: float | None):
-    if kind == "jacobian":
-        fn = lambda params, x: map_examples(lambda xi: per_example_jacobian(net, params, xi, method=method, chunk=chunk), x)
+@functools.partial(jax.jit, static_argnames=("net", "method", "chunk", "ord", "squared", "check", "batched"))
+def _gradients(net, params, x, *, method, chunk, ord, squared, check, batched):
+    if check:
+        x = check_values(net, params, x, batched=batched)
+    if ord is None:
+        one = lambda xi: jacobian_kernel(net, params, xi, method=method, chunk=chunk)
     else:
-        fn = lambda params, x: map_examples(lambda xi: per_example_norms(net, params, xi, ord=ord, method=method, chunk=chunk), x)
-    return jax.jit(fn)
+        one = lambda xi: norms_kernel(net, params, xi, ord=ord, method=method, chunk=chunk, squared=squared)
+    return map_examples(one, x) if batched else one(x)
+
+
+def gradients_call(apply_fn, params, x, *, ord, method, chunk_size, squared, check, batched):
+    """Shared body of the per-example and batched public functions."""
+    net = as_network(apply_fn)
+    if ord is None and method == "gram":
+        raise ValueError("method='gram' yields l2 norms only; use neuron_gradient_norms(..., ord=2).")
+    ord = None if ord is None else canonical_ord(ord)
+    x, hidden = prepare(net, params, x, batched=batched)
+    method, chunk = resolve_method(net, method, ord, x, hidden, chunk_size, batched=batched)
+    return run_checked(_gradients, net, params, x, method=method, chunk=chunk, ord=ord, squared=squared, check=check, batched=batched)
 
 
 def neuron_gradients(
-    apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, method: str = "auto", chunk_size: int | None = None
+    apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, method: str = "auto", chunk_size: int | None = None, check: bool = True
 ) -> tuple[Array, Array]:
-    """Pre-activations and exact input gradients of every hidden neuron.
+    """Pre-activations and exact input gradients of every hidden neuron, for ONE example.
 
     Args:
       apply_fn: the network (plain ``(params, x) -> (out, preacts)`` or a
         :class:`~lld_jax.Network`).
       params: its parameters.
-      x: a batch of inputs, shape ``(B, *input_shape)``.
+      x: one input, shape ``input_shape``.
       method: ``"auto"``, ``"forward"``, ``"reverse"`` or ``"template"``
         (``"gram"`` gives norms only: use :func:`neuron_gradient_norms`).
       chunk_size: input axes (forward, template) or neurons (reverse) per
         chunk; bounds memory. Default keeps chunk * N around 2^18.
+      check: run the value checks (see :mod:`lld_jax`'s "Checks").
 
     Returns:
-      ``(z, grads)``: ``z`` of shape ``(B, N)`` holds all N hidden
+      ``(z, grads)``: ``z`` of shape ``(N,)`` holds all N hidden
       pre-activations (layers concatenated, each flattened), ``grads`` of shape
-      ``(B, N, D)`` their gradients with respect to the flattened input
+      ``(N, D)`` their gradients with respect to the flattened input
       (paper Lemma 2: on x's region, z_j(x') = z_j + grads_j . (x' - x)).
+
+    Example:
+      >>> import jax.numpy as jnp, lld_jax
+      >>> f = lambda w, x: (jnp.sum(w @ x), (w @ x,))
+      >>> z, g = lld_jax.neuron_gradients(f, jnp.eye(2), jnp.array([1.0, -2.0]))
+      >>> g.tolist()
+      [[1.0, 0.0], [0.0, 1.0]]
     """
-    net = as_network(apply_fn)
-    if method == "gram":
-        raise ValueError("method='gram' yields squared l2 norms only; use neuron_gradient_norms(..., ord=2).")
-    x = jnp.asarray(x)
-    method, chunk, _ = _resolve(net, params, x, method, chunk_size, None)
-    return _compiled(net, "jacobian", method, chunk, None)(params, x)
+    return gradients_call(apply_fn, params, x, ord=None, method=method, chunk_size=chunk_size, squared=False, check=check, batched=False)
 
 
 def neuron_gradient_norms(
@@ -287,26 +319,23 @@ def neuron_gradient_norms(
     method: str = "auto",
     chunk_size: int | None = None,
     squared: bool = False,
+    check: bool = True,
 ) -> tuple[Array, Array]:
-    """Pre-activations and the ``ord``-norms of every neuron's input gradient.
+    """Pre-activations and the ``ord``-norms of every neuron's input gradient, for ONE example.
 
     Args:
       ord: 1, 2 or ``inf`` (the norm of the gradient, i.e. the dual of the
         margin's p).
-      squared: with ``ord=2``, return ||grad z_j||_2^2 (as used by ROLL).
-      Other arguments as in :func:`neuron_gradients`.
+      squared: with ``ord=2``, return the plain sum of squares
+        ||grad z_j||_2^2 (what ROLL differentiates); otherwise norms are
+        accumulated scale-safely (no overflow or underflow of squares).
+      Other arguments as in :func:`neuron_gradients` (``method="gram"``
+      allowed for ``ord=2`` on MLPs).
 
     Returns:
-      ``(z, norms)``, both of shape ``(B, N)``.
+      ``(z, norms)``, both of shape ``(N,)``.
     """
-    net = as_network(apply_fn)
-    ord = canonical_ord(ord)
-    x = jnp.asarray(x)
-    method, chunk, _ = _resolve(net, params, x, method, chunk_size, ord)
-    z, n = _compiled(net, "norms", method, chunk, ord)(params, x)
-    if ord == 2 and not squared:
-        n = jnp.sqrt(n)
-    return z, n
+    return gradients_call(apply_fn, params, x, ord=ord, method=method, chunk_size=chunk_size, squared=squared, check=check, batched=False)
 
 
 def canonical_ord(ord: Any) -> float:

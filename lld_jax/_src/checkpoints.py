@@ -1,0 +1,74 @@
+"""Orbax checkpoints of a run: ``latest`` (full state, for resuming) and ``best`` (parameters)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from lld_jax._src.network import PyTree
+
+
+class Checkpoints:
+    """Two Orbax managers (latest, best) over flat leaf lists (robust to any pytree keys).
+
+    Use as a context manager; saves are waited for (the next train step
+    donates the saved buffers, and a process may be killed at any time).
+    """
+
+    def __init__(self, run_dir: str):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+        root = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+        self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=opts)
+        self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=opts)
+
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def save(self, mgr: Any, step: int, tree: PyTree) -> None:
+        """Saves ``tree`` as ``step`` of ``mgr`` (``self.latest`` or ``self.best``) and waits for it."""
+        if step in mgr.all_steps():
+            mgr.delete(step)  # a replayed epoch rewrites its checkpoint
+        mgr.save(step, args=self._ocp.args.StandardSave({"leaves": jax.tree.leaves(tree)}))
+        mgr.wait_until_finished()
+
+    def restore(self, mgr: Any, like: PyTree) -> tuple[int, PyTree] | None:
+        """``(step, tree)`` of the newest checkpoint of ``mgr`` with the structure of ``like``, or None."""
+        step = mgr.latest_step()
+        if step is None:
+            return None
+        leaves, treedef = jax.tree.flatten(like)
+        abstract = {"leaves": [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves]}
+        got = mgr.restore(step, args=self._ocp.args.StandardRestore(abstract))
+        return step, jax.tree.unflatten(treedef, got["leaves"])
+
+    def drop_after(self, mgr: Any, step: int) -> None:
+        """Deletes checkpoints of ``mgr`` newer than ``step`` (written by epochs that will be replayed)."""
+        for s in mgr.all_steps():
+            if s > step:
+                mgr.delete(s)
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def load_best(run_dir: str, like: PyTree) -> PyTree:
+    """Parameters of the best-validation checkpoint in ``run_dir``; ``like`` gives their structure.
+
+    Raises:
+      FileNotFoundError: the run has no best checkpoint yet.
+    """
+    with Checkpoints(run_dir) as ckpt:
+        got = ckpt.restore(ckpt.best, like)
+    if got is None:
+        raise FileNotFoundError(f"no best checkpoint in {run_dir}/checkpoints/best; train that run first.")
+    return got[1]

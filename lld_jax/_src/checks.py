@@ -1,0 +1,200 @@
+"""Input checks that behave the same eagerly, under ``jax.jit``, ``vmap`` and ``grad``.
+
+Two layers make a wrong certificate impossible to miss:
+
+* **Poisoning in the maths** (always on, free): a non-finite input or parameter
+  makes every margin NaN (never a finite, plausible radius).
+* **Value checks** (``check=True``, the default of every public geometry
+  function): non-finite inputs or parameters, and networks that are not
+  piecewise linear at ANY example of the call, raise ``ValueError``. With
+  concrete arrays outside ``jit`` the error is raised at once; inside a
+  traced computation the check becomes one device-side reduction and one
+  host callback that raises when it fails (the error then surfaces as a
+  ``jax.errors.JaxRuntimeError`` whose message holds the same text; the
+  batched functions re-raise it as ``ValueError``).
+
+Shape, dtype and protocol checks are static: they run at trace time, always.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lld_jax._src.network import Network, PyTree, hidden_shapes
+
+Array = jax.Array
+# Marks our messages so that batched functions can re-raise them from a JaxRuntimeError.
+MARK = "[lld_jax] "
+
+
+class CheckError(ValueError):
+    """A value check of lld_jax failed (non-finite input or parameter, network not piecewise linear)."""
+
+
+class _QuietFailedChecks(logging.Filter):
+    # JAX logs every exception raised in a callback with its traceback; ours are
+    # expected errors that reach the caller with a clear message, so skip the log.
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, CheckError)
+
+
+logging.getLogger("jax._src.callback").addFilter(_QuietFailedChecks())
+
+
+def _format(msg: str, bad: np.ndarray) -> str:
+    if bad.ndim == 0:
+        return MARK + msg.format(where="")
+    idx = np.flatnonzero(bad.reshape(-1))
+    shown = ", ".join(str(i) for i in idx[:5]) + (", ..." if len(idx) > 5 else "")
+    return MARK + msg.format(where=f" at example(s) {shown} of the batch")
+
+
+def _host_check(bad: np.ndarray, msg: str) -> np.ndarray:
+    bad = np.asarray(bad)
+    if bad.any():
+        raise CheckError(_format(msg, bad))
+    return np.zeros(bad.shape, np.bool_)
+
+
+def error_if(x: Array, bad: Array, msg: str) -> Array:
+    """Returns ``x``; raises ``msg`` if any element of ``bad`` is True.
+
+    ``bad`` is a scalar or a vector with one flag per example (named in the
+    message through ``{where}``). Works on concrete arrays (raises at once) and
+    on tracers (a host callback raises when the compiled code runs), under
+    ``jit``, ``vmap`` and ``grad``.
+    """
+    bad = jax.lax.stop_gradient(bad)
+    if not isinstance(bad, jax.core.Tracer):
+        _host_check(np.asarray(bad), msg)
+        return x
+    spec = jax.ShapeDtypeStruct(bad.shape, jnp.bool_)
+    flag = jax.pure_callback(lambda b: _host_check(b, msg), spec, bad, vmap_method="broadcast_all")
+    # Tie the callback to the data path so that it is never dead-code eliminated.
+    return jnp.where(jnp.any(flag), jnp.full_like(x, jnp.nan), x)
+
+
+def reraise(err: Exception) -> None:
+    """Re-raises a failed check that surfaced as a runtime error as the ``ValueError`` it is."""
+    text = str(err)
+    if MARK in text:
+        line = next(line for line in text.splitlines() if MARK in line)
+        raise CheckError(line[line.index(MARK) :]) from err
+
+
+def working_dtype(params: PyTree, x: Array) -> Any:
+    """The floating dtype margins are computed in: at least float32, and that of the parameters.
+
+    Half-precision inputs are promoted (a float16 margin is no certificate);
+    float32 inputs to a float64 network are promoted to float64.
+    """
+    leaves = [a for a in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+    dt = jnp.result_type(jnp.float32, *(jnp.result_type(a) for a in leaves), jnp.result_type(x))
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"x and the parameters must be real floating point arrays; got dtype {dt}.")
+    return dt
+
+
+def example_shape(net: Network, x: Array, *, batched: bool) -> tuple[int, ...]:
+    """Shape of one example of ``x`` (a batch when ``batched``), checked against the network."""
+    if batched:
+        if x.ndim == 0:
+            raise ValueError("x must be a batch of examples with a leading batch axis; got a scalar.")
+        if x.shape[0] == 0:
+            raise ValueError(f"x is an empty batch (shape {x.shape}); pass at least one example.")
+    shape = tuple(x.shape[1:]) if batched else tuple(x.shape)
+    if net.input_shape is not None and shape != tuple(net.input_shape):
+        what = "x has shape {} (batch axis first)" if batched else "x has shape {} (one example, no batch axis)"
+        raise ValueError(
+            f"input shape mismatch: the network takes examples of shape {tuple(net.input_shape)}, but "
+            + what.format(x.shape)
+            + ". Use lld_jax.batched.* for batches and lld_jax.* for one example."
+        )
+    return shape
+
+
+def prepare(net: Network, params: PyTree, x: Any, *, batched: bool) -> tuple[Array, tuple[tuple[int, ...], ...]]:
+    """Static checks: returns ``x`` cast to the working dtype and the hidden shapes."""
+    x = jnp.asarray(x)
+    x = x.astype(working_dtype(params, x))
+    shape = example_shape(net, x, batched=batched)
+    return x, hidden_shapes(net, params, shape, x.dtype)
+
+
+def _curvature(net: Network, params: PyTree, x: Array) -> tuple[Array, Array]:
+    """Per example: is the second directional derivative of (output, preacts) non-zero?
+
+    A piecewise-linear map has zero second derivative almost everywhere, and
+    JAX's derivatives of relu/leaky_relu/abs/max are exactly zero there; tanh,
+    GELU or a softmax inside the network are not.
+    """
+    v = jax.random.normal(jax.random.key(0), x.shape, x.dtype)
+    first = lambda u: jax.jvp(lambda w: net.apply(params, w), (u,), (v,))[1]
+    d1, d2 = jax.jvp(first, (x,), (v,))
+    amax = lambda t: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(t)] + [jnp.zeros((), x.dtype)]))
+    bent = lambda i: amax(d2[i]) > 1e-6 * (1.0 + amax(d1[i]))
+    return bent(0), bent(1)
+
+
+def not_finite(tree: PyTree) -> Array:
+    """Scalar: does any floating leaf of ``tree`` hold NaN or Inf?"""
+    leaves = [a for a in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+    return jnp.any(jnp.stack([~jnp.all(jnp.isfinite(a)) for a in leaves] + [jnp.zeros((), bool)]))
+
+
+def check_values(net: Network, params: PyTree, x: Array, *, batched: bool, name: str = "x", probe: bool = True) -> Array:
+    """The value checks of one call; returns ``x`` (tied to the checks).
+
+    Non-finite ``x`` (per example), non-finite parameters, and a non-zero
+    second derivative of the network at any example of ``x``.
+    """
+    axes = tuple(range(1, x.ndim)) if batched else None
+    x = error_if(x, ~jnp.all(jnp.isfinite(x), axis=axes), f"{name} contains NaN or Inf{{where}}; margins are only defined for finite inputs.")
+    x = error_if(
+        x,
+        not_finite(params),
+        "the parameters contain NaN or Inf{where}: the network's regions are undefined. Check the checkpoint or the training run that produced them.",
+    )
+    if probe:
+        out_bent, pre_bent = (jax.vmap if batched else lambda f: f)(lambda u: _curvature(net, params, u))(x)
+        advice = (
+            "lld_jax needs affine maps and piecewise-linear activations only (ReLU, LeakyReLU, abs, "
+            "max-pooling); remove tanh, GELU, sigmoid or softmax from inside the network (put softmax in the loss)."
+        )
+        x = error_if(x, out_bent, "the network is not piecewise linear: its output has a non-zero second derivative{where}. " + advice)
+        x = error_if(x, pre_bent, "the network is not piecewise linear: its preacts have a non-zero second derivative{where}. " + advice)
+    return x
+
+
+def check_finite_array(a: Array, name: str, *, batched: bool = False) -> Array:
+    """Raises (under the same rules as :func:`error_if`) if ``a`` holds NaN or Inf; returns ``a``."""
+    axes = tuple(range(1, a.ndim)) if batched and a.ndim > 0 else None
+    return error_if(a, ~jnp.all(jnp.isfinite(a), axis=axes), f"{name} contains NaN or Inf{{where}}.")
+
+
+def num_neurons(hidden: tuple[tuple[int, ...], ...]) -> int:
+    return sum(math.prod(s) for s in hidden)
+
+
+def run_checked(fn, *args, check: bool, **kw):
+    """Calls a jitted ``fn(*args, check=check, **kw)``; a failed value check raises ``ValueError``.
+
+    Outside a trace with ``check=True`` the result is waited for, so that the
+    error is raised here (as :class:`CheckError`) rather than where the result
+    is first read; ``check=False`` keeps JAX's asynchronous dispatch.
+    """
+    try:
+        out = fn(*args, check=check, **kw)
+        if check and not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(out)):
+            jax.block_until_ready(out)
+        return out
+    except Exception as err:  # XLA wraps a callback's exception in its own type; recover ours
+        reraise(err)
+        raise

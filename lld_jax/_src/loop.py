@@ -1,0 +1,161 @@
+"""The resumable training loop: one epoch at a time, checkpoints and metrics in a run directory.
+
+Resuming from the ``latest`` checkpoint replays the remaining epochs exactly:
+shuffles and sampled-axis keys are functions of (seed, epoch, step), not of
+history. See :mod:`rundir` for the directory layout and crash safety.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lld_jax._src.checkpoints import Checkpoints
+from lld_jax._src.host import epoch_order, round_up
+from lld_jax._src.network import Network, PyTree
+from lld_jax._src.rundir import RunDir
+from lld_jax._src.training import Trainer, TrainConfig, TrainState
+
+
+def check_data(net: Network, params: PyTree, cfg: TrainConfig, name: str, x: np.ndarray, y: np.ndarray) -> None:
+    """Refuses a split the network cannot train on, before anything is written or computed."""
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"the {name} split must hold as many labels as examples, and at least one; got {len(x)} examples, {len(y)} labels.")
+    shape = tuple(x.shape[1:])
+    if net.input_shape is not None and shape != tuple(net.input_shape):
+        raise ValueError(f"the {name} split holds examples of shape {shape}, the network takes {tuple(net.input_shape)}.")
+    if not np.isfinite(x).all():
+        raise ValueError(f"the {name} split holds NaN or Inf inputs (first at example {int(np.argmax(~np.isfinite(x.reshape(len(x), -1)).any(1)))}).")
+    out = jax.eval_shape(net.apply, params, jax.ShapeDtypeStruct(shape, x.dtype))[0]
+    classes = 2 if cfg.task_loss == "sigmoid" else int(np.prod(out.shape))
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= classes:
+        raise ValueError(
+            f"the {name} labels must be integers in [0, {classes}) for a network with {int(np.prod(out.shape))} output(s) "
+            f"and task_loss={cfg.task_loss!r}; got dtype {y.dtype}, range [{y.min()}, {y.max()}]."
+        )
+
+
+@jax.jit
+def _accumulate(acc: dict, m: dict, n: jax.Array, step: jax.Array):
+    sums, bad = acc
+    sums = jax.tree.map(lambda s, v: s + v * n, sums, m)
+    bad = jnp.where((bad == 0) & ~jnp.isfinite(m["loss"]), step, bad)
+    return sums, bad
+
+
+def train_epoch(
+    trainer: Trainer, state: TrainState, x: np.ndarray, y: np.ndarray, epoch: int, *, progress: bool = False
+) -> tuple[TrainState, dict[str, float]]:
+    """One pass over ``(x, y)`` in the epoch's deterministic order; returns the state and mean train metrics.
+
+    Metrics stay on the device and are read once, at the end of the epoch
+    (and every 50 steps for the progress bar when ``progress``).
+    Every example is used: the last, ragged batch is padded and masked.
+
+    Raises:
+      FloatingPointError: the loss was NaN or Inf at some step (named).
+    """
+    cfg = trainer.cfg
+    nproc, pid = jax.process_count(), jax.process_index()
+    per_proc = round_up(cfg.batch_size, jax.device_count()) // nproc
+    order = epoch_order(len(x), cfg.seed, epoch)
+    steps = -(-len(x) // cfg.batch_size)
+    it = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
+    acc = None
+    for s in it:
+        idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+        local = idx[pid * per_proc : (pid + 1) * per_proc] if nproc > 1 else idx
+        state, m = trainer.train_step(state, *trainer.padded_batch(x[local], y[local], per_proc))
+        if acc is None:
+            acc = (jax.tree.map(jnp.zeros_like, m), jnp.zeros((), jnp.int32))
+        acc = _accumulate(acc, m, jnp.float32(len(idx)), jnp.int32(s + 1))
+        if progress and s % 50 == 0:
+            it.set_postfix(loss=f"{float(m['loss']):.4f}", acc=f"{float(m['accuracy']):.3f}")
+    sums, bad = jax.device_get(acc)
+    if bad:
+        raise FloatingPointError(f"the loss became NaN or Inf at epoch {epoch + 1}, step {int(bad)}")
+    return state, {k: float(v) / len(x) for k, v in sums.items()}
+
+
+def fit(
+    net: Network,
+    params: PyTree,
+    cfg: TrainConfig,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    run_dir: str,
+    *,
+    experiment: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[PyTree, list[dict[str, Any]]]:
+    """Trains ``params`` for ``cfg.epochs`` epochs; returns (best-validation-loss params, per-epoch metrics).
+
+    Resumes from ``run_dir`` if it holds a run of the same config; only
+    ``epochs`` may differ (the learning rate has no schedule), which extends a
+    finished run. Everything is validated before anything is written.
+
+    Args:
+      net, params: the network and its initial parameters.
+      cfg: the training hyper-parameters.
+      train, val: ``(x, y)`` host arrays.
+      run_dir: the run directory (created if needed).
+      experiment: what else identifies the run (data selection, architecture,
+        initialisation), recorded in ``config.json`` beside ``cfg`` and
+        compared on resume.
+      progress: show a progress bar and print one line per epoch.
+
+    Raises:
+      ValueError: invalid config or data, or ``run_dir`` holds another run.
+      FloatingPointError: a non-finite loss; the last good checkpoint is kept.
+    """
+    cfg.validate()
+    for name, (x, y) in (("training", train), ("validation", val)):
+        check_data(net, params, cfg, name, x, y)
+    dim = int(np.prod(train[0].shape[1:]))
+    if cfg.lam > 0 and cfg.regularizer == "sampled" and cfg.estimator == "axes" and cfg.num_samples > dim:
+        raise ValueError(f"num_samples={cfg.num_samples} exceeds the input dimension {dim}.")
+    main = jax.process_index() == 0
+    rd = RunDir(run_dir, write=main)
+    rd.claim({"train": dataclasses.asdict(cfg), "experiment": experiment or {}}, mutable=("train.epochs",))
+
+    trainer = Trainer(net, cfg)
+    state = trainer.init_state(params)
+    history: list[dict[str, Any]] = []
+    start, best_val = 0, np.inf
+    with Checkpoints(run_dir) as ckpt:
+        restored = ckpt.restore(ckpt.latest, {"state": state, "best_val": np.zeros((), np.float64)})
+        if restored is not None:
+            start, tree = restored
+            state = jax.device_put(tree["state"], trainer.replicated)
+            best_val = float(tree["best_val"])
+        history = rd.keep_metrics(start)  # epochs after the checkpoint are replayed
+        ckpt.drop_after(ckpt.best, start)
+        if len(history) != start:
+            raise ValueError(f"{rd.file('metrics.jsonl')} holds {len(history)} epochs but the checkpoint is at epoch {start}; the run directory was edited by hand.")
+        for epoch in range(start, cfg.epochs):
+            try:
+                state, train_m = train_epoch(trainer, state, *train, epoch, progress=progress and main)
+            except FloatingPointError as err:
+                kept = f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoints" if epoch else "no checkpoint was written yet"
+                raise FloatingPointError(f"{err}; training stopped and {kept}. Lower the learning rate, lambda or C.") from err
+            val_m = trainer.evaluate(state.params, *val)
+            record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()}}
+            rd.append_metrics(record)
+            history.append(record)
+            if val_m["loss"] < best_val:
+                best_val = val_m["loss"]
+                ckpt.save(ckpt.best, epoch + 1, state.params)
+            ckpt.save(ckpt.latest, epoch + 1, {"state": state, "best_val": np.asarray(best_val, np.float64)})
+            if progress and main:
+                print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"), flush=True)
+        best = ckpt.restore(ckpt.best, state.params)
+    best_params = jax.device_put(best[1], trainer.replicated) if best is not None else state.params
+    return best_params, history

@@ -1,0 +1,178 @@
+"""Exact enumeration of linear regions on a 2-D affine slice of input space.
+
+The slice is {x0 + u*a + v*b : (u, v) in a convex polygon}. Polygons are
+split layer by layer: on a polygon where the pattern of all earlier layers is
+fixed, every neuron of the next layer is affine in (u, v) (paper Lemma 2), so
+its zero set is a line, found exactly from its value and its 2-D gradient at
+one interior point (two JVPs). Works for any network that meets the protocol
+(MLP, CNN, ResNet, ...). Use float64 parameters for exact geometry.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, hidden_shapes
+
+Array = jax.Array
+
+
+class SliceRegion(NamedTuple):
+    """One linear region of the slice.
+
+    Attributes:
+      vertices: (K, 2) convex polygon in (u, v), counter-clockwise.
+      pattern: (N,) bool activation pattern (z_j > 0) on the region.
+      out_slope: (L, 2) d output / d(u, v) on the region.
+      out_offset: (L,) output at (u, v) = (0, 0) of the region's affine map.
+    """
+
+    vertices: np.ndarray
+    pattern: np.ndarray
+    out_slope: np.ndarray
+    out_offset: np.ndarray
+
+
+class TooManyRegions(RuntimeError):
+    """Raised when the slice holds more regions than ``max_regions``."""
+
+
+def polygon_area(v: np.ndarray) -> float:
+    """Signed area (shoelace formula); positive for counter-clockwise vertices."""
+    x, y = v[:, 0], v[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def _clip(poly: np.ndarray, vals: np.ndarray, keep_positive: bool) -> np.ndarray:
+    """Sutherland-Hodgman clip of a convex polygon by the half-plane sign(val) (vals at vertices)."""
+    s = vals if keep_positive else -vals
+    out = []
+    k = len(poly)
+    for i in range(k):
+        p, q, sp, sq = poly[i], poly[(i + 1) % k], s[i], s[(i + 1) % k]
+        if sp >= 0:
+            out.append(p)
+        if (sp > 0 and sq < 0) or (sp < 0 and sq > 0):
+            t = sp / (sp - sq)
+            out.append(p + t * (q - p))
+    return np.array(out) if out else np.zeros((0, 2))
+
+
+@functools.partial(jax.jit, static_argnames=("net", "layer"))
+def _layer_points(net, params, x0, a, b, uv, *, layer):
+    """Per point (u, v): (z of `layer`, dz/du, dz/dv, output, dout/du, dout/dv, full pattern)."""
+
+    def one(uv):
+        f = lambda t: net.apply(params, x0 + t[0] * a + t[1] * b)
+        (out, pre), (dout_u, dpre_u) = jax.jvp(f, (uv,), (jnp.array([1.0, 0.0], uv.dtype),))
+        _, (dout_v, dpre_v) = jax.jvp(f, (uv,), (jnp.array([0.0, 1.0], uv.dtype),))
+        flat = lambda ps: jnp.concatenate([p.ravel() for p in ps])
+        return (
+            pre[layer].ravel(), dpre_u[layer].ravel(), dpre_v[layer].ravel(),
+            out.ravel(), dout_u.ravel(), dout_v.ravel(), flat(pre) > 0,
+        )
+
+    return jax.vmap(one)(uv)
+
+
+def _layer_fn(net: Network, layer: int):
+    def padded(params, x0, a, b, uv):
+        # Pad the number of points to a power of two: a handful of compiled shapes, not one per layer.
+        n = uv.shape[0]
+        size = 1 << max(0, (n - 1).bit_length())
+        uv = jnp.concatenate([uv, jnp.broadcast_to(uv[:1], (size - n, 2))])
+        return tuple(t[:n] for t in _layer_points(net, params, x0, a, b, uv, layer=layer))
+
+    return padded
+
+
+def enumerate_slice(
+    apply_fn: ApplyFn | Network,
+    params: PyTree,
+    x0: Array,
+    a: Array,
+    b: Array,
+    polygon: Sequence[Sequence[float]],
+    *,
+    max_regions: int = 100_000,
+    min_area: float = 1e-14,
+) -> list[SliceRegion]:
+    """All linear regions of the network on the slice x0 + u a + v b, (u, v) in ``polygon``.
+
+    Args:
+      x0, a, b: arrays of the network's example shape (``a``, ``b`` span the slice).
+      polygon: convex polygon in (u, v) (e.g. a box ``[(u0, v0), (u1, v0), (u1, v1), (u0, v1)]``).
+      max_regions: raise :class:`TooManyRegions` past this many regions.
+      min_area: pieces of smaller area (rounding slivers) are dropped.
+
+    Returns:
+      The regions; their areas add up to the polygon's area.
+    """
+    net = as_network(apply_fn)
+    x0, a, b = (jnp.asarray(t) for t in (x0, a, b))
+    if not (x0.shape == a.shape == b.shape):
+        raise ValueError(f"x0, a and b must share the example shape; got {x0.shape}, {a.shape}, {b.shape}.")
+    hidden = hidden_shapes(net, params, tuple(x0.shape), x0.dtype)
+    poly = np.asarray(polygon, np.float64)
+    if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3:
+        raise ValueError(f"polygon must be a (K >= 3, 2) array of (u, v) vertices, got shape {poly.shape}.")
+    if polygon_area(poly) < 0:
+        poly = poly[::-1]
+    if abs(polygon_area(poly)) <= min_area:
+        raise ValueError("polygon has zero area.")
+    dtype = x0.dtype
+    pieces = [poly]
+    for layer in range(len(hidden)):
+        fn = _layer_fn(net, layer)
+        centres = jnp.asarray(np.stack([p.mean(0) for p in pieces]), dtype)
+        z, du, dv = (np.asarray(t, np.float64) for t in fn(params, x0, a, b, centres)[:3])
+        new = []
+        for p, c, zc, gu, gv in zip(pieces, np.asarray(centres), z, du, dv):
+            # Affine in (u, v) on this piece: z_j(w) = z_j(c) + g_j . (w - c).
+            vals_all = zc[None] + (p[:, :1] - c[0]) * gu[None] + (p[:, 1:] - c[1]) * gv[None]  # (K, N)
+            crossing = np.flatnonzero((vals_all.max(0) > 0) & (vals_all.min(0) < 0))
+            parts = [p]
+            for j in crossing:
+                nxt = []
+                for q in parts:
+                    vals = zc[j] + (q[:, 0] - c[0]) * gu[j] + (q[:, 1] - c[1]) * gv[j]
+                    if vals.max() <= 0 or vals.min() >= 0:
+                        nxt.append(q)
+                        continue
+                    for side in (True, False):
+                        r = _clip(q, vals, side)
+                        if len(r) >= 3 and polygon_area(r) > min_area:
+                            nxt.append(r)
+                parts = nxt
+            new.extend(parts)
+            if len(new) > max_regions:
+                raise TooManyRegions(
+                    f"more than max_regions={max_regions} regions after layer {layer + 1}; shrink the polygon or raise max_regions."
+                )
+        pieces = new
+    centres = jnp.asarray(np.stack([p.mean(0) for p in pieces]), dtype)
+    _, _, _, out, ou, ov, pats = (np.asarray(t) for t in _layer_fn(net, 0)(params, x0, a, b, centres))
+    regions = []
+    for p, c, o, gu, gv, pat in zip(pieces, np.asarray(centres), out, ou, ov, pats):
+        slope = np.stack([gu, gv], 1).astype(np.float64)
+        regions.append(SliceRegion(p, pat, slope, o.astype(np.float64) - slope @ c))
+    return regions
+
+
+def locate(regions: Sequence[SliceRegion], points: np.ndarray, *, tol: float = 1e-12) -> np.ndarray:
+    """Index of the region containing each (u, v) point, -1 if none (boundary points go to the first match)."""
+    points = np.asarray(points, np.float64)
+    idx = np.full(len(points), -1)
+    for r, reg in enumerate(regions):
+        v = reg.vertices
+        e = np.roll(v, -1, 0) - v
+        # Inside a CCW convex polygon: every edge's cross product is >= 0.
+        cross = e[None, :, 0] * (points[:, None, 1] - v[None, :, 1]) - e[None, :, 1] * (points[:, None, 0] - v[None, :, 0])
+        inside = (cross >= -tol).all(1) & (idx < 0)
+        idx[inside] = r
+    return idx

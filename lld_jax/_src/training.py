@@ -1,0 +1,207 @@
+"""ROLL training maths: config, loss, typed state and the jit-compiled data-parallel step.
+
+Data parallelism uses ``jax.sharding``: a one-axis mesh ``("data",)`` over all
+devices, the batch sharded along it, parameters replicated; XLA inserts the
+gradient all-reduce. A batch that does not divide is padded and masked, never
+dropped. Multi-host: call :func:`maybe_initialize_distributed` first; each
+process feeds its own slice of every global batch and only process 0 logs and
+writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lld_jax._src.gradients import METHODS
+from lld_jax._src.host import pad_rows, round_up
+from lld_jax._src.losses import check_gamma, check_hyper, distance_penalty, roll_penalty, roll_penalty_sampled
+from lld_jax._src.network import Network, PyTree
+
+Array = jax.Array
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (paper App. G defaults)."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 0.01
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adam"
+    momentum: float = 0.5
+    lam: float = 0.0  # regularisation weight lambda; 0 = vanilla
+    C: float = 0.0  # hinge weight
+    gamma: Any = 100  # "max", or percentage of neurons aggregated
+    regularizer: str = "roll"  # "roll" (Eq. 9), "distance" (Eq. 4), "sampled" (Eq. 10)
+    num_samples: int = 3  # D' for regularizer="sampled"
+    estimator: str = "axes"  # "axes" or "gaussian" for regularizer="sampled"
+    stratify: bool = False
+    method: str = "auto"  # gradient method for the exact regularisers
+    task_loss: str = "softmax"  # "softmax" cross-entropy or "sigmoid" (one logit, labels 0/1)
+    seed: int = 1
+    eval_batch_size: int = 1000
+
+    def validate(self) -> "TrainConfig":
+        check_hyper(C=self.C, lam=self.lam, num_samples=self.num_samples if self.regularizer == "sampled" else None)
+        self.gamma = check_gamma(self.gamma)
+        if self.regularizer not in ("roll", "distance", "sampled"):
+            raise ValueError(f"regularizer must be 'roll', 'distance' or 'sampled', got {self.regularizer!r}.")
+        if self.regularizer == "sampled" and self.gamma != 100:
+            raise ValueError("the sampled ROLL estimator (Eq. 10) exists only for gamma=100.")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}.")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+        if self.task_loss not in ("softmax", "sigmoid"):
+            raise ValueError(f"task_loss must be 'softmax' or 'sigmoid', got {self.task_loss!r}.")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
+        if self.estimator not in ("axes", "gaussian"):
+            raise ValueError(f"estimator must be 'axes' or 'gaussian', got {self.estimator!r}.")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}.")
+        return self
+
+
+class TrainState(NamedTuple):
+    """What one training step carries: parameters, optimiser state and the step count."""
+
+    params: PyTree
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """The optimiser of ``cfg``: SGD with Nesterov momentum (paper App. G) or Adam."""
+    if cfg.optimizer == "adam":
+        return optax.adam(cfg.lr)
+    return optax.sgd(cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def task_losses(logits: Array, y: Array, kind: str) -> tuple[Array, Array]:
+    """Per-example task loss and correctness."""
+    if kind == "sigmoid":
+        logit = logits.reshape(logits.shape[0], -1)[:, 0]
+        return optax.sigmoid_binary_cross_entropy(logit, y.astype(logit.dtype)), (logit > 0) == (y > 0)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y), jnp.argmax(logits, -1) == y
+
+
+def make_loss_fn(net: Network, cfg: TrainConfig) -> Callable:
+    """``loss(params, x, y, mask, key) -> (mean loss, metrics)``; padded rows have mask 0."""
+
+    def one(params, xi, key):
+        if cfg.regularizer == "distance":
+            return distance_penalty(net, params, xi, method=cfg.method)
+        if cfg.regularizer == "sampled":
+            return roll_penalty_sampled(net, params, xi, key, C=cfg.C, num_samples=cfg.num_samples, estimator=cfg.estimator, stratify=cfg.stratify)
+        return roll_penalty(net, params, xi, C=cfg.C, gamma=cfg.gamma, method=cfg.method)
+
+    def penalty(params, x, key):
+        if cfg.lam == 0:
+            return jnp.zeros(x.shape[0], x.dtype)
+        return jax.vmap(one, in_axes=(None, 0, 0))(params, x, jax.random.split(key, x.shape[0]))
+
+    def loss_fn(params, x, y, mask, key):
+        logits = jax.vmap(lambda xi: net.apply(params, xi)[0])(x)
+        task, correct = task_losses(logits, y, cfg.task_loss)
+        pen = penalty(params, x, key)
+        w = mask / jnp.maximum(jnp.sum(mask), 1)
+        total = jnp.sum(w * (task + cfg.lam * pen))
+        metrics = {"loss": total, "task_loss": jnp.sum(w * task), "penalty": jnp.sum(w * pen), "accuracy": jnp.sum(w * correct)}
+        return total, metrics
+
+    return loss_fn
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """One-axis ``("data",)`` mesh over ``devices`` (default: every device of every host)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    # Auto axes: XLA propagates the batch sharding through vmap/scan itself.
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def maybe_initialize_distributed() -> None:
+    """Calls ``jax.distributed.initialize()`` when launched as one of several processes.
+
+    Detected through the usual cluster variables (SLURM, Open MPI, TPU pods, which
+    JAX reads itself) or, by hand, ``JAX_COORDINATOR_ADDRESS`` (host:port of
+    process 0) with ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. On CPU hosts the
+    gradient all-reduce goes through gloo. A single process needs nothing.
+    """
+    markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
+    if not any(k in os.environ for k in markers) or jax.distributed.is_initialized():
+        return
+    kw = {}
+    if "JAX_NUM_PROCESSES" in os.environ or "JAX_PROCESS_ID" in os.environ:
+        try:
+            kw = {"num_processes": int(os.environ["JAX_NUM_PROCESSES"]), "process_id": int(os.environ["JAX_PROCESS_ID"])}
+        except (KeyError, ValueError) as e:
+            raise ValueError("set both JAX_NUM_PROCESSES and JAX_PROCESS_ID to integers (with JAX_COORDINATOR_ADDRESS).") from e
+    if jax.config.jax_platforms in (None, "", "cpu") and jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kw)
+
+
+class Trainer:
+    """Holds the compiled train and eval steps for one network and config."""
+
+    def __init__(self, net: Network, cfg: TrainConfig, *, mesh: jax.sharding.Mesh | None = None):
+        self.net, self.cfg = net, cfg.validate()
+        self.mesh = mesh or data_mesh()
+        self.opt = make_optimizer(cfg)
+        self.replicated = NamedSharding(self.mesh, P())
+        self.sharded = NamedSharding(self.mesh, P("data"))
+        loss_fn = make_loss_fn(net, cfg)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+        def train_step(state: TrainState, x, y, mask):
+            key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
+            (_, metrics), grads = grad_fn(state.params, x, y, mask, key)
+            updates, opt_state = self.opt.update(grads, state.opt_state, state.params)
+            return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
+
+        def eval_step(params, x, y, mask):
+            return loss_fn(params, x, y, mask, jax.random.key(0))[1]
+
+        self.train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(self.replicated, self.replicated))
+        self.eval_step = jax.jit(eval_step, out_shardings=self.replicated)
+
+    def init_state(self, params: PyTree) -> TrainState:
+        """A fresh :class:`TrainState`, replicated over the mesh (``params`` is copied, not donated)."""
+        params = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
+        return jax.device_put(TrainState(params, self.opt.init(params), jnp.zeros((), jnp.int32)), self.replicated)
+
+    def padded_batch(self, x: np.ndarray, y: np.ndarray, size: int) -> tuple[Array, Array, Array]:
+        """Pads a host batch to ``size`` (a multiple of the device count) and shards it.
+
+        In a multi-process run each process passes its own slice of the global
+        batch; ``size`` is the per-process size.
+        """
+        mask = np.zeros(size, np.float32)
+        mask[: len(x)] = 1.0
+        put = lambda a: jax.make_array_from_process_local_data(self.sharded, a)
+        return put(pad_rows(x, size)), put(pad_rows(y, size)), put(mask)
+
+    def evaluate(self, params: PyTree, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """Mean metrics over a whole split (nothing dropped: the last batch is masked)."""
+        if len(x) == 0:
+            raise ValueError("cannot evaluate on an empty split.")
+        bs = round_up(self.cfg.eval_batch_size, jax.device_count())
+        totals = None
+        for lo in range(0, len(x), bs):
+            xb, yb = x[lo : lo + bs], y[lo : lo + bs]
+            m = self.eval_step(params, *self.padded_batch(xb, yb, bs))
+            m = jax.tree.map(lambda v: v * len(xb), m)  # stays on device: one transfer per split
+            totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+        return {k: float(v) / len(x) for k, v in jax.device_get(totals).items()}
