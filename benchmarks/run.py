@@ -30,7 +30,7 @@ from flax import nnx
 
 import lld_jax
 from lld_jax.losses import roll_penalty_sampled
-from lld_jax.training import Trainer, TrainConfig, data_mesh, task_losses
+from lld_jax.training import TrainConfig, Trainer, data_mesh, task_losses
 
 
 def margin_fn(net, **kw):
@@ -94,10 +94,23 @@ def bench_margins(repeats: int, batches, peak: float) -> list[dict]:
                 exact = lld_jax.batched.neuron_gradient_norms(net, params, x, ord=2, method="gram", squared=True)[1]
             flops = margin_flops(method, b, 784, (300,) * 4) if method != "reverse" else None
             mem = temp_mib(margin_fn(net, p=2, method=method), params, x)
-            rows.append({"bench": "margin_l2", "batch": b, "method": method, **t, "temp_mib": mem, "examples_per_s": b / t["min_s"],
-                         "flop_per_s": flops / t["min_s"] if flops else None, "fraction_of_peak": flops / t["min_s"] / peak if flops else None})
-            print(f"margin_l2 B={b:4d} {method:9s} min {t['min_s'] * 1e3:9.2f} ms  median {t['median_s'] * 1e3:9.2f} ms  {b / t['min_s']:10.0f} ex/s  {mem:7.1f} MiB"
-                  + (f"  {flops / t['min_s'] / 1e9:7.1f} GFLOP/s ({100 * flops / t['min_s'] / peak:.0f}% of peak)" if flops else ""), flush=True)
+            rows.append(
+                {
+                    "bench": "margin_l2",
+                    "batch": b,
+                    "method": method,
+                    **t,
+                    "temp_mib": mem,
+                    "examples_per_s": b / t["min_s"],
+                    "flop_per_s": flops / t["min_s"] if flops else None,
+                    "fraction_of_peak": flops / t["min_s"] / peak if flops else None,
+                }
+            )
+            print(
+                f"margin_l2 B={b:4d} {method:9s} min {t['min_s'] * 1e3:9.2f} ms  median {t['median_s'] * 1e3:9.2f} ms  {b / t['min_s']:10.0f} ex/s  {mem:7.1f} MiB"
+                + (f"  {flops / t['min_s'] / 1e9:7.1f} GFLOP/s ({100 * flops / t['min_s'] / peak:.0f}% of peak)" if flops else ""),
+                flush=True,
+            )
         exact_mean = np.asarray(jnp.mean(exact, axis=1))
         for dp in (1, 3, 10, 100):
             f = jax.jit(lambda k: sampled_penalties(net, params, x, k, C=0.0, num_samples=dp))
@@ -105,7 +118,10 @@ def bench_margins(repeats: int, batches, peak: float) -> list[dict]:
             draws = np.stack([np.asarray(f(k)) for k in jax.random.split(jax.random.key(1), 20)])
             rel = float(np.mean(np.abs(draws - exact_mean[None]) / exact_mean[None]))
             rows.append({"bench": "sampled_sq_grad_mean", "batch": b, "num_samples": dp, **t, "mean_relative_error": rel})
-            print(f"sampled   B={b:4d} D'={dp:<6d} min {t['min_s'] * 1e3:9.2f} ms  median {t['median_s'] * 1e3:9.2f} ms  mean rel. error {rel:.3f}", flush=True)
+            print(
+                f"sampled   B={b:4d} D'={dp:<6d} min {t['min_s'] * 1e3:9.2f} ms  median {t['median_s'] * 1e3:9.2f} ms  mean rel. error {rel:.3f}",
+                flush=True,
+            )
     return rows
 
 
@@ -137,7 +153,10 @@ def bench_train_steps(repeats: int) -> list[dict]:
     base = rows[0]["min_s"]
     for r in rows:
         r["ratio_to_vanilla"] = r["min_s"] / base
-        print(f"train step {r['variant']:22s} min {r['min_s'] * 1e3:9.2f} ms  median {r['median_s'] * 1e3:9.2f} ms  x{r['ratio_to_vanilla']:.1f} vanilla", flush=True)
+        print(
+            f"train step {r['variant']:22s} min {r['min_s'] * 1e3:9.2f} ms  median {r['median_s'] * 1e3:9.2f} ms  x{r['ratio_to_vanilla']:.1f} vanilla",
+            flush=True,
+        )
     return rows
 
 
@@ -195,9 +214,12 @@ def bench_input_scaling(repeats: int, quick: bool) -> list[dict]:
         row["sampled3_ratio_to_vanilla"] = row["sampled3_grad_b8"]["min_s"] / row["vanilla_grad_b8"]["min_s"]
         rows.append(row)
         ex = f"exact margin {row['exact_margin_1ex']['min_s'] * 1e3:9.1f} ms/ex" if "exact_margin_1ex" in row else "exact margin (not timed)"
-        print(f"scaling CNN {side:3d}x{side:3d}x3: {ex}, temp {row['exact_temp_mib']:7.1f} MiB | "
-              f"D'=3 ROLL grad B=8 {row['sampled3_grad_b8']['min_s'] * 1e3:8.1f} ms = x{row['sampled3_ratio_to_vanilla']:.2f} vanilla, "
-              f"temp {row['sampled3_temp_mib']:7.1f} vs {row['vanilla_temp_mib']:7.1f} MiB", flush=True)
+        print(
+            f"scaling CNN {side:3d}x{side:3d}x3: {ex}, temp {row['exact_temp_mib']:7.1f} MiB | "
+            f"D'=3 ROLL grad B=8 {row['sampled3_grad_b8']['min_s'] * 1e3:8.1f} ms = x{row['sampled3_ratio_to_vanilla']:.2f} vanilla, "
+            f"temp {row['sampled3_temp_mib']:7.1f} vs {row['vanilla_temp_mib']:7.1f} MiB",
+            flush=True,
+        )
     return rows
 
 
@@ -238,8 +260,14 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
     dev = jax.devices()[0]
-    info = {"device": f"{dev.platform}:{dev.device_kind}", "num_devices": jax.device_count(), "machine": platform.machine(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "repeats": repeats}
+    info = {
+        "device": f"{dev.platform}:{dev.device_kind}",
+        "num_devices": jax.device_count(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "repeats": repeats,
+    }
     print(json.dumps(info))
     if args.only is not None:
         rows = bench_slices(args.quick) if args.only == "slices" else bench_scaling(repeats, args.quick)
@@ -259,11 +287,17 @@ def main(argv=None) -> None:
             if r["bench"] == "torch_margin_l2":
                 best = min(v for (b, bs, m, _), v in ours.items() if b == "margin_l2" and bs == r["batch"])
                 r["speedup_of_best_lld_jax"] = r["min_s"] / best
-                print(f"torch template margins B={r['batch']:4d} min {r['min_s'] * 1e3:9.2f} ms -> lld_jax best is {r['speedup_of_best_lld_jax']:.1f}x faster", flush=True)
+                print(
+                    f"torch template margins B={r['batch']:4d} min {r['min_s'] * 1e3:9.2f} ms -> lld_jax best is {r['speedup_of_best_lld_jax']:.1f}x faster",
+                    flush=True,
+                )
             else:
                 mine = ours[("train_step", 64, None, r["variant"] if r["variant"] == "vanilla" else "roll_exact_gram")]
                 r["speedup_of_lld_jax"] = r["min_s"] / mine
-                print(f"torch train step {r['variant']:22s} min {r['min_s'] * 1e3:9.2f} ms -> lld_jax is {r['speedup_of_lld_jax']:.1f}x faster", flush=True)
+                print(
+                    f"torch train step {r['variant']:22s} min {r['min_s'] * 1e3:9.2f} ms -> lld_jax is {r['speedup_of_lld_jax']:.1f}x faster",
+                    flush=True,
+                )
     rows += bench_scaling(repeats, args.quick)
     rows += bench_slices(args.quick)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

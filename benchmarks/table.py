@@ -12,16 +12,24 @@ import sys
 def render(res: dict) -> str:
     peak = res["matmul_peak"]["flop_per_s"]
     rows = res["results"]
-    out = [f"Device: {res['info']['device']} ({res['info']['cpu_count']} cores), jax {res['info']['jax']}; "
-           f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s.", "",
-           "| exact l2 margins | batch | min ms | median ms | examples/s | GFLOP/s | % of matmul peak | XLA temp MiB |", "|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"Device: {res['info']['device']} ({res['info']['cpu_count']} cores), jax {res['info']['jax']}; "
+        f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s.",
+        "",
+        "| exact l2 margins | batch | min ms | median ms | examples/s | GFLOP/s | % of matmul peak | XLA temp MiB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["bench"] == "margin_l2":
             g = f"{r['flop_per_s'] / 1e9:.1f}" if r["flop_per_s"] else "-"
             f = f"{100 * r['fraction_of_peak']:.0f}%" if r["fraction_of_peak"] else "-"
-            out.append(f"| {r['method']} | {r['batch']} | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | {r['examples_per_s']:.0f} | {g} | {f} | {r.get('temp_mib', 0):.1f} |")
+            out.append(
+                f"| {r['method']} | {r['batch']} | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | {r['examples_per_s']:.0f} | {g} | {f} | {r.get('temp_mib', 0):.1f} |"
+            )
         if r["bench"] == "torch_margin_l2":
-            out.append(f"| PyTorch template (baseline) | {r['batch']} | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | {r['examples_per_s']:.0f} | - | - | - |")
+            out.append(
+                f"| PyTorch template (baseline) | {r['batch']} | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | {r['examples_per_s']:.0f} | - | - | - |"
+            )
     out += ["", "| sampled mean ||grad z||^2 (Eq. 10) | batch | D' | min ms | mean relative error vs exact |", "|---|---|---|---|---|"]
     for r in rows:
         if r["bench"] == "sampled_sq_grad_mean":
@@ -31,7 +39,9 @@ def render(res: dict) -> str:
         if r["bench"] == "train_step":
             out.append(f"| {r['variant']} | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | {r['ratio_to_vanilla']:.1f} |")
         if r["bench"] == "torch_train_step":
-            out.append(f"| PyTorch {r['variant']} (baseline) | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | lld_jax {r['speedup_of_lld_jax']:.1f}x faster |")
+            out.append(
+                f"| PyTorch {r['variant']} (baseline) | {r['min_s'] * 1e3:.1f} | {r['median_s'] * 1e3:.1f} | lld_jax {r['speedup_of_lld_jax']:.1f}x faster |"
+            )
     mib = lambda v: f"{v:.1f}" if v is not None else "-"
     out += ["", "| scaling (MLP, l2 margins) | size | method | min ms | XLA temp MiB |", "|---|---|---|---|---|"]
     for r in rows:
@@ -41,12 +51,17 @@ def render(res: dict) -> str:
             out.append(f"| {key} | {size} | {r['method']} | {r['min_s'] * 1e3:.1f} | {mib(r['temp_mib'])} |")
     cnn = [r for r in rows if r["bench"] == "scaling_input"]
     if cnn:
-        out += ["", "| CNN input | exact l2 margin ms/example | exact temp MiB (chunk 16) | D'=3 ROLL grad, batch 8, ms | x vanilla grad | temp MiB (vs vanilla) |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            "",
+            "| CNN input | exact l2 margin ms/example | exact temp MiB (chunk 16) | D'=3 ROLL grad, batch 8, ms | x vanilla grad | temp MiB (vs vanilla) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in cnn:
             ex = f"{r['exact_margin_1ex']['min_s'] * 1e3:.0f}" if "exact_margin_1ex" in r else "not timed"
-            out.append(f"| {r['side']}x{r['side']}x3 | {ex} | {mib(r['exact_temp_mib'])} | {r['sampled3_grad_b8']['min_s'] * 1e3:.1f} | "
-                       f"{r['sampled3_ratio_to_vanilla']:.2f} | {mib(r['sampled3_temp_mib'])} ({mib(r['vanilla_temp_mib'])}) |")
+            out.append(
+                f"| {r['side']}x{r['side']}x3 | {ex} | {mib(r['exact_temp_mib'])} | {r['sampled3_grad_b8']['min_s'] * 1e3:.1f} | "
+                f"{r['sampled3_ratio_to_vanilla']:.2f} | {mib(r['sampled3_temp_mib'])} ({mib(r['vanilla_temp_mib'])}) |"
+            )
     slices = [r for r in rows if r["bench"] == "slice_regions"]
     if slices:
         out += ["", "| 2-D slice enumeration | regions | seconds | regions/s |", "|---|---|---|---|"]

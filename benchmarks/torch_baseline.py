@@ -75,6 +75,7 @@ def run(widths=(300, 300, 300, 300), d: int = 784, batches=(64, 256), repeats: i
 
     for name, lam in (("vanilla", 0.0), ("roll_exact_template", 2.0)):
         if lam == 0.0:
+
             def fn():
                 opt.zero_grad()
                 h = x

@@ -23,7 +23,8 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -37,7 +38,6 @@ from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distribu
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 MNIST_TRAIN, MNIST_TEST = 60000, 10000
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +71,17 @@ class Config:
     def train_config(self, lam: float, C: float, gamma: Any) -> TrainConfig:
         """The :class:`~lld_jax.training.TrainConfig` of one run; raises on invalid values."""
         return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, momentum=self.momentum, lam=lam, C=C, gamma=gamma,
-            regularizer=self.regularizer, num_samples=self.num_samples, method=self.method, seed=self.seed,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            lam=lam,
+            C=C,
+            gamma=gamma,
+            regularizer=self.regularizer,
+            num_samples=self.num_samples,
+            method=self.method,
+            seed=self.seed,
         ).validate()
 
     def points(self) -> list[tuple[float, float, Any]]:
@@ -91,7 +100,7 @@ class Config:
         C_fixed = 1.0 if 1.0 in self.grid_C else sorted(self.grid_C)[len(self.grid_C) // 2]
         return lam_fixed, C_fixed
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Checks every setting (and every grid point) before anything is read or written."""
         if not (isinstance(self.val_size, int) and 1 <= self.val_size < MNIST_TRAIN):
             raise ValueError(f"val_size must be in [1, {MNIST_TRAIN - 1}], got {self.val_size}.")
@@ -133,9 +142,15 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
     cfg = config.train_config(lam, C, gamma)
     net, params = build_model(config.widths, config.seed)
     experiment = {
-        "dataset": "mnist", "train_size": len(data.train.x), "val_size": len(data.val.x), "seed_split": 1,
-        "data_sha1": fingerprint(data.train, data.val), "model": "MLP", "widths": list(config.widths),
-        "init": "flax-default", "model_seed": config.seed,
+        "dataset": "mnist",
+        "train_size": len(data.train.x),
+        "val_size": len(data.val.x),
+        "seed_split": 1,
+        "data_sha1": fingerprint(data.train, data.val),
+        "model": "MLP",
+        "widths": list(config.widths),
+        "init": "flax-default",
+        "model_seed": config.seed,
     }
     t0 = time.time()
     params, history = fit(net, params, cfg, data.train, data.val, workdir, experiment=experiment, progress=config.progress)
@@ -186,7 +201,9 @@ def plot_figure2(reports: dict[str, dict], path: str, *, lam_fixed: float = 0.5,
     rows = [r["config"] | {"acc": r["accuracy"], "m2": r["margin_l2"]["P50"]} for r in reports.values() if r["config"]["lam"] > 0]
     base = [{"acc": r["accuracy"], "m2": r["margin_l2"]["P50"]} for r in reports.values() if r["config"]["lam"] == 0]
     gammas = sorted({str(r["gamma"]) for r in rows})
-    for col, (fixed, fval, var, metric) in enumerate([("lam", lam_fixed, "C", "acc"), ("lam", lam_fixed, "C", "m2"), ("C", C_fixed, "lam", "acc"), ("C", C_fixed, "lam", "m2")]):
+    for col, (fixed, fval, var, metric) in enumerate(
+        [("lam", lam_fixed, "C", "acc"), ("lam", lam_fixed, "C", "m2"), ("C", C_fixed, "lam", "acc"), ("C", C_fixed, "lam", "m2")]
+    ):
         ax = axes[col]
         for g in gammas:
             pts = sorted((r[var], r[metric]) for r in rows if str(r["gamma"]) == g and np.isclose(r[fixed], fval))
@@ -214,7 +231,9 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
         key = f"lam{lam:g}_C{C:g}_gamma{gamma}"
         reports[key] = run_one(config, data, lam, C, gamma, os.path.join(workdir, key))
     picks = select({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
-    rows = [("Vanilla", "-", reports["vanilla"])] + [(f"ROLL {k} ({slot})", f"{reports[k]['config']['C']:g}", reports[k]) for slot, k in picks.items() if k]
+    rows = [("Vanilla", "-", reports["vanilla"])] + [
+        (f"ROLL {k} ({slot})", f"{reports[k]['config']['C']:g}", reports[k]) for slot, k in picks.items() if k
+    ]
     rd = RunDir(workdir, write=jax.process_index() == 0)
     rd.write_json("selection.json", picks)
     if rd.write:

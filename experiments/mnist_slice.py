@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +67,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         ax.set_title(f"{name}: {len(regions)} regions")
         ax.set_xlabel(f"towards test digit #{args.digits[1]} (label {test.y[args.digits[1]]})")
         ax.set_ylabel(f"towards test digit #{args.digits[2]} (label {test.y[args.digits[2]]})")
-        summary[run] = {"regions": len(regions), "classes": sorted({int(np.argmax(r.out_slope @ r.vertices.mean(0) + r.out_offset)) for r in regions})}
+        summary[run] = {
+            "regions": len(regions),
+            "classes": sorted({int(np.argmax(r.out_slope @ r.vertices.mean(0) + r.out_offset)) for r in regions}),
+        }
         print(f"{run}: {len(regions)} regions", flush=True)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "mnist_slice.png"), dpi=90)

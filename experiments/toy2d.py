@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ import lld_jax
 from experiments import _cli
 from lld_jax.evaluation import percentiles
 from lld_jax.slices import draw_heatmap, draw_points, draw_regions, enumerate_slice
-from lld_jax.training import RunDir, Trainer, TrainConfig, data_mesh
+from lld_jax.training import RunDir, TrainConfig, Trainer, data_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Config:
     lambdas: tuple[float, ...] = (1e-2, 1e-1, 1.0, 1e1, 1e2)
     seed: int = 0
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         if not (isinstance(self.steps, int) and self.steps >= 1):
             raise ValueError(f"steps must be a positive integer (an untrained model has no regions to compare), got {self.steps}.")
         if self.num_points < 4:
@@ -74,8 +74,16 @@ def train(config: Config, x, y, *, lam: float, regularizer: str):
     model = lld_jax.MLP(2, list(config.widths), 1, rngs=nnx.Rngs(config.seed), param_dtype=jnp.float64)
     net, params = lld_jax.from_nnx(model)
     cfg = TrainConfig(
-        epochs=1, batch_size=len(x), optimizer="adam", lr=config.lr, lam=lam, C=config.C if lam else 0.0,
-        gamma="max", regularizer=regularizer, task_loss="sigmoid", seed=config.seed,
+        epochs=1,
+        batch_size=len(x),
+        optimizer="adam",
+        lr=config.lr,
+        lam=lam,
+        C=config.C if lam else 0.0,
+        gamma="max",
+        regularizer=regularizer,
+        task_loss="sigmoid",
+        seed=config.seed,
     )
     tr = Trainer(net, cfg, mesh=data_mesh(jax.devices()[:1]))
     state = tr.init_state(params)
@@ -130,7 +138,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     table = ["| model | lambda | train acc | #regions in box | margin P25 | P50 | P75 | P100 |", "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         m = r["margin_l2"]
-        table.append(f"| {name} | {r['lambda']:g} | {r['train_accuracy']:.2f} | {r['num_regions']} | {m['P25']:.4f} | {m['P50']:.4f} | {m['P75']:.4f} | {m['P100']:.4f} |")
+        table.append(
+            f"| {name} | {r['lambda']:g} | {r['train_accuracy']:.2f} | {r['num_regions']} | {m['P25']:.4f} | {m['P50']:.4f} | {m['P75']:.4f} | {m['P100']:.4f} |"
+        )
     with open(os.path.join(workdir, "toy2d.md"), "w") as fh:
         fh.write("\n".join(table) + "\n")
     print("\n".join(table))

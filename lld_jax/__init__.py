@@ -16,7 +16,7 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
   :func:`resnet18`, :class:`RNN`.
 """
 
-from lld_jax import batched, evaluation, losses, slices, training
+from lld_jax import batched, data, evaluation, losses, slices, training
 from lld_jax._src.checks import CheckError
 from lld_jax._src.gradients import METHODS, neuron_gradient_norms, neuron_gradients
 from lld_jax._src.losses import distance_penalty, roll_penalty, roll_penalty_sampled
@@ -57,6 +57,7 @@ __all__ = [
     "as_network",
     "batched",
     "count_regions",
+    "data",
     "directional_margin",
     "directional_margin_bisect",
     "distance_penalty",

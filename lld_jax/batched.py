@@ -16,14 +16,14 @@ Example:
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+
 from lld_jax._src.gradients import gradients_call
 from lld_jax._src.margins import Margin, directional_call, margin_call
 from lld_jax._src.network import ApplyFn, Network, PyTree
 from lld_jax._src.regions import l1_ball_vertices as _l1_vertices
 from lld_jax._src.regions import membership_call
-
-import jax
-import jax.numpy as jnp
 
 Array = jax.Array
 
@@ -42,14 +42,28 @@ __all__ = [
 
 
 def margin(
-    apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, p: float | str = 2, method: str = "auto", chunk_size: int | None = None, check: bool = True
+    apply_fn: ApplyFn | Network,
+    params: PyTree,
+    x: Array,
+    *,
+    p: float | str = 2,
+    method: str = "auto",
+    chunk_size: int | None = None,
+    check: bool = True,
 ) -> Array:
     """:func:`lld_jax.margin` of every example of ``x`` ``(B, *input_shape)``; returns ``(B,)``."""
     return margin_call(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check, batched=True).radius
 
 
 def margin_with_neuron(
-    apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, p: float | str = 2, method: str = "auto", chunk_size: int | None = None, check: bool = True
+    apply_fn: ApplyFn | Network,
+    params: PyTree,
+    x: Array,
+    *,
+    p: float | str = 2,
+    method: str = "auto",
+    chunk_size: int | None = None,
+    check: bool = True,
 ) -> Margin:
     """:func:`lld_jax.margin_with_neuron` of every example; a :class:`~lld_jax.Margin` of ``(B,)`` arrays."""
     return margin_call(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check, batched=True)

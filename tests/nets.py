@@ -11,7 +11,7 @@ import lld_jax as L
 
 def _randomize_batchnorm(model, key):
     # Fresh BatchNorm is the identity; random statistics make it a real affine map.
-    for path, bn in nnx.iter_graph(model):
+    for _path, bn in nnx.iter_graph(model):
         if isinstance(bn, nnx.BatchNorm):
             key, *ks = jax.random.split(key, 5)
             c = bn.mean.shape

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from nets import make
 
 import lld_jax as L
-from nets import make
 
 
 @pytest.fixture(scope="module")

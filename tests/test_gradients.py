@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nets import KINDS, make
 
 import lld_jax as L
-from nets import KINDS, make
 
 
 def brute_force(net, params, x):

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from nets import KINDS, make
 from scipy.optimize import linprog
 
 import lld_jax as L
-from nets import KINDS, make
 
 N_SAMPLES = 2000
 

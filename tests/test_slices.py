@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from nets import make
 
 import lld_jax as L
 from lld_jax.slices import TooManyRegions, enumerate_slice, locate, polygon_area
-from nets import make
 
 BOX = [(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
 

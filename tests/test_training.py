@@ -4,6 +4,8 @@ import dataclasses
 import gzip
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -16,9 +18,13 @@ from flax import nnx
 
 import lld_jax as L
 from lld_jax.data import load_mnist, read_idx
-from lld_jax.training import Trainer, TrainConfig, data_mesh, fit
+from lld_jax.training import TrainConfig, Trainer, data_mesh, fit
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+
+
+def crash_config():
+    return TrainConfig(epochs=6, batch_size=8, lam=0.5, C=1.0, regularizer="sampled", num_samples=2, lr=0.05)
 
 
 def multiprocess_config():
@@ -104,6 +110,71 @@ def test_bad_data_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # the same mesh as this process
+
+
+def _worker(script, args, env_extra=None):
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]),
+        **(env_extra or {}),
+    }
+    return subprocess.Popen([sys.executable, os.path.join(here, script), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigkill_at_random_points_then_resume_loses_nothing(tmp_path):
+    """SIGKILL a training process at random moments (mid-step, mid-checkpoint, mid-metrics), resume: identical result."""
+    net, params, x, y = small_problem(60)
+    ref, ref_hist = fit(net, params, crash_config(), (x, y), (x[:20], y[:20]), str(tmp_path / "ref"), progress=False)
+    run, out = str(tmp_path / "run"), str(tmp_path / "out.npz")
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _attempt in range(12):
+        proc = _worker("killable_fit.py", [run, out], EIGHT_DEVICES)
+        try:
+            proc.wait(timeout=rng.uniform(3.0, 9.0))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.returncode == 0, proc.stdout.read()[-3000:]
+        break
+    else:
+        proc = _worker("killable_fit.py", [run, out], EIGHT_DEVICES)
+        assert proc.wait(timeout=600) == 0, proc.stdout.read()[-3000:]
+    assert kills >= 1, "the worker was never interrupted; lower the kill delays"
+    got = np.load(out)
+    for i, leaf in enumerate(jax.tree.leaves(jax.device_get(ref))):
+        np.testing.assert_array_equal(got[f"arr_{i}"], leaf)
+    assert json.loads(open(out + ".json").read()) == ref_hist
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == ref_hist
+
+
+def test_crash_between_metrics_and_checkpoint_replays_the_epoch(tmp_path):
+    net, params, x, y = small_problem(60)
+    cfg = TrainConfig(epochs=3, batch_size=16, lam=0.5, C=1.0, lr=0.05)
+    ref, ref_hist = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "ref"), progress=False)
+    run = tmp_path / "run"
+    fit(net, params, dataclasses.replace(cfg, epochs=2), (x, y), (x[:20], y[:20]), str(run), progress=False)
+    saved = tmp_path / "ckpt_after_2"
+    shutil.copytree(run / "checkpoints", saved)
+    fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(run), progress=False)
+    # Epoch 3's metrics line was written, then the process died before its checkpoints.
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(saved, run / "checkpoints")
+    with open(run / "metrics.jsonl", "a") as fh:
+        fh.write('{"epoch": 4, "train_lo')  # and a torn line of a later write
+    got, hist = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(run), progress=False)
+    assert hist == ref_hist
+    assert [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] == ref_hist
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), jax.device_get(got), jax.device_get(ref))
+
+
 def test_config_change_in_existing_run_dir_refused(tmp_path):
     net, params, x, y = small_problem(20)
     fit(net, params, TrainConfig(epochs=1, batch_size=10), (x, y), (x, y), str(tmp_path), progress=False)
@@ -158,11 +229,24 @@ def test_multiprocess_fit_equals_single_process(tmp_path):
     out = str(tmp_path / "multi.npz")
     procs = []
     for pid in range(2):
-        env = {**os.environ, "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(pid),
-               "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-               "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")])}
-        procs.append(subprocess.Popen([sys.executable, os.path.join(here, "multiprocess_fit.py"), str(tmp_path / "run"), out],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(pid),
+            "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, os.path.join(here, "multiprocess_fit.py"), str(tmp_path / "run"), out],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), "\n\n".join(logs)[-5000:]
     info = json.loads(open(out + ".json").read())

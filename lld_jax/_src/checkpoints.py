@@ -27,7 +27,7 @@ class Checkpoints:
         self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=opts)
         self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=opts)
 
-    def __enter__(self) -> "Checkpoints":
+    def __enter__(self) -> Checkpoints:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -63,9 +63,7 @@ def _find(data_dir: str, stem: str) -> str:
     )
 
 
-def load_mnist(
-    data_dir: str, *, val_size: int = 5000, seed: int = 1, train_size: int | None = None, test_size: int | None = None
-) -> MNIST:
+def load_mnist(data_dir: str, *, val_size: int = 5000, seed: int = 1, train_size: int | None = None, test_size: int | None = None) -> MNIST:
     """Loads MNIST (or Fashion-MNIST) from IDX files with the paper's split and normalisation.
 
     Args:

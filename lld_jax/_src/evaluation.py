@@ -101,6 +101,8 @@ def table1_markdown(rows: list[tuple[str, str, dict[str, Any]]], unit: float = 1
     for name, c, r in rows:
         cells = [f"{r[f'margin_l{q}'][f'P{p}'] / unit:.0f}" for q in (1, 2) for p in PERCENTILES]
         lines.append(
-            f"| {name} | {c} | {100 * r['accuracy']:.2f}% | {r['num_patterns']} | {r['num_jacobians']} | " + " | ".join(cells) + f" | {r['spearman_l1_l2']:.3f} |"
+            f"| {name} | {c} | {100 * r['accuracy']:.2f}% | {r['num_patterns']} | {r['num_jacobians']} | "
+            + " | ".join(cells)
+            + f" | {r['spearman_l1_l2']:.3f} |"
         )
     return "\n".join(lines) + f"\n\nMargins in units of {unit:g} (pixel scale [0, 1])."

@@ -202,9 +202,7 @@ def _gram(net: Network, params, x, chunk: int, keep: bool, squared: bool):
 _KERNELS = {"forward": _forward, "template": _template, "reverse": _reverse, "gram": _gram}
 
 
-def norms_kernel(
-    net: Network, params: PyTree, x: Array, *, ord: float, method: str, chunk: int, squared: bool = False
-) -> tuple[Array, Array]:
+def norms_kernel(net: Network, params: PyTree, x: Array, *, ord: float, method: str, chunk: int, squared: bool = False) -> tuple[Array, Array]:
     """``(z (N,), n (N,))`` for ONE example: n_j = ||grad z_j||_ord (squared for ``squared`` and ord 2).
 
     No checks; ``method`` already resolved. ``squared=True`` is the smooth sum

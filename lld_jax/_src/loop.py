@@ -18,7 +18,7 @@ from lld_jax._src.checkpoints import Checkpoints
 from lld_jax._src.host import epoch_order, round_up
 from lld_jax._src.network import Network, PyTree
 from lld_jax._src.rundir import RunDir
-from lld_jax._src.training import Trainer, TrainConfig, TrainState
+from lld_jax._src.training import TrainConfig, Trainer, TrainState
 
 
 def check_data(net: Network, params: PyTree, cfg: TrainConfig, name: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -139,7 +139,9 @@ def fit(
         history = rd.keep_metrics(start)  # epochs after the checkpoint are replayed
         ckpt.drop_after(ckpt.best, start)
         if len(history) != start:
-            raise ValueError(f"{rd.file('metrics.jsonl')} holds {len(history)} epochs but the checkpoint is at epoch {start}; the run directory was edited by hand.")
+            raise ValueError(
+                f"{rd.file('metrics.jsonl')} holds {len(history)} epochs but the checkpoint is at epoch {start}; the run directory was edited by hand."
+            )
         for epoch in range(start, cfg.epochs):
             try:
                 state, train_m = train_epoch(trainer, state, *train, epoch, progress=progress and main)

@@ -122,9 +122,7 @@ def roll_penalty(
     return aggregate(tsvm_terms(z, sq, C), gamma)
 
 
-def distance_penalty(
-    apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, method: str = "auto", chunk_size: int | None = None
-) -> Array:
+def distance_penalty(apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, method: str = "auto", chunk_size: int | None = None) -> Array:
     """Eq. 4's regulariser for ONE example: minus the exact l2 margin, a scalar (non-smooth; toy use)."""
     net = as_network(apply_fn)
     x = jnp.asarray(x)
@@ -161,9 +159,7 @@ def _sample_axes(key: Array, shape: tuple[int, ...], num_samples: int, stratify:
     channels = shape[-1]
     per = num_samples // channels
     if per < 1 or num_samples % channels:
-        raise ValueError(
-            f"stratified sampling needs num_samples to be a positive multiple of the {channels} channels; got {num_samples}."
-        )
+        raise ValueError(f"stratified sampling needs num_samples to be a positive multiple of the {channels} channels; got {num_samples}.")
     per_channel = dim // channels
     keys = jax.random.split(key, channels)
     # Positions within a channel, then mapped to flat indices of that channel (channel is the last axis).

@@ -12,7 +12,7 @@ Use :func:`lld_jax.from_nnx` to get ``(network, params)`` from a model.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,9 +67,7 @@ class MLP(nnx.Module):
         self.input_shape = shape
         self.negative_slope = float(negative_slope)
         sizes = [math.prod(shape), *widths, out_features]
-        self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])]
-        )
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])])
 
     def __call__(self, x: Array, slopes: Sequence[Array] | None = None):
         act = _Act(self.negative_slope, slopes)
@@ -132,9 +130,7 @@ class CNN(nnx.Module):
         self.convs = nnx.List(convs)
         flat = self._flat_size()
         sizes = [flat, *hidden, out_features]
-        self.dense = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])]
-        )
+        self.dense = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])])
 
     def _flat_size(self) -> int:
         h, w, c = self.input_shape

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -69,10 +70,7 @@ def as_network(apply_fn: ApplyFn | Network, *, input_shape: Sequence[int] | None
             return dataclasses.replace(apply_fn, input_shape=tuple(input_shape))
         return apply_fn
     if not callable(apply_fn):
-        raise TypeError(
-            f"apply_fn must be a callable (params, x) -> (output, preacts) or an lld_jax.Network, "
-            f"got {type(apply_fn).__name__}."
-        )
+        raise TypeError(f"apply_fn must be a callable (params, x) -> (output, preacts) or an lld_jax.Network, got {type(apply_fn).__name__}.")
     return Network(apply=apply_fn, input_shape=None if input_shape is None else tuple(input_shape))
 
 
@@ -92,10 +90,7 @@ def hidden_shapes(net: Network, params: PyTree, shape: tuple[int, ...], dtype: A
     if not isinstance(preacts, (tuple, list)):
         raise TypeError("apply_fn must return preacts as a tuple of arrays (one per hidden layer).")
     if sum(math.prod(p.shape) for p in preacts) == 0:
-        raise ValueError(
-            "the network has no hidden neurons (preacts is empty): its region is the whole input "
-            "space and margins are undefined."
-        )
+        raise ValueError("the network has no hidden neurons (preacts is empty): its region is the whole input space and margins are undefined.")
     return tuple(tuple(p.shape) for p in preacts)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -66,7 +66,9 @@ def draw_regions(
     ax.add_collection(LineCollection(segs, colors="k", linewidths=2.0))
 
 
-def draw_points(ax, points: np.ndarray, labels: np.ndarray, *, margins: np.ndarray | None = None, grads: np.ndarray | None = None, arrow_scale: float = 0.1) -> None:
+def draw_points(
+    ax, points: np.ndarray, labels: np.ndarray, *, margins: np.ndarray | None = None, grads: np.ndarray | None = None, arrow_scale: float = 0.1
+) -> None:
     """Training points by label, their l2 margin circles and gradient arrows (length proportional to the norm)."""
     from matplotlib.patches import Circle
 
@@ -75,7 +77,18 @@ def draw_points(ax, points: np.ndarray, labels: np.ndarray, *, margins: np.ndarr
         for p, r in zip(points, margins):
             ax.add_patch(Circle(p, r, fill=False, color="tab:green", lw=0.8, zorder=4))
     if grads is not None:
-        ax.quiver(points[:, 0], points[:, 1], grads[:, 0], grads[:, 1], angles="xy", scale_units="xy", scale=1 / arrow_scale, width=0.004, color="0.1", zorder=5)
+        ax.quiver(
+            points[:, 0],
+            points[:, 1],
+            grads[:, 0],
+            grads[:, 1],
+            angles="xy",
+            scale_units="xy",
+            scale=1 / arrow_scale,
+            width=0.004,
+            color="0.1",
+            zorder=5,
+        )
 
 
 def draw_heatmap(ax, predict, box: Sequence[float], n: int = 200) -> None:

@@ -88,9 +88,7 @@ def same_region(apply_fn: ApplyFn | Network, params: PyTree, x: Array, y: Array,
     return membership_call(apply_fn, params, x, y, kind="same", chunk_size=1, check=check, batched=False)
 
 
-def hull_in_region(
-    apply_fn: ApplyFn | Network, params: PyTree, x: Array, vertices: Array, *, chunk_size: int = 64, check: bool = True
-) -> Array:
+def hull_in_region(apply_fn: ApplyFn | Network, params: PyTree, x: Array, vertices: Array, *, chunk_size: int = 64, check: bool = True) -> Array:
     """Scalar bool: is the convex hull of ``vertices`` inside the region of ONE example ``x`` (Prop. 5)?
 
     Args:

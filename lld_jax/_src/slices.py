@@ -11,7 +11,8 @@ one interior point (two JVPs). Works for any network that meets the protocol
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,8 +74,13 @@ def _layer_points(net, params, x0, a, b, uv, *, layer):
         _, (dout_v, dpre_v) = jax.jvp(f, (uv,), (jnp.array([0.0, 1.0], uv.dtype),))
         flat = lambda ps: jnp.concatenate([p.ravel() for p in ps])
         return (
-            pre[layer].ravel(), dpre_u[layer].ravel(), dpre_v[layer].ravel(),
-            out.ravel(), dout_u.ravel(), dout_v.ravel(), flat(pre) > 0,
+            pre[layer].ravel(),
+            dpre_u[layer].ravel(),
+            dpre_v[layer].ravel(),
+            out.ravel(),
+            dout_u.ravel(),
+            dout_v.ravel(),
+            flat(pre) > 0,
         )
 
     return jax.vmap(one)(uv)
@@ -151,9 +157,7 @@ def enumerate_slice(
                 parts = nxt
             new.extend(parts)
             if len(new) > max_regions:
-                raise TooManyRegions(
-                    f"more than max_regions={max_regions} regions after layer {layer + 1}; shrink the polygon or raise max_regions."
-                )
+                raise TooManyRegions(f"more than max_regions={max_regions} regions after layer {layer + 1}; shrink the polygon or raise max_regions.")
         pieces = new
     centres = jnp.asarray(np.stack([p.mean(0) for p in pieces]), dtype)
     _, _, _, out, ou, ov, pats = (np.asarray(t) for t in _layer_fn(net, 0)(params, x0, a, b, centres))

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from lld_jax._src.gradients import METHODS
 from lld_jax._src.host import pad_rows, round_up
@@ -49,7 +51,7 @@ class TrainConfig:
     seed: int = 1
     eval_batch_size: int = 1000
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         check_hyper(C=self.C, lam=self.lam, num_samples=self.num_samples if self.regularizer == "sampled" else None)
         self.gamma = check_gamma(self.gamma)
         if self.regularizer not in ("roll", "distance", "sampled"):

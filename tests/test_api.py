@@ -1,0 +1,117 @@
+"""The public surface: per-example functions under jit/vmap/grad, batched wrappers, compile caching."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from nets import make
+
+import lld_jax as L
+
+PER_EXAMPLE = {
+    "margin_l1": (lambda net, p, x: L.margin(net, p, x, p=1), lambda net, p, x: L.batched.margin(net, p, x, p=1)),
+    "margin_l2": (lambda net, p, x: L.margin(net, p, x, p=2), lambda net, p, x: L.batched.margin(net, p, x, p=2)),
+    "margin_linf": (lambda net, p, x: L.margin(net, p, x, p="inf"), lambda net, p, x: L.batched.margin(net, p, x, p="inf")),
+    "margin_with_neuron": (L.margin_with_neuron, L.batched.margin_with_neuron),
+    "norms_l1": (lambda net, p, x: L.neuron_gradient_norms(net, p, x, ord=1), lambda net, p, x: L.batched.neuron_gradient_norms(net, p, x, ord=1)),
+    "gradients": (L.neuron_gradients, L.batched.neuron_gradients),
+    "pattern": (L.activation_pattern, L.batched.activation_pattern),
+    "directional": (
+        lambda net, p, x: L.directional_margin(net, p, x, jnp.ones_like(x)),
+        lambda net, p, x: L.batched.directional_margin(net, p, x, jnp.ones(x.shape[1:], x.dtype)),
+    ),
+    "bisect": (
+        lambda net, p, x: L.directional_margin_bisect(net, p, x, -jnp.ones_like(x), t_max=50.0),
+        lambda net, p, x: L.batched.directional_margin_bisect(net, p, x, -jnp.ones(x.shape[1:], x.dtype), t_max=50.0),
+    ),
+    "same_region": (lambda net, p, x: L.same_region(net, p, x, 1.0001 * x), lambda net, p, x: L.batched.same_region(net, p, x, 1.0001 * x)),
+    "l1_ball": (lambda net, p, x: L.l1_ball_in_region(net, p, x, 1e-3), lambda net, p, x: L.batched.l1_ball_in_region(net, p, x, 1e-3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_EXAMPLE))
+@pytest.mark.parametrize("kind,dtype", [("mlp", jnp.float64), ("cnn", jnp.float32)])
+def test_per_example_functions_compose_with_jit_and_vmap(name, kind, dtype):
+    one, batched = PER_EXAMPLE[name]
+    net, params, x = make(kind, dtype=dtype)
+    ref = batched(net, params, x)
+    rtol = 1e-10 if dtype == jnp.float64 else 2e-5
+
+    # Both variants chex.all_variants would run: without and with jit.
+    for wrap in (lambda f: f, jax.jit):
+        got = jax.vmap(wrap(lambda xi: one(net, params, xi)))(x)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=rtol, atol=1e-30), got, ref)
+        single = wrap(lambda xi: one(net, params, xi))(x[1])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float)[1], rtol=rtol, atol=1e-30), single, ref)
+
+
+@pytest.mark.parametrize("p", [1, 2, "inf"])
+def test_grad_of_margin_matches_finite_differences(p):
+    net, params, x = make("mlp")
+    x0 = x[0]
+    f = lambda prm: L.margin(net, prm, x0, p=p)
+    g = jax.jit(jax.grad(f))(params)
+    leaves, treedef = jax.tree.flatten(params)
+    gleaves = jax.tree.leaves(g)
+    rng = np.random.default_rng(0)
+    h = 1e-7
+    for li, (leaf, gl) in enumerate(zip(leaves, gleaves)):
+        idx = tuple(rng.integers(0, s) for s in leaf.shape)
+        bump = lambda d: jax.tree.unflatten(treedef, [a.at[idx].add(d) if j == li else a for j, a in enumerate(leaves)])
+        fd = (f(bump(h)) - f(bump(-h))) / (2 * h)
+        np.testing.assert_allclose(gl[idx], fd, rtol=1e-4, atol=1e-9)
+    # And with respect to the input, through the user's vmap.
+    gx = jax.vmap(jax.grad(lambda u: L.margin(net, params, u, p=p)))(x)
+    assert gx.shape == x.shape and bool(jnp.all(jnp.isfinite(gx)))
+
+
+def test_return_types_do_not_change_with_arguments():
+    net, params, x = make("mlp")
+    assert L.margin(net, params, x[0]).shape == ()
+    res = L.margin_with_neuron(net, params, x[0])
+    assert isinstance(res, L.Margin) and res.radius.shape == res.layer.shape == res.neuron.shape == ()
+    res = L.batched.margin_with_neuron(net, params, x)
+    assert isinstance(res, L.Margin) and res.radius.shape == (x.shape[0],)
+    assert L.batched.margin(net, params, x).shape == (x.shape[0],)
+
+
+def test_a_new_from_nnx_wrapper_of_the_same_model_does_not_recompile():
+    from lld_jax._src.margins import _margin
+
+    model = L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (3, 5))
+    net, params = L.from_nnx(model)
+    L.batched.margin(net, params, x)
+    L.margin(net, params, x[0])
+    before = _margin._cache_size()
+    for seed in range(5):  # fresh wrappers, and fresh models of the same structure
+        net2, params2 = L.from_nnx(model if seed == 0 else L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(seed)))
+        assert net2 == net and hash(net2) == hash(net)
+        L.batched.margin(net2, params2, x)
+        L.margin(net2, params2, x[0])
+    assert _margin._cache_size() == before
+    net3, params3 = L.from_nnx(L.MLP(5, [7, 7], 2, rngs=nnx.Rngs(0)))  # another structure compiles anew
+    assert net3 != net
+    L.batched.margin(net3, params3, x)
+    assert _margin._cache_size() == before + 1
+
+
+def test_margin_partial_is_the_margin_l2_users_ask_for():
+    net, params, x = make("mlp")
+    margin_l2 = functools.partial(L.margin, net, p=2)
+    np.testing.assert_allclose(jax.jit(jax.vmap(margin_l2, in_axes=(None, 0)))(params, x), L.batched.margin(net, params, x), rtol=1e-12)
+
+
+def test_public_surface_is_curated_and_documented():
+    import inspect
+
+    for mod in (L, L.batched, L.losses, L.training, L.evaluation, L.slices, L.data):
+        for name in mod.__all__:
+            obj = getattr(mod, name)
+            assert inspect.ismodule(obj) or (obj.__doc__ and obj.__doc__.strip()), f"{mod.__name__}.{name} has no docstring"
+    assert "roll_penalty" in L.__all__ and "roll_penalty_sampled" in L.__all__
+    private = [n for n in dir(L) if not n.startswith("_") and n not in L.__all__]
+    assert private == [], f"public attributes outside __all__: {private}"

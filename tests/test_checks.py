@@ -1,0 +1,139 @@
+"""No silent wrong answers: bad parameters, every example probed, extreme scales, mixed precision."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from nets import make
+
+import lld_jax as L
+
+
+def _poison(params, value):
+    leaves, treedef = jax.tree.flatten(params)
+    leaves[1] = leaves[1].at[(0,) * leaves[1].ndim].set(value)  # a first-layer weight: every neuron downstream
+    return jax.tree.unflatten(treedef, leaves)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_parameters_raise_eagerly_and_under_jit_and_poison_when_unchecked(value):
+    net, params, x = make("mlp")
+    bad = _poison(params, value)
+    for call in (
+        lambda: L.batched.margin(net, bad, x),
+        lambda: L.margin(net, bad, x[0], p=1),
+        lambda: L.batched.activation_pattern(net, bad, x),
+        lambda: L.count_regions(net, bad, np.asarray(x)),
+        lambda: L.batched.directional_margin(net, bad, x, x[0]),
+        lambda: jax.vmap(lambda u: L.margin(net, bad, u))(x),
+    ):
+        with pytest.raises(ValueError, match="parameters contain NaN or Inf"):
+            call()
+    with pytest.raises(Exception, match="parameters contain NaN or Inf"):  # inside the user's jit: a runtime error
+        jax.block_until_ready(jax.jit(lambda prm, u: L.margin(net, prm, u))(bad, x[0]))
+    # Unchecked: never a finite, plausible certificate.
+    for p in (1, 2, "inf"):
+        assert bool(jnp.all(jnp.isnan(L.batched.margin(net, bad, x, p=p, check=False))))
+    assert bool(jnp.all(jnp.isnan(L.batched.directional_margin(net, bad, x, x[0], check=False))))
+    assert bool(jnp.all(jnp.isnan(L.batched.directional_margin_bisect(net, bad, x, x[0], check=False))))
+
+
+def test_non_finite_inputs_name_the_example():
+    net, params, x = make("cnn")
+    with pytest.raises(ValueError, match="x contains NaN or Inf at example\\(s\\) 2 of the batch"):
+        L.batched.margin(net, params, x.at[2, 1, 1, 0].set(jnp.inf))
+    with pytest.raises(ValueError, match="direction contains NaN"):
+        L.batched.directional_margin_bisect(net, params, x, jnp.full(x.shape[1:], jnp.nan))
+    assert bool(jnp.all(jnp.isnan(L.batched.directional_margin_bisect(net, params, x, jnp.full(x.shape[1:], jnp.nan), check=False))))
+
+
+def test_piecewise_linearity_probe_looks_at_every_example():
+    # GELU is almost linear far from 0: the first example saturates every unit, the third does not.
+    w = jnp.eye(3)
+
+    def fn(params, x):
+        z1 = params @ x
+        z2 = params @ jax.nn.gelu(z1)
+        return z2.sum(), (z1, z2)
+
+    x = jnp.array([[40.0, 50.0, 60.0], [30.0, 45.0, 70.0], [0.3, -0.2, 0.5]])
+    assert float(L.margin(fn, w, x[0])) > 0  # the first example alone passes (numerically linear there)
+    with pytest.raises(ValueError, match="not piecewise linear.*example\\(s\\) 2 of the batch"):
+        L.batched.margin(fn, w, x)
+    with pytest.raises(ValueError, match="not piecewise linear"):
+        L.count_regions(fn, w, np.asarray(x))
+
+
+def _rescale(params, kind, scales):
+    """Multiplies layer i's weights by c_i and its bias by c_1...c_i: same regions, margins and patterns."""
+    layers = [*params["convs"].values(), *params["dense"].values()] if kind == "cnn" else list(params["layers"].values())
+    out = jax.tree.map(lambda a: a, params)
+    targets = [*out["convs"].values(), *out["dense"].values()] if kind == "cnn" else list(out["layers"].values())
+    cum = 1.0
+    for layer, target, c in zip(layers, targets, scales):
+        cum *= c
+        target["kernel"] = layer["kernel"] * np.float32(c)
+        target["bias"] = layer["bias"] * np.float32(cum)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["mlp", "narrow_mlp", "cnn"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_margins_are_invariant_to_rescaling_across_the_float32_range(kind, seed):
+    net, params, x = make(kind, dtype=jnp.float32, seed=seed)
+    rng = np.random.default_rng(seed)
+    n_layers = len(jax.tree.leaves(params)) // 2
+    ref = {(p, m): np.asarray(L.batched.margin(net, params, x, p=p, method=m)) for p in (1, 2, "inf") for m in ("forward", "reverse")}
+    ref[(2, "gram")] = ref[(2, "forward")]
+    pattern = np.asarray(L.batched.activation_pattern(net, params, x))
+    for total in (1e-30, 1e-22, 1e22, 1e30):  # gradients far beyond where squares overflow or flush to zero
+        logs = rng.dirichlet(np.ones(n_layers)) * np.log(total)
+        scaled = _rescale(params, "cnn" if kind == "cnn" else "mlp", np.exp(logs))
+        assert (np.asarray(L.batched.activation_pattern(net, scaled, x)) == pattern).all()
+        for (p, m), r in ref.items():
+            if m == "gram" and net.dense_layers is None:
+                continue
+            got = np.asarray(L.batched.margin(net, scaled, x, p=p, method=m))
+            np.testing.assert_allclose(got, r, rtol=2e-3, err_msg=f"p={p} method={m} total scale {total:g}")
+        d = jnp.ones(x.shape[1:], x.dtype)
+        np.testing.assert_allclose(L.batched.directional_margin(net, scaled, x, d), L.batched.directional_margin(net, params, x, d), rtol=2e-3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_half_precision_inputs_are_promoted(dtype, kind):
+    net, params, x = make(kind, dtype=jnp.float32)
+    ref = {p: L.batched.margin(net, params, x.astype(dtype).astype(jnp.float32), p=p) for p in (1, 2, "inf")}
+    for p, r in ref.items():
+        got = L.batched.margin(net, params, x.astype(dtype), p=p)
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, r, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["forward", "template", "reverse", "gram"])
+def test_float64_network_with_float32_inputs(method):
+    net, params, x = make("mlp", dtype=jnp.float64)
+    ps = (2,) if method == "gram" else (1, 2, "inf")
+    for p in ps:
+        a = L.batched.margin(net, params, x.astype(jnp.float32), p=p, method=method)
+        b = L.batched.margin(net, params, x.astype(jnp.float32).astype(jnp.float64), p=p, method=method)
+        assert a.dtype == jnp.float64
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    z, g = L.batched.neuron_gradients(net, params, x.astype(jnp.float32), method="reverse" if method == "gram" else method)
+    assert g.dtype == jnp.float64
+
+
+def test_integer_inputs_are_promoted_and_non_float_refused():
+    net, params, _ = make("mlp", dtype=jnp.float32)
+    xi = jnp.arange(12).reshape(2, 6)
+    np.testing.assert_allclose(L.batched.margin(net, params, xi), L.batched.margin(net, params, xi.astype(jnp.float32)), rtol=1e-6)
+    with pytest.raises(TypeError, match="real floating point"):
+        L.batched.margin(net, params, xi.astype(jnp.complex64))
+
+
+def test_models_refuse_empty_layers():
+    with pytest.raises(ValueError, match="widths must be positive integers"):
+        L.MLP(4, [0], 2, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="channels must be positive integers"):
+        L.CNN((4, 4, 1), (0,), (3,), 2, rngs=nnx.Rngs(0))
