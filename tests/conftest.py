@@ -7,3 +7,6 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+# Worker scripts run as subprocesses by the tests; they must not be imported at collection.
+collect_ignore = ["killable_fit.py", "multiprocess_fit.py"]

@@ -32,8 +32,12 @@ PER_EXAMPLE = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(PER_EXAMPLE))
-@pytest.mark.parametrize("kind,dtype", [("mlp", jnp.float64), ("cnn", jnp.float32)])
+CASES = [(name, "mlp", jnp.float64) for name in sorted(PER_EXAMPLE)] + [
+    (name, "cnn", jnp.float32) for name in ("margin_l2", "margin_linf", "pattern", "directional", "gradients")
+]
+
+
+@pytest.mark.parametrize("name,kind,dtype", CASES)
 def test_per_example_functions_compose_with_jit_and_vmap(name, kind, dtype):
     one, batched = PER_EXAMPLE[name]
     net, params, x = make(kind, dtype=dtype)

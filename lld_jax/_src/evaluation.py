@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -36,6 +37,11 @@ def percentiles(values: np.ndarray, scale: float = 1.0) -> dict[str, float]:
     return {f"P{p}": float(np.percentile(values, p) * scale) for p in PERCENTILES}
 
 
+@functools.partial(jax.jit, static_argnames="net")
+def _predictions(net: Network, params: PyTree, x: jax.Array) -> jax.Array:
+    return jnp.argmax(jax.vmap(lambda xi: net.apply(params, xi)[0].reshape(-1))(x), -1)
+
+
 def evaluate_model(
     net: Network,
     params: PyTree,
@@ -61,7 +67,6 @@ def evaluate_model(
         raise ValueError(f"evaluate_model needs at least one example and one label per example; got {len(x)} examples, {len(y)} labels.")
     margins: dict[int, list[np.ndarray]] = {p: [] for p in ps}
     correct = []
-    logits_fn = jax.jit(jax.vmap(lambda p, xi: net.apply(p, xi)[0], in_axes=(None, 0)))
     it = range(0, len(x), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -74,7 +79,7 @@ def evaluate_model(
         for p in ps:
             r = margin_call(net, params, xb, p=p, method="auto", chunk_size=None, check=True, batched=True).radius
             margins[p].append(np.asarray(r)[:n])
-        correct.append(np.asarray(jnp.argmax(logits_fn(params, xb), -1))[:n] == y[lo : lo + n])
+        correct.append(np.asarray(_predictions(net, params, xb))[:n] == y[lo : lo + n])
     m = {p: np.concatenate(v) for p, v in margins.items()}
     correct = np.concatenate(correct)
     counts = count_regions(net, params, x, batch_size=batch_size, progress=progress)

@@ -321,14 +321,15 @@ def neuron_gradient_norms(
 ) -> tuple[Array, Array]:
     """Pre-activations and the ``ord``-norms of every neuron's input gradient, for ONE example.
 
+    Arguments as in :func:`neuron_gradients`, and ``method="gram"`` is allowed
+    for ``ord=2`` on MLPs.
+
     Args:
       ord: 1, 2 or ``inf`` (the norm of the gradient, i.e. the dual of the
         margin's p).
       squared: with ``ord=2``, return the plain sum of squares
         ||grad z_j||_2^2 (what ROLL differentiates); otherwise norms are
         accumulated scale-safely (no overflow or underflow of squares).
-      Other arguments as in :func:`neuron_gradients` (``method="gram"``
-      allowed for ``ord=2`` on MLPs).
 
     Returns:
       ``(z, norms)``, both of shape ``(N,)``.

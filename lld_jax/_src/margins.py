@@ -210,7 +210,7 @@ def directional_margin(apply_fn: ApplyFn | Network, params: PyTree, x: Array, di
     """Largest t >= 0 with x + s*direction in x's region for all s in [0, t], for ONE example (exact).
 
     Closed form over all neurons with one JVP: t = min over neurons that the
-    move drives towards their boundary of |z_j| / |grad z_j . direction|; +inf
+    move drives towards their boundary of ``|z_j| / |grad z_j . direction|``; +inf
     if none (Prop. 4: the whole ray is linear). ``t`` is in units of
     ``direction`` (the distance is t * ||direction||).
 
