@@ -50,6 +50,7 @@ class Config:
     val_size: int = 5000
     test_size: int | None = dataclasses.field(default=None, metadata={"help": "evaluate on the first N test examples"})
     widths: tuple[int, ...] = (300, 300, 300, 300)
+    init: str = dataclasses.field(default="torch", metadata={"help": "weight initialisation: torch (the paper's code) or flax"})
     seed: int = 1
     epochs: int = 20
     batch_size: int = 64
@@ -108,6 +109,8 @@ class Config:
             raise ValueError(f"train_size must be in [1, {MNIST_TRAIN - self.val_size}] (the training split), got {self.train_size}.")
         if self.test_size is not None and not 1 <= self.test_size <= MNIST_TEST:
             raise ValueError(f"test_size must be in [1, {MNIST_TEST}], got {self.test_size}.")
+        if self.init not in lld_jax.INITS:
+            raise ValueError(f"init must be one of {lld_jax.INITS}, got {self.init!r}.")
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"widths must be one or more positive layer widths, got {list(self.widths)}.")
         if self.grid and not (self.grid_lam and self.grid_C and self.grid_gamma):
@@ -119,9 +122,9 @@ class Config:
         return self
 
 
-def build_model(widths: Sequence[int], seed: int) -> tuple[lld_jax.Network, Any]:
-    """The MNIST MLP ``784 - widths - 10`` as ``(network, params)``."""
-    return lld_jax.from_nnx(lld_jax.MLP((28, 28), list(widths), 10, rngs=nnx.Rngs(seed)))
+def build_model(widths: Sequence[int], seed: int, init: str = "torch") -> tuple[lld_jax.Network, Any]:
+    """The MNIST MLP ``784 - widths - 10`` as ``(network, params)``, initialised by ``init``."""
+    return lld_jax.from_nnx(lld_jax.MLP((28, 28), list(widths), 10, init=init, rngs=nnx.Rngs(seed)))
 
 
 def load(config: Config) -> MNIST:
@@ -140,7 +143,7 @@ def fingerprint(*splits: Split) -> str:
 def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workdir: str) -> dict:
     """Trains (or resumes) one model and writes report.json / report.md in ``workdir``."""
     cfg = config.train_config(lam, C, gamma)
-    net, params = build_model(config.widths, config.seed)
+    net, params = build_model(config.widths, config.seed, config.init)
     experiment = {
         "dataset": "mnist",
         "train_size": len(data.train.x),
@@ -149,7 +152,7 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
         "data_sha1": fingerprint(data.train, data.val),
         "model": "MLP",
         "widths": list(config.widths),
-        "init": "flax-default",
+        "init": config.init,
         "model_seed": config.seed,
     }
     t0 = time.time()

@@ -31,7 +31,7 @@ def load_run(run: str):
     if cfg is None or cfg.get("experiment", {}).get("dataset") != "mnist":
         raise FileNotFoundError(f"{run} holds no MNIST run (no config.json written by experiments.mnist).")
     exp = cfg["experiment"]
-    net, like = build_model(exp["widths"], exp["model_seed"])
+    net, like = build_model(exp["widths"], exp["model_seed"], exp["init"])
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), load_best(run, like))
     return net, params, cfg
 

@@ -28,7 +28,7 @@ from lld_jax._src.margins import (
     margin,
     margin_with_neuron,
 )
-from lld_jax._src.models import CNN, MLP, RNN, ResNet, resnet18
+from lld_jax._src.models import CNN, INITS, MLP, RNN, ResNet, reinitialize, resnet18
 from lld_jax._src.network import Network, as_network
 from lld_jax._src.nnx_adapter import from_nnx
 from lld_jax._src.regions import (
@@ -46,6 +46,7 @@ __version__ = "0.2.0"
 __all__ = [
     "CNN",
     "CheckError",
+    "INITS",
     "METHODS",
     "MLP",
     "Margin",
@@ -72,6 +73,7 @@ __all__ = [
     "margin_with_neuron",
     "neuron_gradient_norms",
     "neuron_gradients",
+    "reinitialize",
     "resnet18",
     "roll_penalty",
     "roll_penalty_sampled",

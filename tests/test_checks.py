@@ -136,3 +136,23 @@ def test_models_refuse_empty_layers():
         L.MLP(4, [0], 2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="channels must be positive integers"):
         L.CNN((4, 4, 1), (0,), (3,), 2, rngs=nnx.Rngs(0))
+
+
+def test_torch_initialisation_matches_pytorch_defaults_and_shares_compiled_code():
+    flax_model = L.MLP(784, [300, 300], 10, rngs=nnx.Rngs(0))
+    torch_model = L.MLP(784, [300, 300], 10, init="torch", rngs=nnx.Rngs(0))
+    net_f, _ = L.from_nnx(flax_model)
+    net_t, params = L.from_nnx(torch_model)
+    assert net_f == net_t  # the init lives in the values only
+    for layer in params["layers"].values():
+        fan_in = layer["kernel"].shape[0]
+        bound = 1 / np.sqrt(fan_in)
+        for w in (np.asarray(layer["kernel"]), np.asarray(layer["bias"])):
+            assert np.abs(w).max() <= bound
+            if w.size >= 300:
+                assert np.abs(w).max() > 0.98 * bound
+                np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.1)  # uniform, not normal
+    untouched = L.from_nnx(L.MLP(784, [300, 300], 10, init="flax", rngs=nnx.Rngs(0)))[1]
+    jax.tree.map(np.testing.assert_array_equal, untouched, L.from_nnx(flax_model)[1])
+    with pytest.raises(ValueError, match="init must be one of"):
+        L.MLP(4, [3], 2, init="he", rngs=nnx.Rngs(0))

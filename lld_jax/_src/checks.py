@@ -18,6 +18,7 @@ Shape, dtype and protocol checks are static: they run at trace time, always.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from typing import Any
@@ -183,18 +184,31 @@ def num_neurons(hidden: tuple[tuple[int, ...], ...]) -> int:
     return sum(math.prod(s) for s in hidden)
 
 
-def run_checked(fn, *args, check: bool, **kw):
-    """Calls a jitted ``fn(*args, check=check, **kw)``; a failed value check raises ``ValueError``.
+@functools.partial(jax.jit, static_argnames=("net", "names", "batched", "xname"))
+def _eager_checks(net: Network, params: PyTree, x: Array, extras: tuple, *, names: tuple, batched: bool, xname: str) -> Array:
+    x = check_values(net, params, x, batched=batched, name=xname)
+    flags = [jnp.zeros((), bool)]
+    for name, a in zip(names, extras):
+        flags.append(jnp.any(jnp.isnan(check_finite_array(a, name, batched=batched))))
+    return jnp.any(jnp.stack(flags)) | jnp.any(jnp.isnan(x))
 
-    Outside a trace with ``check=True`` the result is waited for, so that the
-    error is raised here (as :class:`CheckError`) rather than where the result
-    is first read; ``check=False`` keeps JAX's asynchronous dispatch.
+
+def run_checked(fn, net: Network, params: PyTree, x: Array, *rest, check: bool, batched: bool, extras: dict | None = None, xname: str = "x", **kw):
+    """Calls a jitted kernel ``fn(net, params, x, *rest, check=..., batched=..., **kw)`` with the value checks.
+
+    Eagerly (concrete arrays) the checks run first, as their own compiled
+    function (compiled once per network and input shape, whichever kernel
+    follows), and a failure raises :class:`CheckError` here; the kernel then
+    runs unchecked and asynchronously. Under a trace the kernel carries the
+    checks itself. ``extras`` maps names to further arrays that must be finite.
     """
+    extras = extras or {}
+    tracing = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((params, x, rest, tuple(extras.values()))))
     try:
-        out = fn(*args, check=check, **kw)
-        if check and not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(out)):
-            jax.block_until_ready(out)
-        return out
+        if check and not tracing:
+            jax.block_until_ready(_eager_checks(net, params, x, tuple(extras.values()), names=tuple(extras), batched=batched, xname=xname))
+            check = False
+        return fn(net, params, x, *rest, check=check, batched=batched, **kw)
     except Exception as err:  # XLA wraps a callback's exception in its own type; recover ours
         reraise(err)
         raise

@@ -203,7 +203,8 @@ def directional_call(apply_fn, params, x, direction, *, kind, t_max, steps, chec
         raise ValueError(f"t_max must be positive, got {t_max}.")
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
-    return run_checked(_directional, net, params, x, d, jnp.asarray(t_max, x.dtype), kind=kind, steps=steps, check=check, batched=batched)
+    t_max = jnp.asarray(t_max, x.dtype)
+    return run_checked(_directional, net, params, x, d, t_max, kind=kind, steps=steps, check=check, batched=batched, extras={"direction": d})
 
 
 def directional_margin(apply_fn: ApplyFn | Network, params: PyTree, x: Array, direction: Array, *, check: bool = True) -> Array:

@@ -48,6 +48,7 @@ class MLP(nnx.Module):
       widths: hidden widths N_1..N_M.
       out_features: output size L.
       negative_slope: 0 for ReLU, alpha for LeakyReLU.
+      init: ``"flax"`` or ``"torch"`` (see :func:`reinitialize`).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class MLP(nnx.Module):
         out_features: int,
         *,
         negative_slope: float = 0.0,
+        init: str = "flax",
         rngs: nnx.Rngs,
         param_dtype=jnp.float32,
     ):
@@ -68,6 +70,7 @@ class MLP(nnx.Module):
         self.negative_slope = float(negative_slope)
         sizes = [math.prod(shape), *widths, out_features]
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])])
+        reinitialize(self, init, rngs)
 
     def __call__(self, x: Array, slopes: Sequence[Array] | None = None):
         act = _Act(self.negative_slope, slopes)
@@ -79,6 +82,32 @@ class MLP(nnx.Module):
     def dense_layers(self) -> list[tuple[Array, Array]]:
         """``[(W, b), ...]`` with ``W`` of shape (fan_out, fan_in), output layer last."""
         return [(layer.kernel[...].T, layer.bias[...]) for layer in self.layers]
+
+
+INITS = ("flax", "torch")
+
+
+def reinitialize(module: nnx.Module, init: str, rngs: nnx.Rngs) -> None:
+    """Re-draws the weights of every ``nnx.Linear`` and ``nnx.Conv`` in ``module`` by ``init``.
+
+    ``"flax"`` keeps Flax's defaults (LeCun-normal weights, zero biases);
+    ``"torch"`` is PyTorch's default for ``nn.Linear`` / ``nn.Conv2d`` (weights
+    and biases uniform in +-1/sqrt(fan_in)), which the paper's code used.
+    Only parameter values change, so networks of either init compare equal
+    (and share compiled code).
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    if init == "flax":
+        return
+    for _, layer in nnx.iter_graph(module):
+        if isinstance(layer, (nnx.Linear, nnx.Conv)):
+            kernel = layer.kernel[...]
+            bound = 1.0 / math.sqrt(math.prod(kernel.shape[:-1]))
+            layer.kernel[...] = jax.random.uniform(rngs.params(), kernel.shape, kernel.dtype, -bound, bound)
+            if layer.bias is not None:
+                bias = layer.bias[...]
+                layer.bias[...] = jax.random.uniform(rngs.params(), bias.shape, bias.dtype, -bound, bound)
 
 
 def _check_sizes(name: str, sizes: Sequence[int]) -> None:
@@ -100,6 +129,7 @@ class CNN(nnx.Module):
       out_features: number of outputs.
       downsample: "avg" (2x2 average pooling after each conv) or "stride"
         (stride-2 convs).
+      init: ``"flax"`` or ``"torch"`` (see :func:`reinitialize`).
     """
 
     def __init__(
@@ -111,6 +141,7 @@ class CNN(nnx.Module):
         *,
         downsample: str = "avg",
         negative_slope: float = 0.0,
+        init: str = "flax",
         rngs: nnx.Rngs,
         param_dtype=jnp.float32,
     ):
@@ -131,6 +162,7 @@ class CNN(nnx.Module):
         flat = self._flat_size()
         sizes = [flat, *hidden, out_features]
         self.dense = nnx.List([nnx.Linear(a, b, rngs=rngs, param_dtype=param_dtype) for a, b in zip(sizes[:-1], sizes[1:])])
+        reinitialize(self, init, rngs)
 
     def _flat_size(self) -> int:
         h, w, c = self.input_shape

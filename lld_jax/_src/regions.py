@@ -68,7 +68,8 @@ def membership_call(apply_fn, params, x, other, *, kind, chunk_size, check, batc
             raise ValueError(f"vertices must have shape {want}; got {other.shape}.")
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
-    return run_checked(_membership, net, params, x, other, kind=kind, chunk=chunk_size, check=check, batched=batched)
+    extras = {} if other is None else {"y" if kind == "same" else "vertices": other}
+    return run_checked(_membership, net, params, x, other, kind=kind, chunk=chunk_size, check=check, batched=batched, extras=extras)
 
 
 def activation_pattern(apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, check: bool = True) -> Array:
@@ -131,8 +132,9 @@ class RegionCounts(NamedTuple):
     num_jacobians: int
 
 
-@functools.partial(jax.jit, static_argnames=("net", "check"))
-def _jacobians(net, params, x, *, check):
+@functools.partial(jax.jit, static_argnames=("net", "check", "batched"))
+def _jacobians(net, params, x, *, check, batched):
+    del batched  # always a batch
     if check:
         x = check_values(net, params, x, batched=True, name="xs")
 
@@ -190,7 +192,7 @@ def count_regions(
         xb = np.asarray(xs[lo : lo + batch_size])
         m = len(xb)
         xb = jnp.asarray(pad_rows(xb, batch_size), first.dtype)
-        jac, pat = jax.device_get(run_checked(_jacobians, net, params, xb, check=check))
+        jac, pat = jax.device_get(run_checked(_jacobians, net, params, xb, check=check, batched=True, xname="xs"))
         jac = np.round(jac[:m], decimals) + 0.0  # + 0.0 folds -0.0 into 0.0
         for row_j, row_p in zip(jac, pat[:m]):
             patterns.add(np.packbits(row_p).tobytes())
