@@ -156,3 +156,33 @@ def test_torch_initialisation_matches_pytorch_defaults_and_shares_compiled_code(
     jax.tree.map(np.testing.assert_array_equal, untouched, L.from_nnx(flax_model)[1])
     with pytest.raises(ValueError, match="init must be one of"):
         L.MLP(4, [3], 2, init="he", rngs=nnx.Rngs(0))
+
+
+def test_a_tiny_gradient_row_gives_a_sound_margin_in_float32():
+    # Neuron 0 of layer 2 has incoming weights ~1e-25 (its squared gradient norm underflows in
+    # float32) and a pre-activation near 0: it bounds the region; dropping it would over-estimate.
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(4, 3)).astype(np.float32)
+    w2 = rng.normal(size=(5, 4)).astype(np.float32)
+    w2[0] *= 1e-25
+    b2 = np.zeros(5, np.float32)
+    x = np.ones(3, np.float32)
+    b2[0] = -float(w2[0] @ np.maximum(w1 @ x, 0)) + 1e-31  # z = 1e-31: within reach of the tiny gradient
+    params = {"w1": w1, "w2": w2, "b2": b2}
+
+    def fn(p, u):
+        z1 = p["w1"] @ u
+        z2 = p["w2"] @ jax.nn.relu(z1) + p["b2"]
+        return z2.sum(), (z1, z2)
+
+    net = L.Network(fn, input_shape=(3,))
+    exact = float(L.margin(net, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params), jnp.asarray(x, jnp.float64), method="reverse"))
+    for method in ("forward", "reverse"):
+        got = float(L.margin(net, params, jnp.asarray(x), method=method))
+        assert 0 < got <= exact * (1 + 1e-4), (method, got, exact)
+    # The same network as a built-in MLP: the gram path (l1 bound for the underflowing row).
+    mlp_net, mlp_params = L.from_nnx(L.MLP(3, [4, 5], 2, rngs=nnx.Rngs(0)))
+    mlp_params["layers"][0] = {"kernel": jnp.asarray(w1.T), "bias": jnp.zeros(4, jnp.float32)}
+    mlp_params["layers"][1] = {"kernel": jnp.asarray(w2.T), "bias": jnp.asarray(b2)}
+    got = float(L.margin(mlp_net, mlp_params, jnp.asarray(x), method="gram"))
+    assert 0 < got <= exact * (1 + 1e-4), ("gram", got, exact)

@@ -191,12 +191,47 @@ def mlp_tangent_rows(net: Network, params, x, f1: Array) -> tuple[Array, Array]:
     return z, jnp.concatenate(rows)
 
 
+def _exponent(a: Array) -> Array:
+    """e with 2^(e-1) <= max|a| < 2^e (0 for an all-zero array): an exact power-of-two scale."""
+    return jnp.frexp(jnp.max(jnp.abs(a)))[1]
+
+
+def _safe_row_norms(f: Array, log2_scale: Array) -> Array:
+    """l2 norms of the rows of ``f * 2^log2_scale``, with ``f`` normalised to O(1) entries.
+
+    One pass over ``f``. A row whose sum of squares may have overflowed, or
+    flushed entries to zero, gets its l1 norm instead: an upper bound of its l2
+    norm, so its margin term can only shrink (a sound, slightly conservative
+    certificate in that pathological case, never an over-estimate).
+    """
+    ss = jnp.sum(f * f, -1)
+    l1 = jnp.sum(jnp.abs(f), -1)
+    tiny = jnp.finfo(f.dtype).tiny * f.shape[-1] / jnp.finfo(f.dtype).eps
+    unsafe = ~jnp.isfinite(ss) | ((ss < tiny) & (l1 > 0))
+    return jnp.ldexp(jnp.where(unsafe, l1, jnp.sqrt(ss)), log2_scale)
+
+
 def _gram(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     del chunk, keep
-    f1 = l2_factor(net.dense_layers(params)[0][0])  # independent of x: vmap keeps it (and its QR) unbatched
-    z, f = mlp_tangent_rows(net, params, x, f1)  # gradients up to a rotation: l2 norms are exact
-    sq, mx, _ = _reduce_block(tuple(jnp.zeros((f.shape[0],), f.dtype) for _ in range(3)), f.T, squared)
-    return z, ((sq, mx, None), None)
+    layers = net.dense_layers(params)
+    f1 = l2_factor(layers[0][0])  # independent of x: vmap keeps it (and its QR) unbatched
+    if squared:  # the training loss: plain, smooth sums of squares
+        z, f = mlp_tangent_rows(net, params, x, f1)  # gradients up to a rotation: l2 norms are exact
+        return z, ((jnp.sum(f * f, -1), None, None), None)
+    # Certificates: every layer's block is normalised by an exact power of two taken from the
+    # parameters (free: unbatched), so norms are invariant to rescaling the layers.
+    _, pre = net.apply(params, x)
+    z = jnp.concatenate([jnp.ravel(p) for p in pre])
+    slopes = pattern_slopes(net, pre)
+    scale = _exponent(f1)
+    f = jnp.ldexp(f1, -scale)
+    norms = [_safe_row_norms(f, scale)]
+    for i, (w, _) in enumerate(layers[1 : len(pre)], start=1):
+        e = _exponent(w)
+        f = jnp.ldexp(w, -e) @ (slopes[i - 1][:, None] * f)
+        scale = scale + e
+        norms.append(_safe_row_norms(f, scale))
+    return z, ((jnp.concatenate(norms), None, None), None)
 
 
 _KERNELS = {"forward": _forward, "template": _template, "reverse": _reverse, "gram": _gram}
@@ -209,6 +244,8 @@ def norms_kernel(net: Network, params: PyTree, x: Array, *, ord: float, method: 
     of squares the ROLL loss differentiates; otherwise norms are scale-safe.
     """
     z, ((sq, mx, ab), _) = _KERNELS[method](net, params, x, chunk, False, squared and ord == 2)
+    if method == "gram":
+        return z, sq  # already the norm (or its square with ``squared``)
     if ord == 2:
         return z, _l2_from_acc(sq, mx, squared)
     return z, ab if ord == 1 else mx
