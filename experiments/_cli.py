@@ -19,7 +19,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
 
 
 def parse_gamma(s: str) -> str | float:
@@ -38,7 +38,7 @@ def _optional(tp: Any) -> tuple[Any, bool]:
 def _converter(tp: Any) -> Callable[[str], Any]:
     if tp in (int, float, str):
         return tp
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # "max" | float: gamma
+    if set(typing.get_args(tp)) == {str, float}:  # "max" | float: gamma
         return parse_gamma
     raise TypeError(f"no command-line conversion for {tp}")
 

@@ -18,7 +18,6 @@ records it, and rerunning a command resumes its run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 import json
 import os
@@ -31,8 +30,8 @@ import numpy as np
 from flax import nnx
 
 import lld_jax
-from experiments import _cli
-from lld_jax.data import MNIST, MNIST_STD, Split, load_mnist
+from experiments import _cli, _figures
+from lld_jax.data import MNIST, MNIST_STD, load_mnist
 from lld_jax.evaluation import evaluate_model, table1_markdown
 from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
 
@@ -131,15 +130,6 @@ def load(config: Config) -> MNIST:
     return load_mnist(config.data_dir, val_size=config.val_size, train_size=config.train_size, test_size=config.test_size)
 
 
-def fingerprint(*splits: Split) -> str:
-    """SHA-1 of the examples and labels: a resumed run must see the same data."""
-    h = hashlib.sha1()
-    for s in splits:
-        h.update(np.ascontiguousarray(s.x).tobytes())
-        h.update(np.ascontiguousarray(s.y).tobytes())
-    return h.hexdigest()
-
-
 def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workdir: str) -> dict:
     """Trains (or resumes) one model and writes report.json / report.md in ``workdir``."""
     cfg = config.train_config(lam, C, gamma)
@@ -149,7 +139,6 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
         "train_size": len(data.train.x),
         "val_size": len(data.val.x),
         "seed_split": 1,
-        "data_sha1": fingerprint(data.train, data.val),
         "model": "MLP",
         "widths": list(config.widths),
         "init": config.init,
@@ -178,7 +167,9 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
 
 
 def train_and_evaluate(config: Config, workdir: str) -> dict:
-    """One run (``config.grid`` False) in ``workdir``; returns its report."""
+    """One run in ``workdir``; returns its report (a grid is :func:`run_grid`)."""
+    if config.grid:
+        raise ValueError("config.grid is set: call run_grid(config, workdir) for a grid.")
     config.validate()
     return run_one(config, load(config), config.lam, config.C, config.gamma, workdir)
 
@@ -195,12 +186,7 @@ def select(reports: dict[str, dict], vanilla: dict) -> dict[str, str | None]:
 
 def plot_figure2(reports: dict[str, dict], path: str, *, lam_fixed: float = 0.5, C_fixed: float = 1.0) -> None:
     """Figure 2: test accuracy and median l2 margin against C (at ``lam_fixed``) and lambda (at ``C_fixed``), one curve per gamma."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    fig, axes = _figures.pyplot().subplots(1, 4, figsize=(16, 3.5))
     rows = [r["config"] | {"acc": r["accuracy"], "m2": r["margin_l2"]["P50"]} for r in reports.values() if r["config"]["lam"] > 0]
     base = [{"acc": r["accuracy"], "m2": r["margin_l2"]["P50"]} for r in reports.values() if r["config"]["lam"] == 0]
     gammas = sorted({str(r["gamma"]) for r in rows})
@@ -219,15 +205,15 @@ def plot_figure2(reports: dict[str, dict], path: str, *, lam_fixed: float = 0.5,
         ax.set_ylabel("test accuracy" if metric == "acc" else "test median l2 margin (pixels)")
         ax.set_title(f"{fixed}={fval:g}")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path + ".png", dpi=100)
-    fig.savefig(path + ".pdf")
-    plt.close(fig)
+    _figures.save(fig, path, dpi=100)
 
 
 def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, str | None]]:
     """Vanilla plus every grid point, the selection, Table 1 and Figure 2 in ``workdir``."""
     config.validate()
+    rd = RunDir(workdir, write=jax.process_index() == 0)
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress", "data_dir")}
+    rd.claim({"grid": settings}, mutable=("grid.epochs",))  # the grid's own record, beside each run's
     data = load(config)
     reports = {"vanilla": run_one(config, data, 0.0, 0.0, 100.0, os.path.join(workdir, "vanilla"))}
     for lam, C, gamma in config.points():
@@ -237,7 +223,6 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
     rows = [("Vanilla", "-", reports["vanilla"])] + [
         (f"ROLL {k} ({slot})", f"{reports[k]['config']['C']:g}", reports[k]) for slot, k in picks.items() if k
     ]
-    rd = RunDir(workdir, write=jax.process_index() == 0)
     rd.write_json("selection.json", picks)
     if rd.write:
         with open(rd.file("table1.md"), "w") as fh:

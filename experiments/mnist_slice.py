@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import _cli
+from experiments import _cli, _figures
 from experiments.mnist import DEFAULT_DATA, build_model
 from lld_jax.data import load_mnist
 from lld_jax.slices import draw_regions, enumerate_slice
@@ -51,13 +51,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ValueError(f"--digits must be indices of test images in [0, {len(test.x)}), got {args.digits}.")
     runs = [(run, *load_run(run)) for run in args.runs]  # every run checked before any work
     xa, xb, xc = (jnp.asarray(test.x[i], jnp.float64) for i in args.digits)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     os.makedirs(args.out, exist_ok=True)
-    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
+    fig, axes = _figures.pyplot().subplots(1, len(runs), figsize=(5 * len(runs), 4.6), squeeze=False)
     summary = {}
     for ax, (run, net, params, cfg) in zip(axes[0], runs):
         regions = enumerate_slice(net, params, xa, xb - xa, xc - xa, [(0, 0), (1, 0), (0, 1)], max_regions=args.max_regions)
@@ -72,9 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "classes": sorted({int(np.argmax(r.out_slope @ r.vertices.mean(0) + r.out_offset)) for r in regions}),
         }
         print(f"{run}: {len(regions)} regions", flush=True)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "mnist_slice.png"), dpi=90)
-    fig.savefig(os.path.join(args.out, "mnist_slice.pdf"))
+    _figures.save(fig, os.path.join(args.out, "mnist_slice"), dpi=90)
     RunDir(args.out).write_json("mnist_slice.json", summary)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 import lld_jax
-from experiments import _cli
+from experiments import _cli, _figures
 from lld_jax.evaluation import percentiles
 from lld_jax.slices import draw_heatmap, draw_points, draw_regions, enumerate_slice
 from lld_jax.training import RunDir, TrainConfig, Trainer, data_mesh
@@ -156,11 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def plot(panels, x, y, box, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _figures.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
     titles = {"vanilla": "(a) vanilla", "distance": "(b) distance regularisation (Eq. 4)", "relaxed": "(c) relaxed regularisation (Eq. 7)"}
     for ax, (name, (net, params, regions, margins, grads)) in zip(axes, panels.items()):
@@ -172,13 +168,7 @@ def plot(panels, x, y, box, path):
         inset = ax.inset_axes([0.72, 0.72, 0.27, 0.27])
         predict = jax.jit(jax.vmap(lambda u: jax.nn.sigmoid(net.apply(params, u)[0][0])))
         draw_heatmap(inset, lambda pts: predict(jnp.asarray(pts)), box, n=120)
-    fig.tight_layout()
-    fig.savefig(path + ".png", dpi=80)
-    fig.savefig(path + ".pdf")
-    plt.close(fig)
-    from PIL import Image  # ships with matplotlib
-
-    Image.open(path + ".png").convert("RGB").quantize(colors=128).save(path + ".png", optimize=True)  # small PNG
+    _figures.save(fig, path, dpi=80, small_png=True)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,19 @@ Example:
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+import jax as _jax
+import jax.numpy as _jnp
 
-from lld_jax._src.gradients import gradients_call
-from lld_jax._src.margins import Margin, directional_call, margin_call
-from lld_jax._src.network import ApplyFn, Network, PyTree
+from lld_jax._src.checks import working_dtype as _working_dtype
+from lld_jax._src.gradients import gradients_call as _gradients_call
+from lld_jax._src.margins import Margin as _Margin
+from lld_jax._src.margins import directional_call as _directional_call
+from lld_jax._src.margins import margin_call as _margin_call
+from lld_jax._src.network import ApplyFn as _ApplyFn
+from lld_jax._src.network import Network as _Network
+from lld_jax._src.network import PyTree as _PyTree
 from lld_jax._src.regions import l1_ball_vertices as _l1_vertices
-from lld_jax._src.regions import membership_call
-
-Array = jax.Array
+from lld_jax._src.regions import membership_call as _membership_call
 
 __all__ = [
     "activation_pattern",
@@ -42,88 +45,91 @@ __all__ = [
 
 
 def margin(
-    apply_fn: ApplyFn | Network,
-    params: PyTree,
-    x: Array,
+    apply_fn: _ApplyFn | _Network,
+    params: _PyTree,
+    x: _jax.Array,
     *,
     p: float | str = 2,
     method: str = "auto",
     chunk_size: int | None = None,
     check: bool = True,
-) -> Array:
+) -> _jax.Array:
     """:func:`lld_jax.margin` of every example of ``x`` ``(B, *input_shape)``; returns ``(B,)``."""
-    return margin_call(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check, batched=True).radius
+    return _margin_call(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check, batched=True).radius
 
 
 def margin_with_neuron(
-    apply_fn: ApplyFn | Network,
-    params: PyTree,
-    x: Array,
+    apply_fn: _ApplyFn | _Network,
+    params: _PyTree,
+    x: _jax.Array,
     *,
     p: float | str = 2,
     method: str = "auto",
     chunk_size: int | None = None,
     check: bool = True,
-) -> Margin:
+) -> _Margin:
     """:func:`lld_jax.margin_with_neuron` of every example; a :class:`~lld_jax.Margin` of ``(B,)`` arrays."""
-    return margin_call(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check, batched=True)
+    return _margin_call(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check, batched=True)
 
 
 def neuron_gradients(
-    apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, method: str = "auto", chunk_size: int | None = None, check: bool = True
-) -> tuple[Array, Array]:
+    apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, *, method: str = "auto", chunk_size: int | None = None, check: bool = True
+) -> tuple[_jax.Array, _jax.Array]:
     """:func:`lld_jax.neuron_gradients` of every example; returns ``z (B, N)`` and ``grads (B, N, D)``."""
-    return gradients_call(apply_fn, params, x, ord=None, method=method, chunk_size=chunk_size, squared=False, check=check, batched=True)
+    return _gradients_call(apply_fn, params, x, ord=None, method=method, chunk_size=chunk_size, squared=False, check=check, batched=True)
 
 
 def neuron_gradient_norms(
-    apply_fn: ApplyFn | Network,
-    params: PyTree,
-    x: Array,
+    apply_fn: _ApplyFn | _Network,
+    params: _PyTree,
+    x: _jax.Array,
     *,
     ord: float | str = 2,
     method: str = "auto",
     chunk_size: int | None = None,
     squared: bool = False,
     check: bool = True,
-) -> tuple[Array, Array]:
+) -> tuple[_jax.Array, _jax.Array]:
     """:func:`lld_jax.neuron_gradient_norms` of every example; returns ``z`` and ``norms``, both ``(B, N)``."""
-    return gradients_call(apply_fn, params, x, ord=ord, method=method, chunk_size=chunk_size, squared=squared, check=check, batched=True)
+    return _gradients_call(apply_fn, params, x, ord=ord, method=method, chunk_size=chunk_size, squared=squared, check=check, batched=True)
 
 
-def directional_margin(apply_fn: ApplyFn | Network, params: PyTree, x: Array, direction: Array, *, check: bool = True) -> Array:
+def directional_margin(apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, direction: _jax.Array, *, check: bool = True) -> _jax.Array:
     """:func:`lld_jax.directional_margin` of every example; ``direction`` is one shared direction
     ``input_shape`` or one per example ``(B, *input_shape)``. Returns ``(B,)``."""
-    return directional_call(apply_fn, params, x, direction, kind="exact", t_max=1.0, steps=1, check=check, batched=True)
+    return _directional_call(apply_fn, params, x, direction, kind="exact", t_max=1.0, steps=1, check=check, batched=True)
 
 
 def directional_margin_bisect(
-    apply_fn: ApplyFn | Network, params: PyTree, x: Array, direction: Array, *, t_max: float = 1e3, steps: int = 80, check: bool = True
-) -> Array:
+    apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, direction: _jax.Array, *, t_max: float = 1e3, steps: int = 80, check: bool = True
+) -> _jax.Array:
     """:func:`lld_jax.directional_margin_bisect` of every example; returns ``(B,)``."""
-    return directional_call(apply_fn, params, x, direction, kind="bisect", t_max=t_max, steps=steps, check=check, batched=True)
+    return _directional_call(apply_fn, params, x, direction, kind="bisect", t_max=t_max, steps=steps, check=check, batched=True)
 
 
-def activation_pattern(apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, check: bool = True) -> Array:
+def activation_pattern(apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, *, check: bool = True) -> _jax.Array:
     """:func:`lld_jax.activation_pattern` of every example; returns ``(B, N)`` bool."""
-    return membership_call(apply_fn, params, x, None, kind="pattern", chunk_size=1, check=check, batched=True)
+    return _membership_call(apply_fn, params, x, None, kind="pattern", chunk_size=1, check=check, batched=True)
 
 
-def same_region(apply_fn: ApplyFn | Network, params: PyTree, x: Array, y: Array, *, check: bool = True) -> Array:
+def same_region(apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, y: _jax.Array, *, check: bool = True) -> _jax.Array:
     """``(B,)`` bool: does ``y[i]`` lie in the region of ``x[i]``?"""
-    return membership_call(apply_fn, params, x, y, kind="same", chunk_size=1, check=check, batched=True)
+    return _membership_call(apply_fn, params, x, y, kind="same", chunk_size=1, check=check, batched=True)
 
 
-def hull_in_region(apply_fn: ApplyFn | Network, params: PyTree, x: Array, vertices: Array, *, chunk_size: int = 64, check: bool = True) -> Array:
+def hull_in_region(
+    apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, vertices: _jax.Array, *, chunk_size: int = 64, check: bool = True
+) -> _jax.Array:
     """``(B,)`` bool: is the hull of ``vertices[i]`` ``(B, K, *input_shape)`` inside the region of ``x[i]``?"""
-    return membership_call(apply_fn, params, x, vertices, kind="hull", chunk_size=chunk_size, check=check, batched=True)
+    return _membership_call(apply_fn, params, x, vertices, kind="hull", chunk_size=chunk_size, check=check, batched=True)
 
 
 def l1_ball_in_region(
-    apply_fn: ApplyFn | Network, params: PyTree, x: Array, eps: Array | float, *, chunk_size: int = 64, check: bool = True
-) -> Array:
+    apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, eps: _jax.Array | float, *, chunk_size: int = 64, check: bool = True
+) -> _jax.Array:
     """``(B,)`` bool: is the l1 ball of radius ``eps`` (scalar or ``(B,)``) around ``x[i]`` inside its region?"""
-    x = jnp.asarray(x)
-    eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
-    verts = jax.vmap(_l1_vertices)(x, eps)
+    x = _jnp.asarray(x)
+    x = x.astype(_working_dtype(params, x))  # the ball in the precision of the margins
+    eps = _jnp.broadcast_to(_jnp.asarray(eps, x.dtype), x.shape[:1])
+    verts = _jax.vmap(_l1_vertices)(x, eps)
     return hull_in_region(apply_fn, params, x, verts, chunk_size=chunk_size, check=check)

@@ -186,3 +186,35 @@ def test_a_tiny_gradient_row_gives_a_sound_margin_in_float32():
     mlp_params["layers"][1] = {"kernel": jnp.asarray(w2.T), "bias": jnp.asarray(b2)}
     got = float(L.margin(mlp_net, mlp_params, jnp.asarray(x), method="gram"))
     assert 0 < got <= exact * (1 + 1e-4), ("gram", got, exact)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_every_non_finite_parameter_poisons_unchecked_margins(value):
+    net, params, x = make("mlp")
+    leaves, treedef = jax.tree.flatten(params)
+    for i in range(len(leaves)):  # hidden weights and biases, and the output layer
+        bad = jax.tree.unflatten(treedef, [a.at[(0,) * a.ndim].set(value) if j == i else a for j, a in enumerate(leaves)])
+        for p in (1, 2, "inf"):
+            assert bool(jnp.all(jnp.isnan(L.batched.margin(net, bad, x, p=p, check=False)))), (i, p)
+        assert bool(jnp.all(jnp.isnan(L.batched.directional_margin(net, bad, x, x[0], check=False)))), i
+        assert bool(jnp.all(jnp.isnan(L.batched.directional_margin_bisect(net, bad, x, x[0], check=False)))), i
+
+
+def test_probe_is_scale_free():
+    # tanh with tiny weights is nearly linear; its curvature is tiny but not zero.
+    w = 1e-3 * jax.random.normal(jax.random.key(0), (4, 4))
+
+    def fn(params, x):
+        z1 = params @ x
+        z2 = params @ jnp.tanh(z1)
+        return z2.sum(), (z1, z2)
+
+    with pytest.raises(ValueError, match="not piecewise linear"):
+        L.margin(fn, w, jnp.ones(4))
+
+
+def test_l1_ball_is_built_in_the_margins_precision():
+    f = lambda w, x: (jnp.sum(w @ x), (w @ x - 0.5,))  # boundaries at x_k = 0.5
+    assert not bool(L.l1_ball_in_region(f, jnp.eye(2), jnp.array([1, 1]), 0.9))  # integer x: the ball reaches 0.1
+    assert not bool(L.batched.l1_ball_in_region(f, jnp.eye(2), jnp.array([[1, 1]]), 0.9)[0])
+    assert bool(L.l1_ball_in_region(f, jnp.eye(2), jnp.array([1, 1]), 0.4))

@@ -80,17 +80,50 @@ def test_resumed_and_extended_run_equals_uninterrupted(tmp_path, regularizer):
     assert saved["train"]["epochs"] == 3 and saved["train"]["lam"] == 0.5
 
 
-def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path):
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
     net, params, x, y = small_problem(40)
     cfg = TrainConfig(epochs=2, batch_size=20, lr=0.01)
     fit(net, params, dataclasses.replace(cfg, epochs=1), (x, y), (x, y), str(tmp_path), progress=False)
+    # Epoch 2's first step diverges: its loss comes back NaN (injected around the compiled step).
+    init = Trainer.__init__
+
+    def diverging_init(self, *args, **kw):
+        init(self, *args, **kw)
+        step = self.train_step
+        self.train_step = lambda state, *b: (lambda out: (out[0], {**out[1], "loss": out[1]["loss"] * jnp.nan}))(step(state, *b))
+
+    monkeypatch.setattr(Trainer, "__init__", diverging_init)
+    with pytest.raises(FloatingPointError, match=r"NaN or Inf at epoch 2, step 1.*last good checkpoint \(epoch 1\)"):
+        fit(net, params, cfg, (x, y), (x, y), str(tmp_path), progress=False)
+    assert (tmp_path / "checkpoints" / "latest" / "1").exists()
+    monkeypatch.undo()
     x_bad = x.copy()
     x_bad[5] = 3e38  # finite, but the first layer overflows
-    with pytest.raises(FloatingPointError, match=r"NaN or Inf at epoch 2, step \d+.*last good checkpoint \(epoch 1\)"):
-        fit(net, params, cfg, (x_bad, y), (x, y), str(tmp_path), progress=False)
-    assert (tmp_path / "checkpoints" / "latest" / "1").exists()
     with pytest.raises(FloatingPointError, match=r"at epoch 1, step \d+.*no checkpoint was written yet"):
         fit(net, params, cfg, (x_bad, y), (x, y), str(tmp_path / "fresh"), progress=False)
+
+
+def test_shortening_a_run_is_refused(tmp_path):
+    net, params, x, y = small_problem(20)
+    fit(net, params, TrainConfig(epochs=2, batch_size=10), (x, y), (x, y), str(tmp_path), progress=False)
+    config = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match="trained 2 epochs already"):
+        fit(net, params, TrainConfig(epochs=1, batch_size=10), (x, y), (x, y), str(tmp_path), progress=False)
+    assert (tmp_path / "config.json").read_text() == config
+
+
+def test_other_data_or_initialisation_refused(tmp_path):
+    net, params, x, y = small_problem(20)
+    cfg = TrainConfig(epochs=1, batch_size=10)
+    fit(net, params, cfg, (x, y), (x, y), str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="run.train_sha1"):
+        fit(net, params, cfg, (x[::-1].copy(), y[::-1].copy()), (x, y), str(tmp_path), progress=False)
+    other = jax.tree.map(lambda a: a * 2, params)
+    with pytest.raises(ValueError, match="run.init_sha1"):
+        fit(net, other, cfg, (x, y), (x, y), str(tmp_path), progress=False)
+    wide_net, wide = L.from_nnx(L.MLP(6, [17, 16], 2, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="run.params"):
+        fit(wide_net, wide, cfg, (x, y), (x, y), str(tmp_path), progress=False)
 
 
 def test_bad_data_refused_before_anything_is_written(tmp_path):
@@ -125,28 +158,27 @@ def _worker(script, args, env_extra=None):
     return subprocess.Popen([sys.executable, os.path.join(here, script), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_sigkill_at_random_points_then_resume_loses_nothing(tmp_path):
-    """SIGKILL a training process at random moments (mid-step, mid-checkpoint, mid-metrics), resume: identical result."""
+KILL_POINTS = [  # a crash at each of these instructions, one after the other on the same run directory
+    "append_metrics:2:after",  # epoch 2's metrics line is on disk, its checkpoints are not
+    "save:2:mid",  # a checkpoint write has started
+    "keep_metrics:1:before",  # before the metrics file is trimmed on resume
+    "save:3:after",  # between a best and a latest checkpoint, or after a latest one
+    "append_metrics:1:before",
+]
+
+
+def test_sigkill_at_each_commit_point_then_resume_loses_nothing(tmp_path):
+    """SIGKILL a training process at chosen instructions (mid-checkpoint, between metrics and checkpoint, ...), resume: identical result."""
     net, params, x, y = small_problem(60)
     ref, ref_hist = fit(net, params, crash_config(), (x, y), (x[:20], y[:20]), str(tmp_path / "ref"), progress=False)
     run, out = str(tmp_path / "run"), str(tmp_path / "out.npz")
-    rng = np.random.default_rng(0)
-    kills = 0
-    for delay in rng.uniform(4.0, 9.0, size=3):  # JAX starts in ~3 s, then epochs, metrics and checkpoints follow
-        proc = _worker("killable_fit.py", [run, out], EIGHT_DEVICES)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-            continue
-        assert proc.returncode == 0, proc.stdout.read()[-3000:]
-        break
-    else:
-        proc = _worker("killable_fit.py", [run, out], EIGHT_DEVICES)
-        assert proc.wait(timeout=600) == 0, proc.stdout.read()[-3000:]
-    assert kills >= 1, "the worker was never interrupted; lower the kill delays"
+    for spec in KILL_POINTS:
+        proc = _worker("killable_fit.py", [run, out], {**EIGHT_DEVICES, "KILL_AT": spec})
+        log = proc.communicate(timeout=600)[0]
+        assert proc.returncode == -signal.SIGKILL, f"{spec}: the worker was not killed where asked (rc {proc.returncode})\n{log[-3000:]}"
+    proc = _worker("killable_fit.py", [run, out], EIGHT_DEVICES)
+    log = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, log[-3000:]
     got = np.load(out)
     for i, leaf in enumerate(jax.tree.leaves(jax.device_get(ref))):
         np.testing.assert_array_equal(got[f"arr_{i}"], leaf)

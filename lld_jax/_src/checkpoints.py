@@ -22,10 +22,18 @@ class Checkpoints:
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
-        opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
         root = os.path.abspath(os.path.join(run_dir, "checkpoints"))
-        self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=opts)
-        self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=opts)
+        self.latest = ocp.CheckpointManager(os.path.join(root, "latest"), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+        # Two best checkpoints: a new best is saved before the epoch's latest, so a crash between
+        # the two leaves the previous best in place when the new one is dropped on resume.
+        self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+    @staticmethod
+    def latest_step(run_dir: str) -> int:
+        """The newest finished ``latest`` checkpoint of ``run_dir`` (0 if none), read without creating anything."""
+        path = os.path.join(run_dir, "checkpoints", "latest")
+        steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+        return max(steps, default=0)
 
     def __enter__(self) -> Checkpoints:
         return self

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from typing import Any
 
 import jax
@@ -96,8 +95,7 @@ def working_dtype(params: PyTree, x: Array) -> Any:
     Half-precision inputs are promoted (a float16 margin is no certificate);
     float32 inputs to a float64 network are promoted to float64.
     """
-    leaves = [a for a in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
-    dt = jnp.result_type(jnp.float32, *(jnp.result_type(a) for a in leaves), jnp.result_type(x))
+    dt = jnp.result_type(jnp.float32, *(jnp.result_type(a) for a in _float_leaves(params)), jnp.result_type(x))
     if not jnp.issubdtype(dt, jnp.floating):
         raise TypeError(f"x and the parameters must be real floating point arrays; got dtype {dt}.")
     return dt
@@ -140,14 +138,29 @@ def _curvature(net: Network, params: PyTree, x: Array) -> tuple[Array, Array]:
     first = lambda u: jax.jvp(lambda w: net.apply(params, w), (u,), (v,))[1]
     d1, d2 = jax.jvp(first, (x,), (v,))
     amax = lambda t: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(t)] + [jnp.zeros((), x.dtype)]))
-    bent = lambda i: amax(d2[i]) > 1e-6 * (1.0 + amax(d1[i]))
+    # Exactly zero for affine maps and piecewise-linear activations (JAX differentiates their
+    # kinks as steps), so any non-zero value is curvature, whatever the network's scale.
+    bent = lambda i: amax(d2[i]) > 0
     return bent(0), bent(1)
+
+
+def _float_leaves(tree: PyTree) -> list[Array]:
+    return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
 
 
 def not_finite(tree: PyTree) -> Array:
     """Scalar: does any floating leaf of ``tree`` hold NaN or Inf?"""
-    leaves = [a for a in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
-    return jnp.any(jnp.stack([~jnp.all(jnp.isfinite(a)) for a in leaves] + [jnp.zeros((), bool)]))
+    return jnp.any(jnp.stack([~jnp.all(jnp.isfinite(a)) for a in _float_leaves(tree)] + [jnp.zeros((), bool)]))
+
+
+def poison(result: Array, *trees: PyTree) -> Array:
+    """``result`` (one example's float) turned NaN when any of ``trees`` holds NaN or Inf.
+
+    Applied to every margin, with or without checks: a certificate computed
+    from non-finite inputs or parameters is never finite. The parameter test
+    is unbatched (computed once per call).
+    """
+    return jnp.where(jnp.any(jnp.stack([not_finite(t) for t in trees])), jnp.nan, result)
 
 
 def check_values(net: Network, params: PyTree, x: Array, *, batched: bool, name: str = "x", probe: bool = True) -> Array:
@@ -178,10 +191,6 @@ def check_finite_array(a: Array, name: str, *, batched: bool = False) -> Array:
     """Raises (under the same rules as :func:`error_if`) if ``a`` holds NaN or Inf; returns ``a``."""
     axes = tuple(range(1, a.ndim)) if batched and a.ndim > 0 else None
     return error_if(a, ~jnp.all(jnp.isfinite(a), axis=axes), f"{name} contains NaN or Inf{{where}}.")
-
-
-def num_neurons(hidden: tuple[tuple[int, ...], ...]) -> int:
-    return sum(math.prod(s) for s in hidden)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "names", "batched", "xname"))

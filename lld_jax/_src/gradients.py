@@ -305,6 +305,8 @@ def _gradients(net, params, x, *, method, chunk, ord, squared, check, batched):
 def gradients_call(apply_fn, params, x, *, ord, method, chunk_size, squared, check, batched):
     """Shared body of the per-example and batched public functions."""
     net = as_network(apply_fn)
+    if squared and ord != 2:
+        raise ValueError(f"squared=True is for ord=2 (squared l2 norms); got ord={ord!r}.")
     if ord is None and method == "gram":
         raise ValueError("method='gram' yields l2 norms only; use neuron_gradient_norms(..., ord=2).")
     ord = None if ord is None else canonical_ord(ord)

@@ -27,14 +27,19 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON atomically: a crash leaves the old file or the new one, never half."""
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically: a crash leaves the old file or the new one, never half."""
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=str)
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 def read_json(path: str) -> Any:

@@ -8,6 +8,7 @@ history. See :mod:`rundir` for the directory layout and crash safety.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import jax
@@ -19,6 +20,29 @@ from lld_jax._src.host import epoch_order, round_up
 from lld_jax._src.network import Network, PyTree
 from lld_jax._src.rundir import RunDir
 from lld_jax._src.training import TrainConfig, Trainer, TrainState
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """SHA-1 of arrays' shapes, dtypes and bytes: a resumed run must see the same data and start."""
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def describe_run(params: PyTree, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+    """What ``fit`` records of any run: parameter shapes and dtypes, and fingerprints of the
+    initial parameters and of both splits (so a different architecture, initialisation or data
+    is refused with a clear message instead of an Orbax shape error or a silent resume)."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return {
+        "params": {jax.tree_util.keystr(k): f"{np.dtype(v.dtype).name}{list(np.shape(v))}" for k, v in leaves},
+        "init_sha1": fingerprint(*(np.asarray(v) for _, v in leaves)),
+        "train_sha1": fingerprint(*train),
+        "val_sha1": fingerprint(*val),
+    }
 
 
 def check_data(net: Network, params: PyTree, cfg: TrainConfig, name: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -124,7 +148,11 @@ def fit(
         raise ValueError(f"num_samples={cfg.num_samples} exceeds the input dimension {dim}.")
     main = jax.process_index() == 0
     rd = RunDir(run_dir, write=main)
-    rd.claim({"train": dataclasses.asdict(cfg), "experiment": experiment or {}}, mutable=("train.epochs",))
+    done = Checkpoints.latest_step(run_dir)
+    if cfg.epochs < done:
+        raise ValueError(f"{run_dir} has trained {done} epochs already; epochs={cfg.epochs} cannot shorten it (use a fresh run directory).")
+    record = {"train": dataclasses.asdict(cfg), "experiment": experiment or {}, "run": describe_run(params, train, val)}
+    rd.claim(record, mutable=("train.epochs",))
 
     trainer = Trainer(net, cfg)
     state = trainer.init_state(params)
@@ -149,6 +177,11 @@ def fit(
                 kept = f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoints" if epoch else "no checkpoint was written yet"
                 raise FloatingPointError(f"{err}; training stopped and {kept}. Lower the learning rate, lambda or C.") from err
             val_m = trainer.evaluate(state.params, *val)
+            if not np.isfinite(val_m["loss"]):  # e.g. the epoch's last update made the parameters non-finite
+                kept = f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoints" if epoch else "no checkpoint was written yet"
+                raise FloatingPointError(
+                    f"the validation loss became {val_m['loss']} after epoch {epoch + 1}; training stopped and {kept}. Lower the learning rate, lambda or C."
+                )
             record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()}}
             rd.append_metrics(record)
             history.append(record)
@@ -159,5 +192,8 @@ def fit(
             if progress and main:
                 print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"), flush=True)
         best = ckpt.restore(ckpt.best, state.params)
-    best_params = jax.device_put(best[1], trainer.replicated) if best is not None else state.params
-    return best_params, history
+    if best is None:
+        raise FileNotFoundError(
+            f"{run_dir}/checkpoints/best holds no checkpoint although {len(history)} epochs are recorded; the run directory was edited."
+        )
+    return jax.device_put(best[1], trainer.replicated), history

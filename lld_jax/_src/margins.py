@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lld_jax._src.checks import check_finite_array, check_values, prepare, run_checked
+from lld_jax._src.checks import check_finite_array, check_values, poison, prepare, run_checked
 from lld_jax._src.gradients import canonical_ord, map_examples, norms_kernel, resolve_method
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts, neuron_location
 
@@ -62,7 +62,7 @@ def margin_terms(z: Array, norms: Array) -> Array:
     """Per-neuron distances |z_j| / ||grad z_j|| with the conventions above (NaN-propagating)."""
     safe = jnp.where(norms > 0, norms, 1)
     terms = jnp.where(norms > 0, jnp.abs(z) / safe, jnp.where(z == 0, 0.0, jnp.inf).astype(z.dtype))
-    return jnp.where(jnp.isnan(z) | jnp.isnan(norms), jnp.nan, terms)
+    return jnp.where(~jnp.isfinite(z) | jnp.isnan(norms), jnp.nan, terms)
 
 
 @functools.partial(jax.jit, static_argnames=("net", "q", "method", "chunk", "hidden", "check", "batched"))
@@ -74,7 +74,7 @@ def _margin(net, params, x, *, q, method, chunk, hidden, check, batched):
         z, n = norms_kernel(net, params, xi, ord=q, method=method, chunk=chunk)
         terms = margin_terms(z, n)
         j = jnp.argmin(terms)
-        return terms[j], j
+        return poison(terms[j], xi, params), j
 
     r, j = map_examples(one, x) if batched else one(x)
     return Margin(r, *neuron_location(hidden, j))
@@ -188,9 +188,9 @@ def _directional(net, params, x, d, t_max, *, kind, steps, check, batched):
         x = check_values(net, params, x, batched=batched)
         d = check_finite_array(d, "direction", batched=batched)
     if kind == "exact":
-        one = lambda xi, di: _directional_one(net, params, xi, di)
+        one = lambda xi, di: poison(_directional_one(net, params, xi, di), xi, di, params)
     else:
-        one = lambda xi, di: _bisect_one(net, params, xi, di, t_max, steps)
+        one = lambda xi, di: poison(_bisect_one(net, params, xi, di, t_max, steps), xi, di, params)
     return jax.vmap(one)(x, d) if batched else one(x, d)
 
 
@@ -199,8 +199,8 @@ def directional_call(apply_fn, params, x, direction, *, kind, t_max, steps, chec
     net = as_network(apply_fn)
     x, _ = prepare(net, params, x, batched=batched)
     d = direction_like(x, direction, batched=batched)
-    if not t_max > 0:
-        raise ValueError(f"t_max must be positive, got {t_max}.")
+    if not (0 < t_max < float("inf")):
+        raise ValueError(f"t_max must be positive and finite, got {t_max}.")
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
     t_max = jnp.asarray(t_max, x.dtype)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lld_jax._src.checks import check_finite_array, check_values, prepare, run_checked
+from lld_jax._src.checks import CheckError, check_finite_array, check_values, prepare, run_checked, working_dtype
 from lld_jax._src.host import pad_rows
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts
 
@@ -118,6 +118,8 @@ def l1_ball_in_region(
     apply_fn: ApplyFn | Network, params: PyTree, x: Array, eps: Array | float, *, chunk_size: int = 64, check: bool = True
 ) -> Array:
     """Scalar bool: does the l1 ball of radius ``eps`` around ONE example lie in its region (Prop. 5)?"""
+    x = jnp.asarray(x)
+    x = x.astype(working_dtype(params, x))  # the ball in the precision of the margins, never rounded below it
     return hull_in_region(apply_fn, params, x, l1_ball_vertices(x, eps), chunk_size=chunk_size, check=check)
 
 
@@ -192,7 +194,10 @@ def count_regions(
         xb = np.asarray(xs[lo : lo + batch_size])
         m = len(xb)
         xb = jnp.asarray(pad_rows(xb, batch_size), first.dtype)
-        jac, pat = jax.device_get(run_checked(_jacobians, net, params, xb, check=check, batched=True, xname="xs"))
+        try:
+            jac, pat = jax.device_get(run_checked(_jacobians, net, params, xb, check=check, batched=True, xname="xs"))
+        except CheckError as err:  # name the rows of xs, not of the padded batch
+            raise CheckError(f"{err} (the batch holds rows {lo} to {lo + m - 1} of xs)") from err
         jac = np.round(jac[:m], decimals) + 0.0  # + 0.0 folds -0.0 into 0.0
         for row_j, row_p in zip(jac, pat[:m]):
             patterns.add(np.packbits(row_p).tobytes())

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any
 
-from lld_jax._src.host import read_json, write_json
+from lld_jax._src.host import atomic_write_text, read_json, write_json
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -90,12 +90,7 @@ class RunDir:
         kept = [m for m in self.metrics() if m["epoch"] <= epochs]
         if self.write:
             os.makedirs(self.path, exist_ok=True)
-            tmp = self.file(METRICS + ".tmp")
-            with open(tmp, "w") as fh:
-                fh.writelines(json.dumps(m) + "\n" for m in kept)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.file(METRICS))
+            atomic_write_text(self.file(METRICS), "".join(json.dumps(m) + "\n" for m in kept))
         return kept
 
     def append_metrics(self, record: dict[str, Any]) -> None:
