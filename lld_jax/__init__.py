@@ -28,9 +28,10 @@ from lld_jax._src.margins import (
     margin,
     margin_with_neuron,
 )
-from lld_jax._src.models import CNN, INITS, MLP, RNN, ResNet, reinitialize, resnet18
+from lld_jax._src.models import CNN, INITS, MLP, ResNet, reinitialize, resnet18
 from lld_jax._src.network import Network, as_network
 from lld_jax._src.nnx_adapter import from_nnx
+from lld_jax._src.recurrent import RNN
 from lld_jax._src.regions import (
     RegionCounts,
     activation_pattern,
