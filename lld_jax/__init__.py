@@ -7,13 +7,15 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
 * Geometry: :func:`margin`, :func:`margin_with_neuron`,
   :func:`directional_margin`, :func:`activation_pattern`, :func:`same_region`,
   :func:`hull_in_region`, :func:`l1_ball_in_region`, :func:`neuron_gradients`,
-  :func:`neuron_gradient_norms`, and over a data set :func:`count_regions`.
+  :func:`neuron_gradient_norms`, :func:`stability_bounds`, and over a data
+  set :func:`count_regions`.
 * Learning: :func:`roll_penalty`, :func:`roll_penalty_sampled`,
   :func:`distance_penalty` (more in :mod:`lld_jax.losses`); the training loop
   is in :mod:`lld_jax.training`.
 * Networks: :class:`Network`, :func:`as_network`, :func:`from_nnx` and the
   built-in models :class:`MLP`, :class:`CNN`, :class:`ResNet`,
-  :func:`resnet18`, :class:`RNN`.
+  :func:`resnet18`, :class:`RNN`, :class:`ScoRNN` (padded sequences: see
+  :func:`lld_jax.data.pad_sequences`).
 """
 
 from lld_jax import batched, data, evaluation, losses, slices, training
@@ -31,7 +33,7 @@ from lld_jax._src.margins import (
 from lld_jax._src.models import CNN, INITS, MLP, ResNet, reinitialize, resnet18
 from lld_jax._src.network import Network, as_network
 from lld_jax._src.nnx_adapter import from_nnx
-from lld_jax._src.recurrent import RNN
+from lld_jax._src.recurrent import RNN, ScoRNN, cayley_recurrent
 from lld_jax._src.regions import (
     RegionCounts,
     activation_pattern,
@@ -41,6 +43,7 @@ from lld_jax._src.regions import (
     l1_ball_vertices,
     same_region,
 )
+from lld_jax._src.stability import stability_bounds
 
 __version__ = "0.2.0"
 
@@ -55,9 +58,11 @@ __all__ = [
     "RNN",
     "RegionCounts",
     "ResNet",
+    "ScoRNN",
     "activation_pattern",
     "as_network",
     "batched",
+    "cayley_recurrent",
     "count_regions",
     "data",
     "directional_margin",
@@ -80,5 +85,6 @@ __all__ = [
     "roll_penalty_sampled",
     "same_region",
     "slices",
+    "stability_bounds",
     "training",
 ]

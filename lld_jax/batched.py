@@ -29,6 +29,7 @@ from lld_jax._src.network import Network as _Network
 from lld_jax._src.network import PyTree as _PyTree
 from lld_jax._src.regions import l1_ball_vertices as _l1_vertices
 from lld_jax._src.regions import membership_call as _membership_call
+from lld_jax._src.stability import stability_call as _stability_call
 
 __all__ = [
     "activation_pattern",
@@ -41,6 +42,7 @@ __all__ = [
     "neuron_gradient_norms",
     "neuron_gradients",
     "same_region",
+    "stability_bounds",
 ]
 
 
@@ -133,3 +135,10 @@ def l1_ball_in_region(
     eps = _jnp.broadcast_to(_jnp.asarray(eps, x.dtype), x.shape[:1])
     verts = _jax.vmap(_l1_vertices)(x, eps)
     return hull_in_region(apply_fn, params, x, verts, chunk_size=chunk_size, check=check)
+
+
+def stability_bounds(
+    apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, *, chunk_size: int | None = None, check: bool = True
+) -> tuple[_jax.Array, _jax.Array]:
+    """:func:`lld_jax.stability_bounds` of every example of ``x`` ``(B, *input_shape)``; returns ``(lower, upper)``, each shaped like ``x``."""
+    return _stability_call(apply_fn, params, x, chunk_size=chunk_size, check=check, batched=True)

@@ -1,5 +1,40 @@
-"""Local data loaders (no network needed)."""
+"""Local data loaders (no network needed): MNIST, Japanese Vowels, image folders; sequence padding."""
 
 from lld_jax._src.data import MNIST, MNIST_MEAN, MNIST_STD, Split, load_mnist, read_idx
+from lld_jax._src.image_folder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageBatch,
+    ImageBatches,
+    channel_stats,
+    load_image,
+    normalize,
+    pixel_margin_scale,
+    scan_image_folder,
+    split_per_class,
+)
+from lld_jax._src.sequences import Sequences, Vowels, load_japanese_vowels, pad_sequences, sequence_lengths
 
-__all__ = ["MNIST", "MNIST_MEAN", "MNIST_STD", "Split", "load_mnist", "read_idx"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ImageBatch",
+    "ImageBatches",
+    "MNIST",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "Sequences",
+    "Split",
+    "Vowels",
+    "channel_stats",
+    "load_image",
+    "load_japanese_vowels",
+    "load_mnist",
+    "normalize",
+    "pad_sequences",
+    "pixel_margin_scale",
+    "read_idx",
+    "scan_image_folder",
+    "sequence_lengths",
+    "split_per_class",
+]

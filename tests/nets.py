@@ -22,7 +22,7 @@ def _randomize_batchnorm(model, key):
 
 
 def make(kind: str, dtype=jnp.float64, seed: int = 0):
-    """Returns (network, params, x batch) for 'mlp', 'narrow_mlp', 'cnn', 'resnet', 'rnn', 'leaky_mlp'."""
+    """Returns (network, params, x batch) for 'mlp', 'narrow_mlp', 'cnn', 'resnet', 'rnn', 'scornn', 'leaky_mlp'."""
     rngs = nnx.Rngs(seed)
     kx = jax.random.key(seed + 100)
     if kind == "mlp":
@@ -40,6 +40,9 @@ def make(kind: str, dtype=jnp.float64, seed: int = 0):
         _randomize_batchnorm(model, jax.random.key(seed + 7))
     elif kind == "rnn":
         model, shape = L.RNN(3, 8, 4, negative_slope=0.1, length=5, rngs=rngs, param_dtype=dtype), (5, 3)
+    elif kind == "scornn":
+        model = L.ScoRNN(3, 4, hidden=8, num_negative=3, negative_slope=0.1, length=5, rngs=rngs, param_dtype=dtype)
+        shape = (5, 3)
     else:
         raise KeyError(kind)
     net, params = L.from_nnx(model)
@@ -47,4 +50,4 @@ def make(kind: str, dtype=jnp.float64, seed: int = 0):
     return net, params, x
 
 
-KINDS = ("mlp", "narrow_mlp", "leaky_mlp", "cnn", "cnn_stride", "resnet", "rnn")
+KINDS = ("mlp", "narrow_mlp", "leaky_mlp", "cnn", "cnn_stride", "resnet", "rnn", "scornn")

@@ -98,8 +98,8 @@ def evaluate_model(
     return report
 
 
-def table1_markdown(rows: list[tuple[str, str, dict[str, Any]]], unit: float = 1e-4) -> str:
-    """Markdown table in the layout of paper Table 1; ``rows`` are (loss name, C, report)."""
+def table1_markdown(rows: list[tuple[str, str, dict[str, Any]]], unit: float = 1e-4, scale_name: str = "pixel scale [0, 1]") -> str:
+    """Markdown table in the layout of paper Tables 1 and 2; ``rows`` are (loss name, C, report), margins divided by ``unit``."""
     head = "| Loss | C | ACC | #patterns | #Jacobians | " + " | ".join(f"l{q} P{p}" for q in (1, 2) for p in PERCENTILES) + " | Spearman |"
     sep = "|" + "---|" * (head.count("|") - 1)
     lines = [head, sep]
@@ -110,4 +110,4 @@ def table1_markdown(rows: list[tuple[str, str, dict[str, Any]]], unit: float = 1
             + " | ".join(cells)
             + f" | {r['spearman_l1_l2']:.3f} |"
         )
-    return "\n".join(lines) + f"\n\nMargins in units of {unit:g} (pixel scale [0, 1])."
+    return "\n".join(lines) + f"\n\nMargins in units of {unit:g} ({scale_name})."

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.checks import check_values, prepare, run_checked
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts, pattern_slopes
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask, flat_preacts, mask_neurons, pattern_slopes
 
 Array = jax.Array
 METHODS = ("auto", "forward", "reverse", "template", "gram")
@@ -188,7 +188,7 @@ def mlp_tangent_rows(net: Network, params, x, f1: Array) -> tuple[Array, Array]:
     rows = [f1]
     for i, (w, _) in enumerate(layers[1:], start=1):
         rows.append(w @ (slopes[i - 1][:, None] * rows[-1]))
-    return z, jnp.concatenate(rows)
+    return mask_neurons(flat_mask(net, params, x), z, jnp.concatenate(rows))
 
 
 def _exponent(a: Array) -> Array:
@@ -245,16 +245,19 @@ def norms_kernel(net: Network, params: PyTree, x: Array, *, ord: float, method: 
     """
     z, ((sq, mx, ab), _) = _KERNELS[method](net, params, x, chunk, False, squared and ord == 2)
     if method == "gram":
-        return z, sq  # already the norm (or its square with ``squared``)
-    if ord == 2:
-        return z, _l2_from_acc(sq, mx, squared)
-    return z, ab if ord == 1 else mx
+        n = sq  # already the norm (or its square with ``squared``)
+    elif ord == 2:
+        n = _l2_from_acc(sq, mx, squared)
+    else:
+        n = ab if ord == 1 else mx
+    # forward/reverse see masked neurons through flat_preacts already; template and gram do not.
+    return mask_neurons(flat_mask(net, params, x), z, n)
 
 
 def jacobian_kernel(net: Network, params: PyTree, x: Array, *, method: str, chunk: int) -> tuple[Array, Array]:
     """``(z (N,), J (N, D))`` for ONE example; no checks."""
     z, (_, cols) = _KERNELS[method](net, params, x, chunk, True, False)
-    return z, cols
+    return mask_neurons(flat_mask(net, params, x), z, cols)
 
 
 def pick_method(

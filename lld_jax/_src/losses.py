@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from lld_jax._src.gradients import linearize_preacts, mlp_tangent_rows, norms_kernel, pick_method
 from lld_jax._src.margins import margin_terms
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, hidden_shapes
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask, hidden_shapes, neuron_count
 
 Array = jax.Array
 GAMMAS = ("max", 25, 50, 75, 100)
@@ -62,20 +62,31 @@ def tsvm_terms(z: Array, sq_norms: Array, C: float) -> Array:
     return sq_norms + C * jax.nn.relu(1.0 - jnp.abs(z))
 
 
-def aggregate(terms: Array, gamma: Any) -> Array:
-    """Aggregates per-neuron terms over the last axis: max, or mean of the top gamma percent.
+def aggregate(terms: Array, gamma: Any, mask: Array | None = None) -> Array:
+    """Aggregates per-neuron terms (N,) of one example: max, or mean of the top gamma percent.
 
     ``gamma=100`` is the plain mean; otherwise k = max(1, int(N * gamma / 100))
-    largest terms are averaged (the paper code's ``topk``).
+    largest terms are averaged (the paper code's ``topk``). With ``mask``
+    (the example's neurons, see :class:`~lld_jax.Network`) N counts only them;
+    masked terms must be 0 (they are: see ``MASKED_PREACT``), the smallest
+    possible value of the non-negative terms.
     """
     gamma = check_gamma(gamma)
     if gamma == "max":
         return jnp.max(terms, axis=-1)
     n = terms.shape[-1]
+    if mask is None:
+        if gamma == 100:
+            return jnp.mean(terms, axis=-1)
+        k = max(1, int(n * gamma / 100))
+        return jnp.mean(jax.lax.top_k(terms, k)[0], axis=-1)
+    count = jnp.sum(mask)
     if gamma == 100:
-        return jnp.mean(terms, axis=-1)
-    k = max(1, int(n * gamma / 100))
-    return jnp.mean(jax.lax.top_k(terms, k)[0], axis=-1)
+        return jnp.sum(terms, axis=-1) / count
+    # k depends on the example's neuron count: average the k largest through a rank mask.
+    k = jnp.maximum(1, jnp.floor(count * gamma / 100)).astype(jnp.int32)
+    ranked = -jnp.sort(-terms, axis=-1)
+    return jnp.sum(jnp.where(jnp.arange(n) < k, ranked, 0), axis=-1) / k
 
 
 def _method(net: Network, x: Array, method: str, chunk_size: int | None, params: PyTree) -> tuple[str, int]:
@@ -119,7 +130,7 @@ def roll_penalty(
     x = jnp.asarray(x)
     method, chunk = _method(net, x, method, chunk_size, params)
     z, sq = norms_kernel(net, params, x, ord=2, method=method, chunk=chunk, squared=True)
-    return aggregate(tsvm_terms(z, sq, C), gamma)
+    return aggregate(tsvm_terms(z, sq, C), gamma, flat_mask(net, params, x))
 
 
 def distance_penalty(apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, method: str = "auto", chunk_size: int | None = None) -> Array:
@@ -213,5 +224,6 @@ def roll_penalty_sampled(
         z, lin = linearize_preacts(net, params, x)
         tangents = jax.nn.one_hot(idx, dim, dtype=x.dtype) if estimator == "axes" else jax.random.normal(key, (num_samples, dim), x.dtype)
         cols = jax.vmap(lin)(tangents)  # (D', N) directional derivatives
-    grad_part = jnp.sum(w[:, None] * cols * cols) / z.shape[0]
-    return grad_part + C * jnp.mean(jax.nn.relu(1.0 - jnp.abs(z)))
+    # Masked neurons have zero columns and a zero hinge; only the count needs them excluded.
+    n = neuron_count(flat_mask(net, params, x), z.shape[0])
+    return (jnp.sum(w[:, None] * cols * cols) + C * jnp.sum(jax.nn.relu(1.0 - jnp.abs(z)))) / n

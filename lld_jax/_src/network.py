@@ -42,6 +42,12 @@ class Network:
         (``method="gram"`` and the sampled loss's fast path).
       negative_slope: slope of the activation for ``z <= 0`` (0 for ReLU,
         alpha for LeakyReLU).
+      neuron_mask: ``(params, x) -> masks`` for one example, booleans with the
+        structure of ``preacts``; False marks an entry that is not a neuron of
+        this example (e.g. the time steps of a padded sequence). Masked
+        entries never bound a margin, never count in a loss's mean, and read
+        as inactive in patterns, so a padded example gets exactly the results
+        of the unpadded one.
     """
 
     apply: ApplyFn
@@ -49,6 +55,7 @@ class Network:
     apply_frozen: Callable[..., tuple[Array, tuple[Array, ...]]] | None = None
     dense_layers: Callable[[PyTree], list[tuple[Array, Array]]] | None = None
     negative_slope: float = 0.0
+    neuron_mask: Callable[[PyTree, Array], tuple[Array, ...]] | None = None
 
     def __call__(self, params: PyTree, x: Array) -> tuple[Array, tuple[Array, ...]]:
         return self.apply(params, x)
@@ -94,10 +101,36 @@ def hidden_shapes(net: Network, params: PyTree, shape: tuple[int, ...], dtype: A
     return tuple(tuple(p.shape) for p in preacts)
 
 
+# What a masked entry reads as: inactive, constant in x and params (zero gradient),
+# with |z| = 1 so the ROLL hinge max(0, 1 - |z|) is 0 and |z| / ||grad z|| is +inf.
+MASKED_PREACT = -1.0
+
+
+def flat_mask(net: Network, params: PyTree, x: Array) -> Array | None:
+    """``(N,)`` booleans: which entries of ``preacts`` are neurons of this example (``None``: all)."""
+    if net.neuron_mask is None:
+        return None
+    return jax.lax.stop_gradient(jnp.concatenate([jnp.ravel(m) for m in net.neuron_mask(params, x)]).astype(bool))
+
+
+def mask_neurons(mask: Array | None, z: Array, *per_neuron: Array) -> tuple[Array, ...]:
+    """Sets masked neurons to :data:`MASKED_PREACT` in ``z`` and to 0 in per-neuron arrays (leading axis N)."""
+    if mask is None:
+        return (z, *per_neuron)
+    zero = lambda a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, 0)
+    return (jnp.where(mask, z, MASKED_PREACT), *(zero(a) for a in per_neuron))
+
+
+def neuron_count(mask: Array | None, n: int) -> Array | int:
+    """Number of neurons of the example: ``n``, or the number of True entries of ``mask``."""
+    return n if mask is None else jnp.sum(mask)
+
+
 def flat_preacts(net: Network, params: PyTree, x: Array) -> tuple[Array, Array]:
-    """``(output, z)`` for one example with all pre-activations concatenated, ``z`` of shape (N,)."""
+    """``(output, z)`` for one example with all pre-activations concatenated, ``z`` of shape (N,) (masked neurons inert)."""
     out, pre = net.apply(params, x)
-    return out, jnp.concatenate([jnp.ravel(p) for p in pre])
+    z = jnp.concatenate([jnp.ravel(p) for p in pre])
+    return out, mask_neurons(flat_mask(net, params, x), z)[0]
 
 
 def pattern_slopes(net: Network, preacts: Sequence[Array]) -> tuple[Array, ...]:

@@ -42,6 +42,16 @@ class _NNXApply:
 
 
 @dataclasses.dataclass(frozen=True)
+class _NNXMask:
+    """``(params, x) -> masks`` from a module's ``neuron_mask(x)`` method."""
+
+    graphdef: Any
+
+    def __call__(self, params: PyTree, x: Array) -> tuple[Array, ...]:
+        return tuple(nnx.merge(self.graphdef, params).neuron_mask(x))
+
+
+@dataclasses.dataclass(frozen=True)
 class _NNXDense:
     graphdef: Any
 
@@ -57,8 +67,9 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
     pre-activation as ``nnx.Intermediate`` in depth order (read back in natural
     name order: ``z2`` before ``z10``). Modules with a ``slopes`` keyword (the
     built-in models) also get the frozen-pattern apply used by the template
-    method, and modules with a ``dense_layers()`` method (MLPs) their dense
-    chain.
+    method, modules with a ``dense_layers()`` method (MLPs) their dense
+    chain, and modules with a ``neuron_mask(x)`` method (padded sequences)
+    the :attr:`~lld_jax.Network.neuron_mask` that marks padding.
 
     Args:
       module: the NNX module.
@@ -82,6 +93,7 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
         apply_frozen=_NNXApply(graphdef, name, frozen=True) if has_slopes else None,
         dense_layers=_NNXDense(graphdef) if hasattr(type(module), "dense_layers") else None,
         negative_slope=float(getattr(module, "negative_slope", 0.0)),
+        neuron_mask=_NNXMask(graphdef) if hasattr(type(module), "neuron_mask") else None,
     )
     return net, params
 

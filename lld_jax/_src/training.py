@@ -37,7 +37,7 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 0.01
-    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adam"
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum), "adam" or "amsgrad"
     momentum: float = 0.5
     lam: float = 0.0  # regularisation weight lambda; 0 = vanilla
     C: float = 0.0  # hinge weight
@@ -63,8 +63,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}.")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}.")
+        if self.optimizer not in ("sgd", "adam", "amsgrad"):
+            raise ValueError(f"optimizer must be 'sgd', 'adam' or 'amsgrad', got {self.optimizer!r}.")
         if self.task_loss not in ("softmax", "sigmoid"):
             raise ValueError(f"task_loss must be 'softmax' or 'sigmoid', got {self.task_loss!r}.")
         if self.method not in METHODS:
@@ -85,9 +85,11 @@ class TrainState(NamedTuple):
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """The optimiser of ``cfg``: SGD with Nesterov momentum (paper App. G) or Adam."""
+    """The optimiser of ``cfg``: SGD with Nesterov momentum (paper App. G), Adam, or AMSGrad (App. H)."""
     if cfg.optimizer == "adam":
         return optax.adam(cfg.lr)
+    if cfg.optimizer == "amsgrad":
+        return optax.amsgrad(cfg.lr)
     return optax.sgd(cfg.lr, momentum=cfg.momentum, nesterov=True)
 
 

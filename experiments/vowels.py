@@ -1,0 +1,323 @@
+"""Japanese Vowels speaker identification with a scoRNN (paper Sec. 5.2, Table 2, Figure 3; App. H).
+
+One run::
+
+    python -m experiments.vowels --lam 0.5 --C 4 --out runs/vowels/roll
+
+Grid with the paper's selection rule, Table 2 and Figure 3::
+
+    python -m experiments.vowels --grid --out runs/vowels_grid
+
+Paper settings: scoRNN with 512 LeakyReLU units, the hidden state at the last
+real frame fed to one dense layer; AMSGrad, lr 1e-3, batch 32 sequences;
+exact ROLL loss with gamma 100; raw (unnormalised) features; official
+270/370 split. The paper selects on the test set (no validation split):
+with ``--val-size 0`` (default) the test set also picks the best epoch and
+the grid point, as in the paper; ``--val-size K`` carves K sequences per
+speaker out of the training set for both instead. Margins are reported in
+units of 1e-6 of the raw features. Settings the paper leaves open (epochs,
+LeakyReLU slope, scoRNN's number of -1 entries) are flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+import lld_jax
+from experiments import _cli, _figures
+from lld_jax.data import Split, load_japanese_vowels, pad_sequences, sequence_lengths
+from lld_jax.evaluation import evaluate_model, table1_markdown
+from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
+
+DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "japanese-vowels")
+UNIT = 1e-6  # Table 2 reports margins in units of 1e-6 of the raw features
+CHANNEL = 8  # Figure 3 shows the 9th channel
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a Japanese Vowels run or grid (paper App. H where stated)."""
+
+    out: str = dataclasses.field(default="runs/vowels", metadata={"help": "run directory (resumed if it exists)"})
+    data_dir: str = dataclasses.field(default=DEFAULT_DATA, metadata={"help": "folder with the UCI files ae.train and ae.test"})
+    val_size: int = dataclasses.field(
+        default=0, metadata={"help": "validation sequences per speaker from the training set; 0 = select on test (paper)"}
+    )
+    train_size: int | None = dataclasses.field(default=None, metadata={"help": "use a seeded random subset of N training sequences"})
+    test_size: int | None = dataclasses.field(default=None, metadata={"help": "evaluate on a seeded random subset of N test sequences"})
+    hidden: int = 512
+    num_negative: int = dataclasses.field(default=0, metadata={"help": "number of -1 entries of scoRNN's diagonal D"})
+    negative_slope: float = dataclasses.field(default=0.01, metadata={"help": "LeakyReLU slope (paper: not stated)"})
+    seed: int = 1
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-3
+    lam: float = dataclasses.field(default=0.0, metadata={"help": "lambda; 0 = vanilla"})
+    C: float = 0.0
+    gamma: str | float = dataclasses.field(default=100.0, metadata={"help": "'max', 25, 50, 75 or 100"})
+    method: str = dataclasses.field(default="auto", metadata={"help": "gradient method of the exact ROLL loss"})
+    grid: bool = dataclasses.field(default=False, metadata={"help": "run vanilla and the lambda x C grid, select, write Table 2 and Figure 3"})
+    grid_lam: tuple[float, ...] = tuple(2.0**k for k in range(-6, 4))
+    grid_C: tuple[float, ...] = tuple(2.0**k for k in range(-5, 8))
+    progress: bool = True
+
+    def train_config(self, lam: float, C: float) -> TrainConfig:
+        """The :class:`~lld_jax.training.TrainConfig` of one run; raises on invalid values."""
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            optimizer="amsgrad",
+            lam=lam,
+            C=C,
+            gamma=self.gamma,
+            method=self.method,
+            seed=self.seed,
+            eval_batch_size=256,
+        ).validate()
+
+    def points(self) -> list[tuple[float, float]]:
+        """(lambda, C) of every ROLL run: one, or the grid."""
+        if not self.grid:
+            return [(self.lam, self.C)]
+        return list(itertools.product(self.grid_lam, self.grid_C))
+
+    def validate(self) -> Config:
+        """Checks every setting (and every grid point) before anything is read or written."""
+        if not (isinstance(self.val_size, int) and 0 <= self.val_size < 30):
+            raise ValueError(f"val_size (per speaker) must be in [0, 29]: each speaker has 30 training sequences; got {self.val_size}.")
+        for name, n in (("train_size", self.train_size), ("test_size", self.test_size)):
+            if n is not None and n < 1:
+                raise ValueError(f"{name} must be a positive number of sequences, got {n}.")
+        if self.hidden < 1 or not 0 <= self.num_negative <= self.hidden:
+            raise ValueError(f"need hidden >= 1 and 0 <= num_negative <= hidden; got hidden={self.hidden}, num_negative={self.num_negative}.")
+        if not 0 <= self.negative_slope < 1:
+            raise ValueError(f"negative_slope must be in [0, 1), got {self.negative_slope}.")
+        if self.grid and not (self.grid_lam and self.grid_C):
+            raise ValueError("the grid needs at least one value of each of --grid-lam and --grid-C.")
+        for lam, C in self.points():
+            self.train_config(lam, C)
+        return self
+
+
+class VowelsData:
+    """The padded splits of one config: ``train``, ``val`` (or ``None``) and ``test``, each a :class:`~lld_jax.data.Split`."""
+
+    def __init__(self, config: Config):
+        raw = load_japanese_vowels(config.data_dir)
+        length = max(len(s) for s in raw.train.x + raw.test.x)
+        pad = lambda seqs: pad_sequences(seqs, length=length)
+        rng = np.random.default_rng(config.seed)
+        train_idx = np.arange(len(raw.train.x))
+        val_idx = np.array([], int)
+        if config.val_size:
+            per = [rng.permutation(np.flatnonzero(raw.train.y == c)) for c in np.unique(raw.train.y)]
+            val_idx = np.sort(np.concatenate([p[: config.val_size] for p in per]))
+            train_idx = np.setdiff1d(train_idx, val_idx)
+        if config.train_size is not None:
+            if config.train_size > len(train_idx):
+                raise ValueError(f"train_size={config.train_size} exceeds the {len(train_idx)} training sequences.")
+            train_idx = np.sort(rng.permutation(train_idx)[: config.train_size])
+        test_idx = np.arange(len(raw.test.x))
+        if config.test_size is not None:
+            if config.test_size > len(test_idx):
+                raise ValueError(f"test_size={config.test_size} exceeds the {len(test_idx)} test sequences.")
+            test_idx = np.sort(rng.permutation(test_idx)[: config.test_size])
+        take = lambda split, idx: Split(pad([split.x[i] for i in idx]), split.y[idx])
+        self.length = length
+        self.train = take(raw.train, train_idx)
+        self.val = take(raw.train, val_idx) if len(val_idx) else None
+        self.test = take(raw.test, test_idx)
+
+    @property
+    def selection(self) -> Split:
+        """The split that picks epochs and grid points: validation if carved, else test (the paper's protocol)."""
+        return self.val if self.val is not None else self.test
+
+
+def build_model(config: Config, length: int) -> tuple[lld_jax.Network, Any]:
+    """The scoRNN of ``config`` for padded sequences of ``length`` frames, as ``(network, params)``."""
+    model = lld_jax.ScoRNN(
+        12,
+        9,
+        hidden=config.hidden,
+        num_negative=config.num_negative,
+        negative_slope=config.negative_slope,
+        length=length,
+        variable_length=True,
+        rngs=nnx.Rngs(config.seed),
+    )
+    return lld_jax.from_nnx(model)
+
+
+def run_one(config: Config, data: VowelsData, lam: float, C: float, workdir: str) -> dict:
+    """Trains (or resumes) one model and writes report.json / report.md in ``workdir``."""
+    cfg = config.train_config(lam, C)
+    net, params = build_model(config, data.length)
+    experiment = {
+        "dataset": "japanese_vowels",
+        "train_size": len(data.train.x),
+        "val_size_per_speaker": config.val_size,
+        "selection_split": "val" if data.val is not None else "test",
+        "test_size": len(data.test.x),
+        "model": "ScoRNN",
+        "hidden": config.hidden,
+        "num_negative": config.num_negative,
+        "negative_slope": config.negative_slope,
+        "model_seed": config.seed,
+    }
+    t0 = time.time()
+    params, history = fit(net, params, cfg, data.train, data.selection, workdir, experiment=experiment, progress=config.progress)
+    report = {
+        "config": dataclasses.asdict(cfg),
+        "experiment": experiment,
+        "train_time_s": time.time() - t0,
+        "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1),
+        **evaluate_model(net, params, data.test.x, data.test.y, batch_size=128, progress=config.progress),
+        "device": str(jax.devices()[0].device_kind),
+    }
+    if data.val is not None:
+        report["val"] = evaluate_model(net, params, data.val.x, data.val.y, batch_size=128, ps=(2,))
+    rd = RunDir(workdir, write=jax.process_index() == 0)
+    rd.write_json("report.json", report)
+    if rd.write:
+        with open(rd.file("report.md"), "w") as fh:
+            fh.write(table2_markdown([(run_name(lam, C), report)]) + "\n")
+    return report
+
+
+def run_name(lam: float, C: float) -> str:
+    return "Vanilla" if lam == 0 else f"ROLL (lam={lam:g}, C={C:g})"
+
+
+def table2_markdown(rows: list[tuple[str, dict]]) -> str:
+    """Paper Table 2's layout: accuracy, l1 / l2 margin percentiles in units of 1e-6, patterns, Spearman."""
+    return table1_markdown([(name, "-" if r["config"]["lam"] == 0 else f"{r['config']['C']:g}", r) for name, r in rows], UNIT, "raw features")
+
+
+def selection_metrics(report: dict) -> dict:
+    """Accuracy and l2 margins of the split that selects: validation if there is one, else test (paper)."""
+    return report.get("val", report)
+
+
+def select(reports: dict[str, dict], vanilla: dict) -> dict[str, str | None]:
+    """Paper's rule: largest median l2 margin at vanilla's rounded accuracy, and at 1 point lower (on the selection split)."""
+    target = round(100 * selection_metrics(vanilla)["accuracy"])
+    picks = {}
+    for label, acc in (("same_accuracy", target), ("one_point_lower", target - 1)):
+        cands = [(selection_metrics(r)["margin_l2"]["P50"], k) for k, r in reports.items() if round(100 * selection_metrics(r)["accuracy"]) == acc]
+        picks[label] = max(cands)[1] if cands else None
+    return picks
+
+
+def load_params(config: Config, workdir: str, length: int) -> tuple[lld_jax.Network, Any]:
+    """The best checkpoint of a finished run in ``workdir``."""
+    from lld_jax.training import load_best
+
+    net, params = build_model(config, length)
+    return net, load_best(workdir, params)
+
+
+def plot_figure3(models: dict[str, tuple[lld_jax.Network, Any]], data: VowelsData, roll_name: str, path: str) -> dict:
+    """Figure 3: channel 9 of the test sequences at the P50 and P75 of the ROLL model's l2 margin, with every frame's stability interval.
+
+    Each panel draws the channel over time and, per frame, the interval
+    ``[x - lower, x + upper]`` within which that value alone can move while the
+    model stays linear (its gradient, the explanation, unchanged); columns:
+    the models, rows: the two sequences. Returns what it plotted.
+    """
+    net, params = models[roll_name]
+    x, y = data.test
+    radius = np.asarray(lld_jax.batched.margin(net, params, x, p=2))
+    picks = {}
+    for q in (50, 75):
+        picks[f"P{q}"] = int(np.argmin(np.abs(radius - np.percentile(radius, q))))
+    plt = _figures.pyplot()
+    fig, axes = plt.subplots(len(picks), len(models), figsize=(5 * len(models), 3.2 * len(picks)), squeeze=False)
+    out = {"sequences": picks, "intervals": {}}
+    for col, (name, (mnet, mparams)) in enumerate(models.items()):
+        for row, (q, i) in enumerate(picks.items()):
+            n = int(sequence_lengths(x[i : i + 1])[0])
+            lo, up = lld_jax.stability_bounds(mnet, mparams, x[i])
+            v = x[i, :n, CHANNEL]
+            lo, up = np.asarray(lo)[:n, CHANNEL], np.asarray(up)[:n, CHANNEL]
+            ax = axes[row, col]
+            t = np.arange(1, n + 1)
+            ax.fill_between(t, v - lo, v + up, step="mid", alpha=0.3, label="stability interval")
+            ax.plot(t, v, marker="o", markersize=3, color="k", label=f"channel {CHANNEL + 1}")
+            span = max(np.ptp(v), 1e-3)
+            ax.set_ylim(v.min() - span, v.max() + span)  # infinite or huge intervals run off the panel
+            ax.set_title(f"{name}: test seq. {i} at {q} of ROLL's l2 margin (speaker {int(y[i]) + 1})", fontsize=8)
+            ax.set_xlabel("frame")
+            out["intervals"][f"{name}/{q}"] = {"width_median": float(np.median(lo + up)), "frames": n}
+    axes[0, 0].legend(fontsize=7)
+    _figures.save(fig, path, dpi=100)
+    return out
+
+
+def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, str | None]]:
+    """Vanilla plus every grid point, the selection, Table 2 and Figure 3 in ``workdir``."""
+    config.validate()
+    rd = RunDir(workdir, write=jax.process_index() == 0)
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress", "data_dir")}
+    rd.claim({"grid": settings}, mutable=("grid.epochs",))
+    data = VowelsData(config)
+    dirs = {"vanilla": os.path.join(workdir, "vanilla")}
+    reports = {"vanilla": run_one(config, data, 0.0, 0.0, dirs["vanilla"])}
+    for lam, C in config.points():
+        key = f"lam{lam:g}_C{C:g}"
+        dirs[key] = os.path.join(workdir, key)
+        reports[key] = run_one(config, data, lam, C, dirs[key])
+    picks = select({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
+    rows = [("Vanilla", reports["vanilla"])] + [(f"ROLL {k} ({slot})", reports[k]) for slot, k in picks.items() if k]
+    rd.write_json("selection.json", picks)
+    if rd.write:
+        with open(rd.file("table2.md"), "w") as fh:
+            fh.write(table2_markdown(rows) + "\n")
+        roll = (
+            picks["same_accuracy"]
+            or picks["one_point_lower"]
+            or max((k for k in reports if k != "vanilla"), key=lambda k: selection_metrics(reports[k])["margin_l2"]["P50"])
+        )
+        models = {"vanilla": load_params(config, dirs["vanilla"], data.length), roll: load_params(config, dirs[roll], data.length)}
+        rd.write_json("figure3.json", plot_figure3(models, data, roll, rd.file("figure3")))
+    print(table2_markdown(rows))
+    return reports, picks
+
+
+def train_and_evaluate(config: Config, workdir: str) -> dict:
+    """One run in ``workdir``; returns its report (a grid is :func:`run_grid`)."""
+    if config.grid:
+        raise ValueError("config.grid is set: call run_grid(config, workdir) for a grid.")
+    config.validate()
+    return run_one(config, VowelsData(config), config.lam, config.C, workdir)
+
+
+def parse(argv: Sequence[str] | None = None) -> Config:
+    """The :class:`Config` of a command line."""
+    args = _cli.config_parser(Config, __doc__).parse_args(argv)
+    return _cli.config_from_args(Config, args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse(argv).validate()
+    maybe_initialize_distributed()
+    if config.grid:
+        run_grid(config, config.out)
+        return
+    report = train_and_evaluate(config, config.out)
+    print(json.dumps({k: report[k] for k in ("accuracy", "num_patterns", "num_jacobians", "margin_l1", "margin_l2", "spearman_l1_l2")}, indent=2))
+
+
+if __name__ == "__main__":
+    _cli.run(main)

@@ -1,0 +1,502 @@
+"""A streaming input pipeline for folders of images (one sub-folder per class), e.g. Caltech-101/256.
+
+The paper's Caltech-256 protocol (§5.3, App. I): per class, 5 random images for
+validation, 15 for test and the rest for training; images resized to 299×299×3
+and normalised per channel (ImageNet mean/std for ImageNet-pretrained weights).
+
+Images are decoded with Pillow, on demand, by a bounded thread pool (Pillow
+releases the GIL while decoding and resizing), a few batches ahead of the
+consumer: the data set never sits in memory as a float array. Every batch has
+the same number of rows; the last, ragged one is padded and masked, never
+dropped, as :func:`lld_jax._src.loop.train_epoch` does with host arrays.
+
+Units: :func:`load_image` returns uint8 pixels; :func:`normalize` maps them to
+``(x / 255 - mean) / std`` per channel. Margins and distortions are reported in
+[0, 1] pixel units; see :func:`normalize` and :func:`pixel_margin_scale` for
+converting a margin computed on normalised inputs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from lld_jax._src.host import epoch_order, pad_rows
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+Resize = Literal["crop", "stretch"]
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - Pillow is installed wherever the tests run
+        raise ImportError("reading image folders needs Pillow: pip install pillow") from err
+    return Image
+
+
+def scan_image_folder(
+    root: str, *, exclude: Sequence[str] = (), extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """Lists the images of a folder holding one sub-folder per class.
+
+    Classes are the sub-folders of ``root``, sorted by name (Python string
+    order, as torchvision's ``ImageFolder``); class ``k`` of that order gets
+    label ``k``. Each class folder is walked recursively, in sorted order.
+    Hidden files and folders (names starting with ``.``) and files whose
+    extension is not in ``extensions`` (case-insensitive) are skipped, as are
+    plain files directly in ``root``. Files are not opened here: a corrupt
+    image is reported when it is decoded. Caltech-101's ``BACKGROUND_Google``
+    class is kept unless excluded; its extension-less file ``tmp`` is skipped.
+
+    Args:
+      root: the folder holding the class sub-folders.
+      exclude: class names to leave out, e.g. ``("BACKGROUND_Google",)``; each
+        must exist (a typo is an error, not a silent no-op).
+      extensions: file-name endings that count as images.
+
+    Returns:
+      ``(paths, labels, class_names)``: ``paths`` a list of N file paths
+      (joined onto ``root``), grouped by class and sorted within it; ``labels``
+      an int32 array of shape (N,) with values in ``[0, len(class_names))``;
+      ``class_names`` the sorted class names.
+
+    Raises:
+      FileNotFoundError: ``root`` does not exist or is not a folder.
+      ValueError: ``root`` holds no class folder, ``exclude`` names a class
+        that is not there, or a class folder holds no image.
+    """
+    if not os.path.isdir(root):
+        what = "is not a folder" if os.path.exists(root) else "does not exist"
+        raise FileNotFoundError(f"image folder {root!r} {what}; pass the folder holding one sub-folder per class.")
+    exts = tuple(e.lower() for e in extensions)
+    classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+    unknown = sorted(set(exclude) - set(classes))
+    if unknown:
+        raise ValueError(f"exclude names classes that {root!r} does not hold: {unknown}.")
+    classes = [c for c in classes if c not in set(exclude)]
+    if not classes:
+        raise ValueError(f"image folder {root!r} holds no class sub-folder (one sub-folder of images per class is expected).")
+    paths: list[str] = []
+    labels: list[int] = []
+    for k, name in enumerate(classes):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            found += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".") and f.lower().endswith(exts)]
+        if not found:
+            raise ValueError(
+                f"class folder {os.path.join(root, name)!r} holds no image file (extensions {', '.join(exts)}); "
+                f"remove it or pass exclude=({name!r},)."
+            )
+        paths += found
+        labels += [k] * len(found)
+    return paths, np.asarray(labels, np.int32), classes
+
+
+def split_per_class(
+    labels: np.ndarray, *, num_val: int = 5, num_test: int = 15, seed: int = 0, class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The paper's per-class split: per class, ``num_val`` random examples for validation, ``num_test`` for test, the rest for training.
+
+    Each class is shuffled by its own generator, seeded with ``(seed, label)``,
+    so a class's split does not depend on the other classes.
+
+    Args:
+      labels: int array of shape (N,), the class of each example.
+      num_val: validation examples per class (paper: 5).
+      num_test: test examples per class (paper: 15).
+      seed: seed of the per-class shuffles.
+      class_names: names of the labels, used in error messages only.
+
+    Returns:
+      ``(train_idx, val_idx, test_idx)``: sorted int64 arrays of indices into
+      ``labels``; disjoint, and together they cover ``range(N)``.
+
+    Raises:
+      ValueError: ``labels`` is not a non-empty 1-D array of non-negative
+        integers, a count is negative, or a class has fewer than
+        ``num_val + num_test + 1`` examples (named).
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ValueError(f"labels must be a non-empty 1-D array of non-negative integers; got dtype {labels.dtype}, shape {labels.shape}.")
+    for name, v in (("num_val", num_val), ("num_test", num_test)):
+        if not (isinstance(v, (int, np.integer)) and v >= 0):
+            raise ValueError(f"{name} must be a non-negative integer, got {v!r}.")
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < num_val + num_test + 1:
+            name = f"{class_names[c]!r} (label {c})" if class_names is not None and c < len(class_names) else f"label {c}"
+            raise ValueError(
+                f"class {name} has {len(idx)} examples; the split needs at least num_val + num_test + 1 = {num_val + num_test + 1} "
+                "(one left for training). Exclude the class or lower num_val/num_test."
+            )
+        idx = idx[np.random.default_rng([seed, int(c)]).permutation(len(idx))]
+        parts[1].append(idx[:num_val])
+        parts[2].append(idx[num_val : num_val + num_test])
+        parts[0].append(idx[num_val + num_test :])
+    train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
+    return train, val, test
+
+
+def load_image(path: str, size: int = 299, *, resize: Resize = "crop") -> np.ndarray:
+    """Decodes one image file to a square RGB uint8 array.
+
+    Grayscale, bilevel, palette, CMYK and other 8-bit modes are converted to
+    RGB (grayscale gives three equal channels); an alpha channel is dropped
+    (the stored colours are kept, not composited); 16-bit grayscale is scaled
+    to 8 bits. Only the first frame of an animated file is read, and EXIF
+    orientation is not applied (as in torchvision's default pipeline).
+
+    Resizing (bilinear, antialiased when shrinking):
+      - ``"crop"`` (default): the central square of side ``min(width, height)``
+        is resized to ``size × size``, i.e. a shorter-side resize to ``size``
+        followed by a centre crop; the aspect ratio is kept.
+      - ``"stretch"``: the whole image is resized to ``size × size``; the
+        aspect ratio changes.
+
+    Args:
+      path: the image file.
+      size: the side of the output, in pixels (paper: 299).
+      resize: ``"crop"`` or ``"stretch"``, as above.
+
+    Returns:
+      uint8 array of shape (size, size, 3), values in [0, 255], HWC.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: the file is not a readable image, or has an unsupported
+        mode (32-bit integer or float pixels); the message names the file.
+    """
+    if resize not in ("crop", "stretch"):
+        raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}.")
+    if not (isinstance(size, (int, np.integer)) and size >= 1):
+        raise ValueError(f"size must be a positive integer, got {size!r}.")
+    Image = _pil()
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode.startswith("I;16"):
+                img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8))
+            elif img.mode in ("I", "F"):
+                raise ValueError(f"pixel mode {img.mode!r} (32-bit) is not supported; convert the file to 8-bit RGB or grayscale")
+            elif img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            w, h = img.size
+            box = (0.0, 0.0, float(w), float(h))
+            if resize == "crop":
+                s = min(w, h)
+                box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+            out = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path} is not a readable image ({err}); re-download or remove it.") from err
+    return out
+
+
+def normalize(images: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """Per-channel normalisation of uint8 images: ``(x / 255 - mean) / std``.
+
+    ``mean`` and ``std`` are in [0, 1] pixel units (ImageNet's by default, for
+    ImageNet-pretrained weights; or :func:`channel_stats` of the training
+    split). Margins and distortions are reported in [0, 1] pixel units: a
+    perturbation ``d`` of pixel values becomes ``d / std`` (per channel) after
+    normalisation. So a margin computed on normalised inputs converts back to
+    pixel units channel by channel; as one number, ``min(std) * margin`` is a
+    certified (conservative) pixel-unit margin and ``max(std) * margin`` an
+    upper bound (see :func:`pixel_margin_scale`). For exact pixel-unit margins,
+    feed the network [0, 1] pixels and normalise inside the model.
+
+    Args:
+      images: uint8 array of shape (..., 3), values in [0, 255].
+      mean: per-channel mean, 3 floats in [0, 1] pixel units.
+      std: per-channel standard deviation, 3 positive floats in [0, 1] pixel units.
+
+    Returns:
+      float32 array of the shape of ``images``.
+
+    Raises:
+      ValueError: ``images`` is not uint8 with 3 channels last, or ``mean``/``std``
+        are not 3 finite values (``std`` positive).
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim < 1 or images.shape[-1] != 3:
+        raise ValueError(f"normalize expects uint8 images with 3 channels last, got dtype {images.dtype}, shape {images.shape}.")
+    m, s = _check_stats(mean, std)
+    return ((images.astype(np.float32) * np.float32(1 / 255) - m) / s).astype(np.float32)
+
+
+def pixel_margin_scale(std: Sequence[float] = IMAGENET_STD) -> float:
+    """The factor turning a margin on normalised inputs into a certified margin in [0, 1] pixel units: ``min(std)``.
+
+    Normalisation divides channel ``c`` by ``std[c]``, so a pixel perturbation
+    ``d`` has normalised norm at most ``||d||_p / min(std)`` (any p). A region
+    certified for normalised perturbations of norm ``margin`` therefore holds
+    every pixel perturbation of norm ``min(std) * margin``. With a single std
+    (MNIST's 0.3081) this is exact, as in the paper's App. G; with per-channel
+    stds it is a lower bound.
+
+    Args:
+      std: per-channel standard deviation used by :func:`normalize`, in [0, 1] pixel units.
+
+    Returns:
+      ``min(std)`` as a float; pass it as ``scale`` to the evaluation helpers.
+    """
+    return float(_check_stats((0.0, 0.0, 0.0), std)[1].min())
+
+
+def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    if m.shape != (3,) or s.shape != (3,) or not (np.isfinite(m).all() and np.isfinite(s).all() and (s > 0).all()):
+        raise ValueError(f"mean and std must be 3 finite values each (std > 0), in [0, 1] pixel units; got {mean!r}, {std!r}.")
+    return m, s
+
+
+class ImageBatch(NamedTuple):
+    """One batch from :class:`ImageBatches`; rows where ``mask`` is False are padding."""
+
+    x: np.ndarray  # (B, S, S, 3) uint8, or float32 when normalised
+    y: np.ndarray  # (B,) int32
+    mask: np.ndarray  # (B,) bool
+
+
+class ImageBatches:
+    """Streams padded, masked batches of decoded images, decoding a few batches ahead in a thread pool.
+
+    ``epoch(e)`` visits every example exactly once, in the order
+    ``host.epoch_order(N, seed, e)`` when shuffling (the order
+    :func:`lld_jax._src.loop.train_epoch` uses for host arrays, so a resumed
+    run replays it), else in the given order. Each batch has ``batch_size``
+    rows (``batch_size // num_shards`` with sharding); the last, ragged one is
+    padded with copies of its first row and masked, never dropped.
+
+    Memory is bounded: at most ``prefetch + 1`` batches are decoded or being
+    decoded at any time, plus the batch the consumer holds.
+
+    Use it as a context manager (or call :meth:`close`) to stop its threads; an
+    epoch iterator that is closed or garbage-collected early cancels its
+    pending work. A decoding error is raised, naming the file, when the batch
+    holding it is requested.
+
+    Example::
+
+        with ImageBatches(paths, labels, batch_size=32, size=299, seed=0, mean=IMAGENET_MEAN, std=IMAGENET_STD) as batches:
+            for epoch in range(20):
+                for x, y, mask in batches.epoch(epoch):
+                    ...  # x: (32, 299, 299, 3) float32; y: (32,) int32; mask: (32,) bool
+
+    Args:
+      paths: N image files.
+      labels: int array of shape (N,).
+      batch_size: rows per (global) batch.
+      size: side of the square images, in pixels (paper: 299).
+      resize: ``"crop"`` or ``"stretch"``, see :func:`load_image`.
+      shuffle: visit the examples in the seeded per-epoch order; else in order.
+      seed: seed of the per-epoch shuffles.
+      mean, std: if given (both), batches hold ``normalize(x, mean, std)`` as
+        float32; if None (both), raw uint8 pixels.
+      workers: decoding threads (default: ``min(8, os.cpu_count())``).
+      prefetch: batches decoded ahead of the one being consumed (>= 0).
+      shard_index, num_shards: in a multi-process run, process ``shard_index``
+        of ``num_shards`` gets rows ``[i * b, (i + 1) * b)`` of every global
+        batch, ``b = batch_size // num_shards`` (the split ``train_epoch``
+        makes); every shard yields the same number of batches, a shard past
+        the ragged end getting a fully masked batch of zeros.
+
+    Raises:
+      ValueError: invalid arguments (checked at construction).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        size: int = 299,
+        resize: Resize = "crop",
+        shuffle: bool = True,
+        seed: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        workers: int | None = None,
+        prefetch: int = 2,
+        shard_index: int = 0,
+        num_shards: int = 1,
+    ) -> None:
+        self.paths = list(paths)
+        self.labels = np.asarray(labels)
+        n = len(self.paths)
+        if n == 0 or self.labels.shape != (n,) or not np.issubdtype(self.labels.dtype, np.integer):
+            raise ValueError(
+                f"ImageBatches needs at least one path and one integer label per path; got {n} paths, labels {self.labels.dtype}{self.labels.shape}."
+            )
+        self.labels = self.labels.astype(np.int32)
+        workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        for name, v, lo in (
+            ("batch_size", batch_size, 1),
+            ("size", size, 1),
+            ("workers", workers, 1),
+            ("prefetch", prefetch, 0),
+            ("num_shards", num_shards, 1),
+        ):
+            if not (isinstance(v, (int, np.integer)) and v >= lo):
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}.")
+        if batch_size % num_shards:
+            raise ValueError(f"batch_size={batch_size} must be a multiple of num_shards={num_shards}.")
+        if not (isinstance(shard_index, (int, np.integer)) and 0 <= shard_index < num_shards):
+            raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index!r}.")
+        if resize not in ("crop", "stretch"):
+            raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}.")
+        if (mean is None) != (std is None):
+            raise ValueError("pass both mean and std (normalised float32 batches) or neither (uint8 batches).")
+        self.stats = None if mean is None else _check_stats(mean, std)
+        self.batch_size, self.size, self.resize, self.shuffle, self.seed = int(batch_size), int(size), resize, shuffle, seed
+        self.prefetch, self.shard_index, self.num_shards = int(prefetch), int(shard_index), int(num_shards)
+        self.local_batch_size = self.batch_size // self.num_shards
+        self._pool: cf.ThreadPoolExecutor | None = cf.ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="lld-image")
+        self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
+
+    def __len__(self) -> int:
+        """Batches per epoch: ``ceil(N / batch_size)``, the same on every shard."""
+        return -(-len(self.paths) // self.batch_size)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """float32 when normalising, else uint8."""
+        return np.dtype(np.uint8 if self.stats is None else np.float32)
+
+    def __enter__(self) -> ImageBatches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Cancels pending decoding and stops the threads (waiting for running decodes); idempotent."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._finalizer.detach()
+
+    def __iter__(self) -> Iterator[ImageBatch]:
+        """Same as ``epoch(0)``: one pass, e.g. for evaluation with ``shuffle=False``."""
+        return self.epoch(0)
+
+    def epoch(self, epoch: int) -> Iterator[ImageBatch]:
+        """Iterates over epoch ``epoch``: ``len(self)`` batches of :class:`ImageBatch`.
+
+        Args:
+          epoch: the epoch index; with ``shuffle`` it seeds the order, which is
+            the same for the same ``(seed, epoch)``.
+
+        Returns:
+          An iterator of ``ImageBatch(x, y, mask)``: ``x`` of shape
+          (b, size, size, 3), uint8 pixels or float32 normalised values; ``y``
+          int32 (b,); ``mask`` bool (b,), False on padding rows; ``b`` the
+          local batch size.
+
+        Raises:
+          RuntimeError: the pipeline is closed (when iterated).
+          ValueError: an image cannot be decoded (when its batch is requested).
+        """
+        n = len(self.paths)
+        order = epoch_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
+        lo = self.shard_index * self.local_batch_size
+        batches = [order[s : s + self.batch_size][lo : lo + self.local_batch_size] for s in range(0, n, self.batch_size)]
+        return self._stream(batches)
+
+    def _stream(self, batches: list[np.ndarray]) -> Iterator[ImageBatch]:
+        pending: deque[tuple[np.ndarray, np.ndarray, list[cf.Future]]] = deque()
+        nxt = 0
+        try:
+            for _ in range(len(batches)):
+                while nxt < len(batches) and len(pending) <= self.prefetch:
+                    pending.append(self._submit(batches[nxt]))
+                    nxt += 1
+                idx, out, futures = pending[0]
+                for f in futures:
+                    f.result()  # re-raises a decoding error, naming the file
+                pending.popleft()
+                yield self._finish(idx, out)
+        finally:  # closed early, garbage-collected or failed: drop the work queued ahead
+            for _, _, futures in pending:
+                for f in futures:
+                    f.cancel()
+
+    def _submit(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[cf.Future]]:
+        if self._pool is None:
+            raise RuntimeError("this ImageBatches is closed; create a new one.")
+        b, s = self.local_batch_size, self.size
+        out = np.zeros((b, s, s, 3), self.dtype)
+        return idx, out, [self._pool.submit(self._decode_into, out, i, self.paths[j]) for i, j in enumerate(idx)]
+
+    def _decode_into(self, out: np.ndarray, row: int, path: str) -> None:
+        img = load_image(path, self.size, resize=self.resize)
+        out[row] = img if self.stats is None else normalize(img, *self.stats)
+
+    def _finish(self, idx: np.ndarray, out: np.ndarray) -> ImageBatch:
+        k, b = len(idx), self.local_batch_size
+        mask = np.zeros(b, bool)
+        mask[:k] = True
+        if k == 0:
+            return ImageBatch(out, np.zeros(b, np.int32), mask)
+        out[k:] = out[0]
+        return ImageBatch(out, pad_rows(self.labels[idx], b), mask)
+
+
+def channel_stats(
+    paths: Sequence[str], *, size: int = 299, resize: Resize = "crop", max_images: int | None = 1000, seed: int = 0, workers: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of decoded, resized images, in [0, 1] pixel units.
+
+    Computed over every pixel of (a seeded random sample of) the images, with
+    exact integer sums, streaming: pass the training split's paths.
+
+    Args:
+      paths: image files (e.g. the training split).
+      size, resize: as in :func:`load_image` (use the values of the pipeline).
+      max_images: use a random sample of this many images (None: all of them).
+      seed: seed of the sample.
+      workers: decoding threads (default: ``min(8, os.cpu_count())``).
+
+    Returns:
+      ``(mean, std)``: float64 arrays of shape (3,), for :func:`normalize`.
+
+    Raises:
+      ValueError: no paths, an invalid ``max_images``, or an unreadable image.
+    """
+    paths = list(paths)
+    if not paths:
+        raise ValueError("channel_stats needs at least one image path.")
+    if max_images is not None and not (isinstance(max_images, (int, np.integer)) and max_images >= 1):
+        raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}.")
+    if max_images is not None and max_images < len(paths):
+        pick = np.sort(np.random.default_rng(seed).choice(len(paths), max_images, replace=False))
+        paths = [paths[i] for i in pick]
+    total = np.zeros(3, np.uint64)
+    squares = np.zeros(3, np.uint64)
+    count = 0
+    with ImageBatches(paths, np.zeros(len(paths), np.int32), batch_size=16, size=size, resize=resize, shuffle=False, workers=workers) as batches:
+        for x, _, mask in batches:
+            v = x[mask].reshape(-1, 3).astype(np.uint64)
+            total += v.sum(0)
+            squares += (v * v).sum(0)
+            count += len(v)
+    mean = total / count / 255.0
+    var = np.maximum(squares / count / 255.0**2 - mean**2, 0.0)
+    return mean, np.sqrt(var)

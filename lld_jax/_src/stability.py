@@ -1,0 +1,94 @@
+"""Stability bounds: the directional margin along every input coordinate, both ways (paper Sec. 4.3, Fig. 3).
+
+For input coordinate k the bounds are the directional margins (Sec. 3.2.1)
+along +e_k and -e_k: the coordinate can move within
+``[x_k - lower_k, x_k + upper_k]`` (all else fixed) and the network stays
+linear, so its gradient (the explanation) is unchanged. All 2D bounds come
+from the neuron Jacobian in one pass, a chunk of input axes at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from lld_jax._src.checks import check_values, poison, prepare, run_checked
+from lld_jax._src.gradients import default_chunk, linearize_preacts, map_examples
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network
+
+Array = jax.Array
+
+
+def _first_crossing(z: Array, dz: Array) -> Array:
+    """Smallest t >= 0 at which some z_j + t dz_j changes sign against x's pattern (+inf if none); as in directional_margin."""
+    leaving = jnp.where(z > 0, dz < 0, dz > 0)
+    t = jnp.where(leaving, jnp.abs(z) / jnp.where(dz != 0, jnp.abs(dz), 1), jnp.inf)
+    return jnp.min(t, axis=-1)
+
+
+def _bounds_one(net: Network, params: PyTree, x: Array, chunk: int) -> tuple[Array, Array]:
+    z, lin = linearize_preacts(net, params, x)
+    dim = x.size
+
+    def axis(k):
+        dz = lin(jax.nn.one_hot(k, dim, dtype=x.dtype))  # column k of the neuron Jacobian
+        return _first_crossing(z, -dz), _first_crossing(z, dz)
+
+    lower, upper = jax.lax.map(axis, jnp.arange(dim), batch_size=chunk)
+    bad = jnp.any(jnp.isnan(z))
+    fix = lambda b: poison(jnp.where(bad, jnp.nan, b), x, params).reshape(x.shape)
+    return fix(lower), fix(upper)
+
+
+@functools.partial(jax.jit, static_argnames=("net", "chunk", "check", "batched"))
+def _stability(net, params, x, *, chunk, check, batched):
+    if check:
+        x = check_values(net, params, x, batched=batched)
+    one = lambda xi: _bounds_one(net, params, xi, chunk)
+    return map_examples(one, x) if batched else one(x)
+
+
+def stability_call(apply_fn, params, x, *, chunk_size, check, batched) -> tuple[Array, Array]:
+    """Shared body of :func:`stability_bounds` and its batched form."""
+    net = as_network(apply_fn)
+    x, hidden = prepare(net, params, x, batched=batched)
+    dim = x[0].size if batched else x.size
+    n = sum(math.prod(s) for s in hidden)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    return run_checked(_stability, net, params, x, chunk=chunk_size or default_chunk(dim, n), check=check, batched=batched)
+
+
+def stability_bounds(
+    apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, chunk_size: int | None = None, check: bool = True
+) -> tuple[Array, Array]:
+    """Per-coordinate stability bounds of ONE example: how far each input coordinate may move alone.
+
+    ``upper[k]`` is :func:`~lld_jax.directional_margin` along +e_k and
+    ``lower[k]`` along -e_k: for every t in ``[x_k - lower_k, x_k + upper_k]``
+    (other coordinates fixed) the input stays in x's linear region, so the
+    network's gradient there is exactly its gradient at x (paper Sec. 4.3,
+    the intervals of Fig. 3). +inf where the whole ray stays in the region
+    (e.g. the padding of a padded sequence).
+
+    Args:
+      apply_fn: the network.
+      params: its parameters.
+      x: one input, shape ``input_shape``; bounds are in its units.
+      chunk_size: input axes per vectorised chunk (memory ~ chunk_size * N).
+      check: run the value checks.
+
+    Returns:
+      ``(lower, upper)``, each shaped like ``x`` (NaN for non-finite inputs).
+
+    Example:
+      >>> import jax.numpy as jnp, lld_jax
+      >>> f = lambda w, x: (x.sum(), (x - 1.0,))     # boundaries at x_k = 1
+      >>> lo, up = lld_jax.stability_bounds(f, None, jnp.array([3.0, 0.5]))
+      >>> lo.tolist(), up.tolist()
+      ([2.0, inf], [inf, 0.5])
+    """
+    return stability_call(apply_fn, params, x, chunk_size=chunk_size, check=check, batched=False)

@@ -1,0 +1,340 @@
+"""The streaming image-folder pipeline: scanning, the per-class split, decoding, normalisation, padded batches."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lld_jax._src import image_folder as imf
+from lld_jax._src.host import epoch_order
+from lld_jax._src.image_folder import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageBatches,
+    channel_stats,
+    load_image,
+    normalize,
+    pixel_margin_scale,
+    scan_image_folder,
+    split_per_class,
+)
+
+CALTECH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "caltech101", "101_ObjectCategories")
+CALTECH = os.path.normpath(os.environ.get("LLD_CALTECH101", CALTECH))
+needs_caltech = pytest.mark.skipif(not os.path.isdir(CALTECH), reason="Caltech-101 not found (set LLD_CALTECH101)")
+SMALL = ("binocular", "inline_skate", "metronome")  # 33, 31, 32 images; binocular/0003 and metronome/0007 are grayscale
+
+
+def real_subset(k: int = 10) -> tuple[list[str], np.ndarray]:
+    """The first ``k`` images of three small Caltech-101 classes (read in place, never copied)."""
+    paths, labels = [], []
+    for c, name in enumerate(SMALL):
+        files = sorted(os.listdir(os.path.join(CALTECH, name)))[:k]
+        paths += [os.path.join(CALTECH, name, f) for f in files]
+        labels += [c] * len(files)
+    return paths, np.asarray(labels, np.int32)
+
+
+def write_image(path, arr: np.ndarray, mode: str | None = None, **save) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    img = Image.fromarray(arr)
+    if mode is not None:
+        img = img.convert(mode)
+    img.save(path, **save)
+    return str(path)
+
+
+def synthetic_folder(root, counts: dict[str, int], side: int = 12) -> None:
+    """Class folders of small PNGs whose pixels encode (class, index)."""
+    for c, (name, n) in enumerate(sorted(counts.items())):
+        for i in range(n):
+            write_image(os.path.join(root, name, f"img_{i:03d}.png"), np.full((side, side + 3, 3), (c * 40, i, 200), np.uint8))
+
+
+# ---------------------------------------------------------------- scanning
+
+
+@needs_caltech
+def test_scan_real_caltech_counts_and_background_class():
+    paths, labels, names = scan_image_folder(CALTECH)
+    assert len(names) == 102 and names == sorted(names) and "BACKGROUND_Google" in names
+    assert len(paths) == 9144 and labels.dtype == np.int32 and labels.shape == (9144,)  # BACKGROUND_Google/tmp has no extension
+    assert np.all(np.diff(labels) >= 0) and set(labels.tolist()) == set(range(102))
+    assert np.bincount(labels)[names.index("inline_skate")] == 31 and np.bincount(labels)[names.index("airplanes")] == 800
+    assert all(os.path.basename(os.path.dirname(p)) == names[y] for p, y in zip(paths[::97], labels[::97]))
+    paths2, labels2, names2 = scan_image_folder(CALTECH, exclude=("BACKGROUND_Google",))
+    assert len(names2) == 101 and "BACKGROUND_Google" not in names2 and len(paths2) == 8677 and labels2.max() == 100
+
+
+def test_scan_skips_hidden_and_non_images_and_walks_subfolders(tmp_path):
+    synthetic_folder(tmp_path, {"b": 2, "a": 3})
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "a" / "tmp").write_bytes(b"x")
+    (tmp_path / ".cache").mkdir()
+    write_image(tmp_path / ".cache" / "x.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "README.txt").write_text("file in root")
+    write_image(tmp_path / "b" / "sub" / "deep.JPG", np.zeros((4, 4, 3), np.uint8))
+    paths, labels, names = scan_image_folder(str(tmp_path))
+    assert names == ["a", "b"]
+    rel = [os.path.relpath(p, tmp_path) for p in paths]
+    assert rel == ["a/img_000.png", "a/img_001.png", "a/img_002.png", "b/img_000.png", "b/img_001.png", "b/sub/deep.JPG"]
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_scan_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_image_folder(str(tmp_path / "nope"))
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        scan_image_folder(str(tmp_path / "file.jpg"))
+    with pytest.raises(ValueError, match="no class sub-folder"):
+        scan_image_folder(str(tmp_path))
+    synthetic_folder(tmp_path, {"cat": 2})
+    (tmp_path / "dog").mkdir()
+    (tmp_path / "dog" / "readme.txt").write_text("no images")
+    with pytest.raises(ValueError, match="dog.*holds no image"):
+        scan_image_folder(str(tmp_path))
+    assert scan_image_folder(str(tmp_path), exclude=("dog",))[2] == ["cat"]
+    with pytest.raises(ValueError, match="does not hold.*'dgo'"):
+        scan_image_folder(str(tmp_path), exclude=("dgo",))
+
+
+# ---------------------------------------------------------------- the per-class split
+
+
+def check_split(labels, train, val, test, num_val=5, num_test=15):
+    n = len(labels)
+    assert np.array_equal(np.sort(np.concatenate([train, val, test])), np.arange(n))  # disjoint and covering
+    for c in np.unique(labels):
+        assert (labels[val] == c).sum() == num_val and (labels[test] == c).sum() == num_test
+        assert (labels[train] == c).sum() == (labels == c).sum() - num_val - num_test
+
+
+@needs_caltech
+def test_split_real_caltech_5_15_rest_deterministic():
+    _, labels, names = scan_image_folder(CALTECH)
+    a = split_per_class(labels, seed=0, class_names=names)
+    check_split(labels, *a)
+    assert len(a[1]) == 5 * 102 and len(a[2]) == 15 * 102
+    b = split_per_class(labels, seed=0)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b))
+    c = split_per_class(labels, seed=1)
+    check_split(labels, *c)
+    assert not np.array_equal(a[1], c[1]) and not np.array_equal(a[2], c[2])
+
+
+def test_split_custom_counts_and_errors():
+    labels = np.repeat(np.arange(4), [7, 9, 3, 12])
+    train, val, test = split_per_class(labels, num_val=1, num_test=1, seed=3)
+    check_split(labels, train, val, test, 1, 1)
+    assert train.dtype == np.int64 and np.all(np.diff(train) > 0)
+    with pytest.raises(ValueError, match=r"class 'c' \(label 2\) has 3 examples.*at least .* = 4"):
+        split_per_class(labels, num_val=2, num_test=1, class_names=["a", "b", "c", "d"])
+    with pytest.raises(ValueError, match="label 2 has 3"):
+        split_per_class(labels, num_val=2, num_test=1)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        split_per_class(labels.astype(float))
+    with pytest.raises(ValueError, match="num_test"):
+        split_per_class(labels, num_test=-1)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+@needs_caltech
+def test_load_real_images_shapes_grayscale_and_repeatability():
+    paths, _ = real_subset()
+    gray = [p for p in paths if Image.open(p).mode == "L"]
+    assert len(gray) >= 2  # binocular/image_0003, metronome/image_0007
+    for p in paths:
+        x = load_image(p)
+        assert x.shape == (299, 299, 3) and x.dtype == np.uint8
+        assert np.array_equal(x, load_image(p))  # decoding is deterministic
+        if p in gray:
+            assert np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 1], x[..., 2])
+        else:
+            assert not np.array_equal(x[..., 0], x[..., 2])
+    assert load_image(paths[0], 37, resize="stretch").shape == (37, 37, 3)
+    assert load_image(paths[0], 37).shape == (37, 37, 3)
+
+
+def test_crop_keeps_the_centre_and_stretch_keeps_everything(tmp_path):
+    arr = np.zeros((20, 60, 3), np.uint8)  # red | green | blue thirds
+    arr[:, :20, 0] = arr[:, 20:40, 1] = arr[:, 40:, 2] = 255
+    path = write_image(tmp_path / "wide.png", arr)
+    crop = load_image(path, 10, resize="crop")
+    # the central 20x20 square, green; only the border columns blend a little with their neighbours (as resize-then-crop does)
+    assert np.array_equal(crop[:, 1:-1], np.broadcast_to(np.array([0, 255, 0], np.uint8), (10, 8, 3)))
+    assert crop[..., 1].min() >= 200 and crop[..., 0].max() <= 55 and crop[..., 2].max() <= 55
+    stretch = load_image(path, 12, resize="stretch")
+    assert stretch[:, 0].tolist() == [[255, 0, 0]] * 12 and stretch[:, -1].tolist() == [[0, 0, 255]] * 12
+    tall = write_image(tmp_path / "tall.png", arr.transpose(1, 0, 2).copy())  # red / green / blue bands, top to bottom
+    assert np.array_equal(load_image(tall, 10), crop.transpose(1, 0, 2))
+
+
+def test_pixel_modes_become_rgb(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    cases = {
+        "L": write_image(tmp_path / "l.png", rgb, "L"),
+        "LA": write_image(tmp_path / "la.png", rgb, "LA"),
+        "1": write_image(tmp_path / "one.png", rgb, "1"),
+        "RGBA": write_image(tmp_path / "rgba.png", np.dstack([rgb, np.full((9, 7), 7, np.uint8)])),
+        "P": write_image(tmp_path / "p.gif", rgb, "P", transparency=0),
+        "CMYK": write_image(tmp_path / "cmyk.jpg", rgb, "CMYK"),
+        "I;16": write_image(tmp_path / "g16.png", np.full((9, 7), 40000, np.uint16)),
+    }
+    for mode, path in cases.items():
+        with Image.open(path) as img:
+            assert img.mode == mode
+        x = load_image(path, 5)
+        assert x.shape == (5, 5, 3) and x.dtype == np.uint8, mode
+        if mode in ("L", "LA", "1", "I;16"):
+            assert np.array_equal(x[..., 0], x[..., 1]) and np.array_equal(x[..., 0], x[..., 2]), mode
+    assert np.all(load_image(cases["I;16"], 5) == 40000 >> 8)
+    assert np.array_equal(load_image(cases["RGBA"], 7, resize="stretch"), load_image(write_image(tmp_path / "rgb.png", rgb), 7, resize="stretch"))
+
+
+@needs_caltech
+def test_corrupt_truncated_and_missing_files_are_named(tmp_path):
+    fake = tmp_path / "cls" / "image_0001.jpg"
+    fake.parent.mkdir()
+    fake.write_bytes(b"this is not a jpeg" * 10)
+    real = real_subset(2)[0][:2]
+    truncated = tmp_path / "cls" / "image_0002.jpg"
+    truncated.write_bytes(open(real[0], "rb").read()[:3000])
+    with pytest.raises(ValueError, match="image_0001.jpg is not a readable image"):
+        load_image(str(fake))
+    with pytest.raises(ValueError, match="image_0002.jpg is not a readable image"):
+        load_image(str(truncated))
+    with pytest.raises(FileNotFoundError, match="image_0003.jpg"):
+        load_image(str(tmp_path / "cls" / "image_0003.jpg"))
+    paths, labels, _ = scan_image_folder(str(tmp_path))  # scanning does not open files
+    assert len(paths) == 2
+    # the error comes out of the iterator, naming the file, after the good batches
+    with ImageBatches(real + paths[:1], np.array([0, 0, 0]), batch_size=2, size=16, shuffle=False, workers=2) as batches:
+        it = batches.epoch(0)
+        assert next(it).mask.all()
+        with pytest.raises(ValueError, match="image_0001.jpg"):
+            next(it)
+
+
+# ---------------------------------------------------------------- normalisation and statistics
+
+
+def test_normalize_values_and_pixel_scale():
+    x = np.array([[[0, 128, 255]], [[255, 0, 51]]], np.uint8)  # (2, 1, 3)
+    z = normalize(x)
+    expected = (x / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    assert z.dtype == np.float32 and z.shape == x.shape and np.allclose(z, expected, atol=1e-6)
+    assert np.allclose(normalize(x, (0, 0, 0), (1, 1, 1)), x / 255.0, atol=1e-7)
+    assert pixel_margin_scale() == pytest.approx(0.224) and pixel_margin_scale((0.3081,) * 3) == pytest.approx(0.3081)
+    # a pixel perturbation of l2 norm pixel_margin_scale * r has normalised norm <= r
+    d = np.random.default_rng(0).normal(size=(50, 3))
+    d *= pixel_margin_scale() / np.linalg.norm(d, axis=1, keepdims=True)
+    assert np.all(np.linalg.norm(d / np.array(IMAGENET_STD), axis=1) <= 1 + 1e-9)
+    with pytest.raises(ValueError, match="uint8"):
+        normalize(x.astype(np.float32))
+    with pytest.raises(ValueError, match="std > 0"):
+        normalize(x, IMAGENET_MEAN, (0.2, 0.0, 0.2))
+
+
+def test_channel_stats_exact_on_solid_images(tmp_path):
+    red = write_image(tmp_path / "r.png", np.full((6, 9, 3), (255, 0, 102), np.uint8))
+    blue = write_image(tmp_path / "b.png", np.full((6, 9, 3), (0, 0, 204), np.uint8))
+    mean, std = channel_stats([red, blue], size=4, workers=2)
+    assert np.allclose(mean, [0.5, 0.0, 0.6]) and np.allclose(std, [0.5, 0.0, 0.2])
+    one, _ = channel_stats([red, blue], size=4, max_images=1, seed=0)
+    assert np.allclose(one, [1.0, 0.0, 0.4]) or np.allclose(one, [0.0, 0.0, 0.8])  # a sample of one image
+    assert np.array_equal(one, channel_stats([red, blue], size=4, max_images=1, seed=0)[0])
+    with pytest.raises(ValueError, match="max_images"):
+        channel_stats([red], max_images=0)
+
+
+# ---------------------------------------------------------------- streaming batches
+
+
+@needs_caltech
+def test_batches_visit_every_real_image_once_per_epoch_padded_and_masked():
+    paths, classes = real_subset()
+    n = len(paths)  # 30
+    ids = np.arange(n, dtype=np.int32)  # labels = example ids, to check coverage and order
+    decoded = np.stack([load_image(p, 32) for p in paths])
+    with ImageBatches(paths, ids, batch_size=8, size=32, seed=5, workers=2, prefetch=2) as batches:
+        assert len(batches) == 4
+        for epoch in (0, 1):
+            got = list(batches.epoch(epoch))
+            assert [b.mask.sum() for b in got] == [8, 8, 8, 6]
+            for b in got:
+                assert b.x.shape == (8, 32, 32, 3) and b.x.dtype == np.uint8 and b.y.dtype == np.int32 and b.mask.dtype == bool
+                assert np.array_equal(b.x[b.mask], decoded[b.y[b.mask]])  # each row is its own image
+            last = got[-1]
+            assert np.array_equal(last.x[6:], np.repeat(last.x[:1], 2, 0)) and np.all(last.y[6:] == last.y[0])  # padded, masked
+            seen = np.concatenate([b.y[b.mask] for b in got])
+            assert np.array_equal(seen, epoch_order(n, 5, epoch))  # every example once, in train_epoch's order
+        again = [b.y for b in batches.epoch(1)]
+        assert all(np.array_equal(u, v.y) for u, v in zip(again, got))  # deterministic for (seed, epoch)
+        assert not np.array_equal(np.concatenate(again), np.concatenate([b.y for b in batches.epoch(0)]))
+    with ImageBatches(paths, classes, batch_size=7, size=32, shuffle=False, mean=IMAGENET_MEAN, std=IMAGENET_STD, workers=2) as batches:
+        got = list(batches)
+        assert len(got) == 5 and got[-1].mask.tolist() == [True, True] + [False] * 5
+        x = np.concatenate([b.x[b.mask] for b in got])
+        assert x.dtype == np.float32 and np.allclose(x, normalize(decoded), atol=1e-6)
+        assert np.array_equal(np.concatenate([b.y[b.mask] for b in got]), classes)
+
+
+def test_shards_split_each_global_batch(tmp_path):
+    synthetic_folder(tmp_path, {"a": 5, "b": 4})
+    paths, _, _ = scan_image_folder(str(tmp_path))
+    ids = np.arange(len(paths))  # 9 examples, global batch 8: the last global batch holds 1
+    shards = []
+    for k in range(2):
+        with ImageBatches(paths, ids, batch_size=8, size=8, seed=1, shard_index=k, num_shards=2, workers=1) as batches:
+            shards.append(list(batches.epoch(3)))
+    assert [len(s) for s in shards] == [2, 2] and all(b.x.shape[0] == 4 for s in shards for b in s)
+    order = epoch_order(9, 1, 3)
+    assert np.array_equal(shards[0][0].y, order[:4]) and np.array_equal(shards[1][0].y, order[4:8])
+    assert shards[0][1].mask.tolist() == [True, False, False, False] and shards[0][1].y[0] == order[8]
+    assert not shards[1][1].mask.any() and not shards[1][1].x.any()  # past the ragged end: fully masked zeros
+
+
+def test_prefetch_is_bounded_and_threads_stop(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_load(path, size, *, resize):
+        calls.append(path)
+        return np.zeros((size, size, 3), np.uint8)
+
+    monkeypatch.setattr(imf, "load_image", fake_load)
+    paths = [f"img{i}.png" for i in range(40)]
+    with ImageBatches(paths, np.zeros(40, int), batch_size=4, size=2, shuffle=False, workers=2, prefetch=1) as batches:
+        it = batches.epoch(0)
+        next(it)
+        time.sleep(0.2)
+        assert len(calls) <= 2 * 4  # the batch returned and one ahead, no more
+        next(it)
+        time.sleep(0.2)
+        assert len(calls) <= 3 * 4
+        it.close()  # abandoning an epoch cancels its queued work
+        assert len(list(batches.epoch(1))) == 10
+        time.sleep(0.1)
+        assert 8 + 40 <= len(calls) <= 12 + 40  # epoch 0 stopped after at most 3 batches; epoch 1 decoded all 40
+    assert not [t for t in threading.enumerate() if t.name.startswith("lld-image")]
+    with pytest.raises(RuntimeError, match="closed"):
+        next(batches.epoch(0))
+
+
+def test_batches_argument_errors():
+    with pytest.raises(ValueError, match="one integer label per path"):
+        ImageBatches(["a.png"], np.zeros(2, int), batch_size=1)
+    with pytest.raises(ValueError, match="batch_size"):
+        ImageBatches(["a.png"], np.zeros(1, int), batch_size=0)
+    with pytest.raises(ValueError, match="multiple of num_shards"):
+        ImageBatches(["a.png"], np.zeros(1, int), batch_size=3, num_shards=2)
+    with pytest.raises(ValueError, match="both mean and std"):
+        ImageBatches(["a.png"], np.zeros(1, int), batch_size=1, mean=IMAGENET_MEAN)
+    with pytest.raises(ValueError, match="resize"):
+        ImageBatches(["a.png"], np.zeros(1, int), batch_size=1, resize="pad")

@@ -1,0 +1,170 @@
+"""Recurrent nets: scoRNN stays orthogonal, padded sequences give exactly the results of the sequence alone,
+stability bounds equal one-direction margins, and the Japanese Vowels loader reads the real files."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import lld_jax as L
+from lld_jax.data import load_japanese_vowels, pad_sequences, sequence_lengths
+from lld_jax.training import TrainConfig, Trainer
+
+VOWELS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "japanese-vowels")
+F, H = 3, 6
+
+
+def _model(kind, seed=0, dtype=jnp.float64):
+    rngs = nnx.Rngs(seed)
+    if kind == "scornn":
+        return L.ScoRNN(F, 4, hidden=H, num_negative=2, negative_slope=0.1, variable_length=True, rngs=rngs, param_dtype=dtype)
+    return L.RNN(F, H, 4, negative_slope=0.0, variable_length=True, rngs=rngs, param_dtype=dtype)
+
+
+def _padded_and_alone(seed=0, lengths=(1, 4)):
+    rng = np.random.default_rng(seed)
+    seqs = [rng.normal(size=(n, F)) for n in lengths]
+    batch = jnp.asarray(pad_sequences(seqs, length=max(lengths) + 2, dtype=np.float64))  # extra padding on every sequence
+    alone = [jnp.asarray(pad_sequences([s], dtype=np.float64)[0]) for s in seqs]
+    return batch, alone
+
+
+def _real(a, n):
+    """The entries of a per-neuron array (N, ...) that belong to the first n time steps."""
+    return a[: n * H]
+
+
+@pytest.mark.parametrize("kind", ["scornn", "rnn"])
+def test_padded_sequence_equals_sequence_alone(kind):
+    # Every function compiles once per sequence length: two lengths, value checks off (tested elsewhere).
+    net, params = L.from_nnx(_model(kind))
+    batch, alone = _padded_and_alone()
+    lengths = sequence_lengths(np.asarray(batch))
+    full = kind == "scornn"  # the Elman RNN shares the recurrence: a subset suffices
+    kw = {"check": False}
+    margins = {p: L.batched.margin(net, params, batch, p=p, **kw) for p in ((1, 2, np.inf) if full else (2,))}
+    patterns = L.batched.activation_pattern(net, params, batch, **kw)
+    lo_b, up_b = L.batched.stability_bounds(net, params, batch, **kw)
+    for i, (xa, n) in enumerate(zip(alone, lengths)):
+        assert xa.shape[0] == n
+        for p, m in margins.items():
+            np.testing.assert_allclose(m[i], L.margin(net, params, xa, p=p, **kw), rtol=1e-12)
+        np.testing.assert_array_equal(_real(patterns[i], n), L.activation_pattern(net, params, xa, **kw))
+        assert not np.any(patterns[i][n * H :]), "padded steps must read as inactive"
+        for method in ("forward", "reverse", "template") if full else ("template",):
+            z_a, g_a = L.neuron_gradients(net, params, xa, method=method, **kw)
+            z_m, g_m = L.neuron_gradients(net, params, batch[i], method=method, **kw)
+            np.testing.assert_allclose(_real(z_m, n), z_a, rtol=1e-12)
+            # Gradients w.r.t. the real frames' features match; padded frames and the flag have none.
+            g_m = g_m.reshape(-1, batch.shape[1], F + 1)
+            np.testing.assert_allclose(_real(g_m, n)[:, :n, :F], g_a.reshape(-1, n, F + 1)[:, :, :F], rtol=1e-10, atol=1e-14)
+            assert not np.any(g_m[:, n:]) and not np.any(g_m[..., F]) and not np.any(g_m[n * H :])
+        for gamma in (100, 50, "max") if full else (100,):
+            roll = jax.jit(lambda q, u: L.roll_penalty(net, q, u, C=0.7, gamma=gamma))  # the losses run under the user's jit
+            np.testing.assert_allclose(roll(params, batch[i]), roll(params, xa), rtol=1e-12)
+        # Parameter gradients of the loss (what training uses) agree too.
+        grad = jax.jit(jax.grad(lambda q, u: L.roll_penalty(net, q, u, C=0.7)))
+        ga, gb = grad(params, xa), grad(params, batch[i])
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(v, u, rtol=1e-9, atol=1e-14), ga, gb)
+        # Outputs agree (the read-out sees the last real state).
+        np.testing.assert_allclose(net.apply(params, batch[i])[0], net.apply(params, xa)[0], rtol=1e-12)
+        lo_a, up_a = L.stability_bounds(net, params, xa, **kw)
+        np.testing.assert_allclose(lo_b[i][:n, :F], lo_a[:, :F], rtol=1e-12)
+        np.testing.assert_allclose(up_b[i][:n, :F], up_a[:, :F], rtol=1e-12)
+        assert np.all(np.isinf(lo_b[i][n:])) and np.all(np.isinf(up_b[i][:, F])), "padding and the flag are not coordinates"
+        if full:
+            dist = jax.jit(lambda q, u: L.distance_penalty(net, q, u))
+            np.testing.assert_allclose(dist(params, batch[i]), dist(params, xa), rtol=1e-12)
+            d = jax.random.normal(jax.random.key(i), (n, F), jnp.float64)
+            da = jnp.concatenate([d, jnp.zeros((n, 1))], -1)
+            db = jnp.zeros_like(batch[i]).at[:n, :F].set(d)
+            np.testing.assert_allclose(
+                L.directional_margin(net, params, batch[i], db, **kw), L.directional_margin(net, params, xa, da, **kw), rtol=1e-12
+            )
+
+
+def test_count_regions_ignores_padding_length():
+    net, params = L.from_nnx(_model("scornn"))
+    batch, alone = _padded_and_alone(lengths=(3, 3, 5))
+    more = jnp.asarray(pad_sequences([np.asarray(a[:, :F]) for a in alone], length=12, dtype=np.float64))
+    a = L.count_regions(net, params, batch)
+    b = L.count_regions(net, params, more)
+    assert a.num_patterns == b.num_patterns == 3
+
+
+def test_scornn_recurrent_matrix_stays_orthogonal_through_training():
+    model = L.ScoRNN(F, 3, hidden=16, num_negative=5, negative_slope=0.1, variable_length=True, rngs=nnx.Rngs(1))
+    net, params = L.from_nnx(model)
+    w0 = L.cayley_recurrent(params["skew"], 5)
+    assert float(jnp.max(jnp.abs(w0.T @ w0 - jnp.eye(16)))) < 1e-5
+    d = jnp.diag(w0)  # D's -1 entries stay where they were put: W = Cayley(A) D
+    rng = np.random.default_rng(0)
+    x = pad_sequences([rng.normal(size=(rng.integers(2, 7), F)) for _ in range(16)], dtype=np.float32)
+    y = rng.integers(0, 3, 16).astype(np.int32)
+    trainer = Trainer(net, TrainConfig(optimizer="amsgrad", lr=0.05, lam=0.5, C=1.0, batch_size=8))
+    state = trainer.init_state(params)
+    for _ in range(10):
+        state, _ = trainer.train_step(state, *trainer.padded_batch(x[:8], y[:8], 8))
+    w = L.cayley_recurrent(state.params["skew"], 5)
+    assert float(jnp.max(jnp.abs(w - w0))) > 1e-3, "training must move W"
+    assert float(jnp.max(jnp.abs(w.T @ w - jnp.eye(16)))) < 1e-5
+    assert d.shape == (16,)
+
+
+def test_stability_bounds_equal_one_direction_margins():
+    for kind, shape in (("scornn", (4, F + 1)), ("mlp", (5,))):
+        if kind == "mlp":
+            net, params = L.from_nnx(L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(3), param_dtype=jnp.float64))
+            x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+        else:
+            net, params = L.from_nnx(_model("scornn", seed=2))
+            x = _padded_and_alone(lengths=(4,))[0][0, :4]
+        lo, up = L.stability_bounds(net, params, x, chunk_size=3)
+        for k in range(x.size):
+            e = jnp.zeros(x.size, x.dtype).at[k].set(1.0).reshape(x.shape)
+            np.testing.assert_allclose(up.reshape(-1)[k], L.directional_margin(net, params, x, e), rtol=1e-12)
+            np.testing.assert_allclose(lo.reshape(-1)[k], L.directional_margin(net, params, x, -e), rtol=1e-12)
+        finite = np.isfinite(np.asarray(up)) & (np.asarray(up) > 0)
+        assert finite.any()
+        # Tight: just past an upper bound the pattern changes, just before it does not.
+        k = int(np.argmax(np.where(finite.reshape(-1), -np.asarray(up).reshape(-1), -np.inf)))
+        e = jnp.zeros(x.size, x.dtype).at[k].set(1.0).reshape(x.shape)
+        t = up.reshape(-1)[k]
+        assert L.same_region(net, params, x, x + 0.999 * t * e)
+        assert not L.same_region(net, params, x, x + 1.001 * t * e)
+
+
+def test_japanese_vowels_loader_reads_the_real_files():
+    raw = load_japanese_vowels(VOWELS)
+    ts = load_japanese_vowels(VOWELS, source="ts")
+    assert len(raw.train.x) == 270 and len(raw.test.x) == 370
+    assert sum(len(s) for s in raw.train.x) == 4274 and sum(len(s) for s in raw.test.x) == 5687
+    assert {s.shape[1] for s in raw.train.x + raw.test.x} == {12}
+    lens = [len(s) for s in raw.test.x]
+    assert min(lens) == 7 and max(lens) == 29
+    np.testing.assert_array_equal(np.bincount(raw.test.y), [31, 35, 88, 44, 29, 24, 40, 50, 29])
+    for a, b in zip(raw.train.x + raw.test.x, ts.train.x + ts.test.x):  # two independent copies of the data
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(raw.train.y, ts.train.y)
+    np.testing.assert_array_equal(raw.test.y, ts.test.y)
+
+
+def test_loader_and_padding_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        load_japanese_vowels(str(tmp_path))
+    (tmp_path / "ae.train").write_text("1.0 2.0 x\n")
+    (tmp_path / "ae.test").write_text("")
+    with pytest.raises(ValueError, match="line 1"):
+        load_japanese_vowels(str(tmp_path))
+    (tmp_path / "ae.train").write_text(" ".join(["0.5"] * 12) + "\n" + " ".join(["1.0"] * 12) + "\n")
+    with pytest.raises(ValueError, match="holds 1 utterances, expected 270"):
+        load_japanese_vowels(str(tmp_path))
+    with pytest.raises(ValueError, match="never truncated"):
+        pad_sequences([np.ones((3, 2))], length=2)
+    with pytest.raises(ValueError, match="one F"):
+        pad_sequences([np.ones((3, 2)), np.ones((3, 4))])
+    with pytest.raises(ValueError, match=r"shape \(T, 4\)"):
+        L.from_nnx(_model("scornn"))[0].apply(L.from_nnx(_model("scornn"))[1], jnp.ones((5, 3)))

@@ -1,0 +1,63 @@
+"""The Japanese Vowels experiment on a tiny subset of the real data: grid, selection, Table 2, Figure 3, reloading."""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import lld_jax as L
+from experiments import vowels
+
+VOWELS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "japanese-vowels")
+TINY = vowels.Config(data_dir=VOWELS_DIR, hidden=8, epochs=1, train_size=36, test_size=24, progress=False)
+
+
+def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
+    cfg = dataclasses.replace(TINY, grid=True, grid_lam=(0.5,), grid_C=(1.0, 4.0), val_size=2)
+    reports, picks = vowels.run_grid(cfg, str(tmp_path))
+    assert set(reports) == {"vanilla", "lam0.5_C1", "lam0.5_C4"}
+    # Selection on the carved validation split, re-derived from the reports.
+    target = round(100 * reports["vanilla"]["val"]["accuracy"])
+    for slot, acc in (("same_accuracy", target), ("one_point_lower", target - 1)):
+        cands = {k: r["val"]["margin_l2"]["P50"] for k, r in reports.items() if k != "vanilla" and round(100 * r["val"]["accuracy"]) == acc}
+        assert picks[slot] == (max(cands, key=cands.get) if cands else None)
+    table = (tmp_path / "table2.md").read_text()
+    assert table.count("\n| ") == 1 + sum(1 for k in picks.values() if k) and "units of 1e-06 (raw features)" in table
+    # The report's numbers, recomputed from the reloaded best checkpoint.
+    data = vowels.VowelsData(cfg)
+    assert data.train.x.shape == (36, 29, 13)
+    assert len(data.val.x) == 18 and not set(map(bytes, data.val.x)) & set(map(bytes, data.train.x))
+    roll = "lam0.5_C4"
+    net, params = vowels.load_params(cfg, str(tmp_path / roll), data.length)
+    x, y = data.test
+    logits = jax.vmap(lambda u: net.apply(params, u)[0])(x)
+    assert reports[roll]["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1) == y)))
+    m2 = np.asarray(L.batched.margin(net, params, x, p=2, method="reverse"))
+    np.testing.assert_allclose(reports[roll]["margin_l2"]["P50"], np.median(m2), rtol=1e-3)
+    # Figure 3: the sequences at the P50 / P75 of the plotted ROLL model's l2 margin.
+    fig = json.loads((tmp_path / "figure3.json").read_text())
+    shown = (
+        picks["same_accuracy"]
+        or picks["one_point_lower"]
+        or max((k for k in reports if k != "vanilla"), key=lambda k: reports[k]["val"]["margin_l2"]["P50"])
+    )
+    net, params = vowels.load_params(cfg, str(tmp_path / shown), data.length)
+    r = np.asarray(L.batched.margin(net, params, x, p=2))
+    for q in (50, 75):
+        assert abs(r[fig["sequences"][f"P{q}"]] - np.percentile(r, q)) == pytest.approx(np.min(np.abs(r - np.percentile(r, q))))
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(tmp_path / "figure3.png"))
+    assert img.shape[:2] == (640, 1000) and img[..., :3].std() > 0.05
+
+
+def test_vowels_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="val_size"):
+        vowels.Config(val_size=30).validate()
+    with pytest.raises(ValueError, match="train_size=999 exceeds"):
+        vowels.train_and_evaluate(dataclasses.replace(TINY, train_size=999), str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="ae.train"):
+        vowels.train_and_evaluate(dataclasses.replace(TINY, data_dir=str(tmp_path)), str(tmp_path / "run"))
