@@ -44,6 +44,7 @@ from lld_jax._src.regions import (
     same_region,
 )
 from lld_jax._src.stability import stability_bounds
+from lld_jax._src.torch_weights import load_torch_resnet
 
 __version__ = "0.2.0"
 
@@ -74,6 +75,7 @@ __all__ = [
     "hull_in_region",
     "l1_ball_in_region",
     "l1_ball_vertices",
+    "load_torch_resnet",
     "losses",
     "margin",
     "margin_with_neuron",

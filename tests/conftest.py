@@ -8,5 +8,5 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-# Worker scripts run as subprocesses by the tests; they must not be imported at collection.
-collect_ignore = ["killable_fit.py", "multiprocess_fit.py"]
+# Worker scripts run as subprocesses, and the optional-torch reference model: not imported at collection.
+collect_ignore = ["killable_fit.py", "multiprocess_fit.py", "torch_resnet.py"]

@@ -185,32 +185,55 @@ class CNN(nnx.Module):
         return self.dense[-1](h), tuple(act.preacts)
 
 
+def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, param_dtype) -> nnx.Conv:
+    # PyTorch's symmetric k // 2 padding (not "SAME", which pads stride-2 layers asymmetrically),
+    # so torchvision weights give torchvision's outputs.
+    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    return nnx.Conv(cin, cout, (k, k), strides=stride, padding=pad, use_bias=False, rngs=rngs, param_dtype=param_dtype)
+
+
+def _bn(c: int, rngs: nnx.Rngs, param_dtype) -> nnx.BatchNorm:
+    return nnx.BatchNorm(c, use_running_average=True, rngs=rngs, param_dtype=param_dtype)
+
+
+def frozen_batchnorm(bn: nnx.BatchNorm, x: Array) -> Array:
+    """BatchNorm with its stored statistics held constant: an affine map per example.
+
+    The statistics get no gradient, so training (SGD, Adam) updates only
+    ``scale`` and ``bias`` and the statistics stay those loaded (e.g. ImageNet's)
+    or initialised (0 and 1): the network is the same piecewise-linear function of
+    each example in training and in certification (no batch statistics).
+    """
+    mean, var = jax.lax.stop_gradient(bn.mean[...]), jax.lax.stop_gradient(bn.var[...])
+    return (x - mean) * (bn.scale[...] * jax.lax.rsqrt(var + bn.epsilon)) + bn.bias[...]
+
+
 class BasicBlock(nnx.Module):
-    """ResNet basic block: conv-BN-act-conv-BN, plus shortcut, then act."""
+    """ResNet basic block: conv-BN-act-conv-BN, plus shortcut, then act (torchvision's layout)."""
 
     def __init__(self, cin: int, cout: int, stride: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        conv = lambda a, b, k, s: nnx.Conv(a, b, (k, k), strides=s, padding="SAME", use_bias=False, rngs=rngs, param_dtype=param_dtype)
-        bn = lambda c: nnx.BatchNorm(c, use_running_average=True, rngs=rngs, param_dtype=param_dtype)
-        self.conv1, self.bn1 = conv(cin, cout, 3, stride), bn(cout)
-        self.conv2, self.bn2 = conv(cout, cout, 3, 1), bn(cout)
+        self.conv1, self.bn1 = _conv(cin, cout, 3, stride, rngs, param_dtype), _bn(cout, rngs, param_dtype)
+        self.conv2, self.bn2 = _conv(cout, cout, 3, 1, rngs, param_dtype), _bn(cout, rngs, param_dtype)
         self.project = stride != 1 or cin != cout
         if self.project:
-            self.conv_sc, self.bn_sc = conv(cin, cout, 1, stride), bn(cout)
+            self.conv_sc, self.bn_sc = _conv(cin, cout, 1, stride, rngs, param_dtype), _bn(cout, rngs, param_dtype)
 
     def __call__(self, x: Array, act: _Act) -> Array:
-        h = act(self.bn1(self.conv1(x)))
-        h = self.bn2(self.conv2(h))
-        shortcut = self.bn_sc(self.conv_sc(x)) if self.project else x
+        h = act(frozen_batchnorm(self.bn1, self.conv1(x)))
+        h = frozen_batchnorm(self.bn2, self.conv2(h))
+        shortcut = frozen_batchnorm(self.bn_sc, self.conv_sc(x)) if self.project else x
         return act(h + shortcut)
 
 
 class ResNet(nnx.Module):
     """Residual network of basic blocks; BatchNorm is its inference-time affine map.
 
-    BatchNorm always uses its running statistics (``use_running_average``), so
-    the network stays a fixed piecewise-linear function of one example; the
-    paper's ResNet-18 variant replaces the stem's max pooling by average pooling
-    (App. I), which :func:`resnet18` builds.
+    BatchNorm always uses its stored statistics, held constant in training too
+    (:func:`frozen_batchnorm`), so the network stays one piecewise-linear
+    function of each example; the paper's ResNet-18 variant replaces the
+    stem's max pooling by average pooling (App. I), which :func:`resnet18`
+    builds. Convolutions pad like PyTorch's, so torchvision weights load
+    exactly (:func:`lld_jax.load_torch_resnet`).
 
     Args:
       input_shape: (H, W, C).
@@ -242,8 +265,8 @@ class ResNet(nnx.Module):
         self.stem_kind = stem
         cin = self.input_shape[-1]
         k, s = (7, 2) if stem == "imagenet" else (3, 1)
-        self.stem_conv = nnx.Conv(cin, stage_channels[0], (k, k), strides=s, padding="SAME", use_bias=False, rngs=rngs, param_dtype=param_dtype)
-        self.stem_bn = nnx.BatchNorm(stage_channels[0], use_running_average=True, rngs=rngs, param_dtype=param_dtype)
+        self.stem_conv = _conv(cin, stage_channels[0], k, s, rngs, param_dtype)
+        self.stem_bn = _bn(stage_channels[0], rngs, param_dtype)
         blocks, c = [], stage_channels[0]
         for i, (ch, n) in enumerate(zip(stage_channels, blocks_per_stage)):
             for j in range(n):
@@ -254,9 +277,9 @@ class ResNet(nnx.Module):
 
     def __call__(self, x: Array, slopes: Sequence[Array] | None = None):
         act = _Act(self.negative_slope, slopes)
-        h = act(self.stem_bn(self.stem_conv(x)))
-        if self.stem_kind == "imagenet":
-            h = nnx.avg_pool(h, (3, 3), strides=(2, 2), padding="SAME")
+        h = act(frozen_batchnorm(self.stem_bn, self.stem_conv(x)))
+        if self.stem_kind == "imagenet":  # torchvision's 3x3 stride-2 pad-1 pooling, averaged (zeros counted, as torch's default)
+            h = nnx.avg_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=True)
         for block in self.blocks:
             h = block(h, act)
         return self.head(jnp.mean(h, axis=(0, 1))), tuple(act.preacts)
