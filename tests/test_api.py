@@ -123,3 +123,22 @@ def test_public_surface_is_curated_and_documented():
     for mod in (L, L.batched, L.losses, L.training, L.evaluation, L.slices, L.data):
         stray = [n for n in dir(mod) if not n.startswith("_") and n != "annotations" and n not in mod.__all__]
         assert stray == [], f"{mod.__name__}: public attributes outside __all__: {stray}"
+
+
+def test_geometry_is_traced_at_full_matmul_precision():
+    # GPUs (TF32) and TPUs (bf16 passes) lower float32 products at reduced precision unless asked:
+    # every certificate kernel must ask for HIGHEST, also inside a user's jit.
+    net, params = L.from_nnx(L.MLP(4, [5, 5], 2, rngs=nnx.Rngs(0)))
+    x = jnp.ones((3, 4), jnp.float32)
+    calls = {
+        "margin": lambda p, u: L.batched.margin(net, p, u, p=2, method="forward", check=False),
+        "gram": lambda p, u: L.batched.margin(net, p, u, p=2, method="gram", check=False),
+        "directional": lambda p, u: L.batched.directional_margin(net, p, u, u, check=False),
+        "stability": lambda p, u: L.batched.stability_bounds(net, p, u, check=False)[0],
+        "per_example": lambda p, u: jax.vmap(lambda v: L.margin(net, p, v, p=1, check=False))(u),
+    }
+    for name, f in calls.items():
+        text = jax.jit(f).lower(params, x).as_text()
+        dots = [line for line in text.splitlines() if "dot_general" in line]
+        assert dots, name
+        assert all("HIGHEST" in line for line in dots), f"{name}: a matmul below full precision"

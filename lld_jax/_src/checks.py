@@ -210,14 +210,18 @@ def run_checked(fn, net: Network, params: PyTree, x: Array, *rest, check: bool, 
     follows), and a failure raises :class:`CheckError` here; the kernel then
     runs unchecked and asynchronously. Under a trace the kernel carries the
     checks itself. ``extras`` maps names to further arrays that must be finite.
+    Everything is traced with ``jax.default_matmul_precision("highest")``.
     """
     extras = extras or {}
     tracing = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((params, x, rest, tuple(extras.values()))))
     try:
-        if check and not tracing:
-            jax.block_until_ready(_eager_checks(net, params, x, tuple(extras.values()), names=tuple(extras), batched=batched, xname=xname))
-            check = False
-        return fn(net, params, x, *rest, check=check, batched=batched, **kw)
+        # Certificates need full-precision products: GPUs default to TF32 and TPUs to bf16 passes
+        # for float32 matmuls and convolutions, which would move margins by ~1e-3 relative.
+        with jax.default_matmul_precision("highest"):
+            if check and not tracing:
+                jax.block_until_ready(_eager_checks(net, params, x, tuple(extras.values()), names=tuple(extras), batched=batched, xname=xname))
+                check = False
+            return fn(net, params, x, *rest, check=check, batched=batched, **kw)
     except Exception as err:  # XLA wraps a callback's exception in its own type; recover ours
         reraise(err)
         raise
