@@ -12,6 +12,9 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
 * Learning: :func:`roll_penalty`, :func:`roll_penalty_sampled`,
   :func:`distance_penalty` (more in :mod:`lld_jax.losses`); the training loop
   is in :mod:`lld_jax.training`.
+* Gradient stability (paper Sec. 3.3, 4.4): :func:`input_gradient`,
+  :func:`expected_gradient_distortion`, :func:`max_gradient_distortion`,
+  :func:`integrated_gradients`.
 * Networks: :class:`Network`, :func:`as_network`, :func:`from_nnx` and the
   built-in models :class:`MLP`, :class:`CNN`, :class:`ResNet`,
   :func:`resnet18`, :class:`RNN`, :class:`ScoRNN` (padded sequences: see
@@ -20,6 +23,14 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
 
 from lld_jax import batched, data, evaluation, losses, slices, training
 from lld_jax._src.checks import CheckError
+from lld_jax._src.distortion import (
+    GradientDistortion,
+    expected_gradient_distortion,
+    input_gradient,
+    integrated_gradients,
+    max_gradient_distortion,
+    sample_linf_ball,
+)
 from lld_jax._src.gradients import METHODS, neuron_gradient_norms, neuron_gradients
 from lld_jax._src.losses import distance_penalty, roll_penalty, roll_penalty_sampled
 from lld_jax._src.margins import (
@@ -49,6 +60,12 @@ from lld_jax._src.torch_weights import load_torch_resnet
 __version__ = "0.2.0"
 
 __all__ = [
+    "sample_linf_ball",
+    "max_gradient_distortion",
+    "integrated_gradients",
+    "input_gradient",
+    "expected_gradient_distortion",
+    "GradientDistortion",
     "CNN",
     "CheckError",
     "INITS",
