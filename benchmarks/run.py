@@ -77,12 +77,13 @@ def mnist_net(widths=(300, 300, 300, 300), d=784):
 
 def margin_flops(method: str, b: int, d: int, widths) -> float:
     w = list(widths)
-    r = min(d, w[0]) if method == "gram" else d
+    r = min(d, w[0]) if method in ("gram", "rowspace") else d
     return 2.0 * b * r * sum(w[i - 1] * w[i] for i in range(1, len(w)))
 
 
 def bench_margins(repeats: int, batches, peak: float) -> list[dict]:
     net, params = mnist_net()
+    plain = lld_jax.as_network(net.apply)
     rows = []
     for b in batches:
         x = jax.random.normal(jax.random.key(1), (b, 784))
@@ -91,13 +92,16 @@ def bench_margins(repeats: int, batches, peak: float) -> list[dict]:
         # paper's back-propagation baseline; "reverse" vectorises the VJPs over neurons.
         variants = {"reverse_per_neuron": ("reverse", 1)} if b <= 64 else {}
         variants |= {m: (m, None) for m in ("reverse", "forward", "template", "gram")}
+        # The same MLP as a plain function (no dense_layers, no frozen apply): what a user's own model gets.
+        variants |= {f"plain_{m}": (m, None) for m in ("forward", "rowspace")}
         for name, (method, chunk) in variants.items():
-            f = lambda: lld_jax.batched.margin(net, params, x, p=2, method=method, chunk_size=chunk)
+            model = plain if name.startswith("plain_") else net
+            f = lambda: lld_jax.batched.margin(model, params, x, p=2, method=method, chunk_size=chunk)
             t = timeit(f, repeats)
             if method == "gram":
                 exact = lld_jax.batched.neuron_gradient_norms(net, params, x, ord=2, method="gram", squared=True)[1]
             flops = margin_flops(method, b, 784, (300,) * 4) if method != "reverse" else None
-            mem = temp_mib(margin_fn(net, p=2, method=method, chunk_size=chunk), params, x)
+            mem = temp_mib(margin_fn(model, p=2, method=method, chunk_size=chunk), params, x)
             rows.append(
                 {
                     "bench": "margin_l2",

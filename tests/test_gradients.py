@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from nets import KINDS, make
 
 import lld_jax as L
@@ -15,6 +16,9 @@ def brute_force(net, params, x):
         return f(xi), jax.jacfwd(f)(xi.reshape(-1))
 
     return jax.vmap(one)(x)
+
+
+RECURRENT = ("rnn", "scornn")  # x_t enters at every step: not feed-forward through the first layer
 
 
 def methods_for(net):
@@ -38,6 +42,7 @@ def test_norm_methods_agree_float64(kind, ord):
     _, j_ref = brute_force(net, params, x)
     ref = np.linalg.norm(np.asarray(j_ref), ord=ord, axis=-1)
     methods = methods_for(net) + (["gram"] if ord == 2 and net.dense_layers is not None else [])
+    methods += ["rowspace"] if ord == 2 and kind not in RECURRENT else []
     for method in methods:
         _, n = L.batched.neuron_gradient_norms(net, params, x, ord=ord, method=method, chunk_size=7)
         np.testing.assert_allclose(n, ref, rtol=1e-10, atol=1e-12 * ref.max(), err_msg=method)
@@ -71,3 +76,52 @@ def test_squared_norm_is_square_of_norm():
     _, n = L.batched.neuron_gradient_norms(net, params, x, ord=2)
     _, s = L.batched.neuron_gradient_norms(net, params, x, ord=2, squared=True)
     np.testing.assert_allclose(s, n**2, rtol=1e-12)
+
+
+def _plain_mlp(d=24, widths=(7, 9, 5), seed=0, skip=False):
+    """A user's MLP as a plain function (no dense_layers): N_1 <= D / 2, so auto takes the row-space path."""
+    rng = np.random.default_rng(seed)
+    sizes = [d, *widths, 3]
+    params = [(jnp.asarray(rng.normal(size=(b, a)) / np.sqrt(a)), jnp.asarray(0.1 * rng.normal(size=b))) for a, b in zip(sizes[:-1], sizes[1:])]
+
+    def apply(p, x):
+        pre, h = [], x
+        for i, (w, b) in enumerate(p[:-1]):
+            z = w @ h + b + (0.3 * x[: w.shape[0]] if skip and i == 1 else 0)  # skip: x read again by layer 2
+            pre.append(z)
+            h = jax.nn.relu(z)
+        return p[-1][0] @ h + p[-1][1], tuple(pre)
+
+    return apply, params, jnp.asarray(rng.normal(size=(6, d)))
+
+
+def test_rowspace_is_exact_for_plain_feedforward_functions_and_auto_uses_it():
+    f, params, x = _plain_mlp()
+    net = L.as_network(f)
+    from lld_jax._src.gradients import pick_method
+
+    assert pick_method(net, "auto", 2, (24,), ((7,), (9,), (5,)), None)[0] == "rowspace"
+    _, j_ref = brute_force(net, params, x)
+    ref = np.linalg.norm(np.asarray(j_ref), axis=-1)
+    for method in ("auto", "rowspace"):
+        _, n = L.batched.neuron_gradient_norms(f, params, x, ord=2, method=method, chunk_size=3)
+        np.testing.assert_allclose(n, ref, rtol=1e-10, err_msg=method)
+    np.testing.assert_allclose(L.batched.margin(f, params, x, p=2), L.batched.margin(f, params, x, p=2, method="forward"), rtol=1e-10)
+    roll = jax.jit(lambda p, u: L.roll_penalty(f, p, u, C=0.5))  # the training loss takes the same path
+    roll_fwd = jax.jit(lambda p, u: L.roll_penalty(f, p, u, C=0.5, method="forward"))
+    np.testing.assert_allclose(roll(params, x[0]), roll_fwd(params, x[0]), rtol=1e-10)
+
+
+def test_rowspace_refuses_networks_that_read_x_beyond_the_first_layer():
+    f, params, x = _plain_mlp(skip=True)
+    for check in (True, False):  # the structure check is part of the method, never skipped
+        with pytest.raises(ValueError, match="feed-forward"):
+            L.batched.margin(f, params, x, p=2, method="rowspace", check=check)
+    with pytest.raises(ValueError, match="only computes l2 norms"):
+        L.batched.margin(f, params, x, p=1, method="rowspace")
+    # A recurrent net reports all its steps as ONE preact: its row space holds every gradient, so the
+    # method is exact there (the check passes for the right reason).
+    rnet, rparams = L.from_nnx(L.RNN(6, 2, 2, negative_slope=0.1, length=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
+    rx = jax.random.normal(jax.random.key(0), (3, 4, 6), jnp.float64)
+    a = L.batched.neuron_gradient_norms(rnet, rparams, rx, ord=2, method="rowspace")[1]
+    np.testing.assert_allclose(a, L.batched.neuron_gradient_norms(rnet, rparams, rx, ord=2, method="forward")[1], rtol=1e-10)

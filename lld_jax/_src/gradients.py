@@ -30,11 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lld_jax._src.checks import check_values, prepare, run_checked
+from lld_jax._src.checks import check_values, error_if, prepare, run_checked
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask, flat_preacts, mask_neurons, pattern_slopes
 
 Array = jax.Array
-METHODS = ("auto", "forward", "reverse", "template", "gram")
+METHODS = ("auto", "forward", "reverse", "template", "gram", "rowspace")
 _ORDS = (1, 2, np.inf)
 # Elements of one chunk's tangent block per example: keeps B * chunk * N bounded.
 _CHUNK_ELEMENTS = 1 << 18
@@ -54,6 +54,8 @@ def check_method(net: Network, method: str, ord: float | None) -> None:
             raise ValueError("method='gram' is the MLP-only l2 fast path: it needs Network.dense_layers (built-in MLP).")
         if ord != 2:
             raise ValueError("method='gram' only computes l2 norms (ord=2, i.e. margins with p=2).")
+    if method == "rowspace" and ord != 2:
+        raise ValueError("method='rowspace' only computes l2 norms (ord=2, i.e. margins with p=2); use 'forward' or 'reverse'.")
 
 
 def choose_method(net: Network, ord: float | None, dim: int, hidden: tuple[tuple[int, ...], ...]) -> str:
@@ -61,11 +63,15 @@ def choose_method(net: Network, ord: float | None, dim: int, hidden: tuple[tuple
 
     forward ~ D * (D N_1 + sum_i N_{i-1} N_i) for an MLP (D * |I| generally),
     gram ~ min(D, N_1) * sum_i N_{i-1} N_i (MLP, l2 only) <= forward, so it is
-    always taken when it applies; reverse ~ 2 |I| forward passes.
+    always taken when it applies; rowspace ~ N_1 * (forward pass) for l2 when
+    N_1 <= D / 2 (not for masked, e.g. recurrent, nets); reverse ~ 2 |I|
+    forward passes.
     """
     n = sum(math.prod(s) for s in hidden)
     if ord == 2 and net.dense_layers is not None:
         return "gram"
+    if ord == 2 and net.neuron_mask is None and 2 * math.prod(hidden[0]) <= dim:
+        return "rowspace"  # JVPs along r <= N_1 basis vectors instead of D axes (a feed-forward net; verified at run time)
     # A VJP costs about two forward passes, a JVP about one.
     return "forward" if dim <= 2 * n else "reverse"
 
@@ -191,6 +197,67 @@ def mlp_tangent_rows(net: Network, params, x, f1: Array) -> tuple[Array, Array]:
     return mask_neurons(flat_mask(net, params, x), z, jnp.concatenate(rows))
 
 
+def first_layer_basis(net: Network, params, x: Array) -> Array:
+    """``Q`` (D, N_1): an orthonormal basis containing the row space of the first pre-activation's Jacobian.
+
+    From N_1 VJPs through the first layer only, and a QR. For an affine first
+    layer (every feed-forward net) the result does not depend on ``x``, so
+    under ``vmap`` it is computed once per batch.
+    """
+    shape = x.shape
+    f1 = lambda u: jnp.ravel(net.apply(params, u.reshape(shape))[1][0])
+    z1, vjp1 = jax.vjp(f1, x.reshape(-1))
+    a_t = jax.vmap(vjp1)(jnp.eye(z1.shape[0], dtype=z1.dtype))[0].T  # (D, N_1) = A^T
+    return jnp.linalg.qr(a_t, mode="reduced")[0]
+
+
+def _rowspace(net: Network, params, x, chunk: int, keep: bool, squared: bool):
+    """l2 norms from JVPs along a basis Q of the first layer's row space (r = N_1 < D directions).
+
+    In a feed-forward net every neuron depends on x only through the first
+    pre-activation z_1 = A x + b, so grad z_j = (dz_j / dz_1) A lies in A's row
+    space and ||grad z_j||_2 = ||grad z_j Q||_2. A net that reads x elsewhere
+    (skip connections from the input, recurrences) breaks this; a JVP along a
+    direction orthogonal to Q then moves some neuron, which is checked for every
+    example: the call raises and the norms are NaN, never silently wrong. When
+    the check passes the norms are exact, whatever the architecture (e.g. a
+    recurrent net reporting all its steps as one preact).
+    """
+    del keep
+    q = first_layer_basis(net, params, x)
+    z, lin = linearize_preacts(net, params, x)
+    tangents = q.T  # (r, D)
+    acc, _ = _tangent_scan(jax.vmap(lin), tangents, chunk, z.shape[0], x.dtype, squared=squared)
+    sq, mx, ab = acc
+    if q.shape[1] >= x.size:  # the basis spans every direction: nothing to check (and no gain)
+        return z, ((sq, mx, ab), None)
+    v = jax.random.normal(jax.random.key(0), (x.size,), x.dtype)
+    v = v - q @ (q.T @ v)
+    leak = jnp.max(jnp.abs(lin(v / jnp.linalg.norm(v))))
+    biggest = jnp.max(mx)  # the largest |dz_j / dq_i|: the scale of the gradients
+    bad = leak > jnp.sqrt(jnp.finfo(x.dtype).eps) * jnp.maximum(biggest, jnp.finfo(x.dtype).tiny)
+    z = error_if(
+        z,
+        bad,
+        "method='rowspace' needs a feed-forward network (every neuron depends on x only through the first hidden "
+        "pre-activation), but a direction the first layer ignores moves another neuron{where}: use method='forward' or 'reverse'.",
+    )
+    nan = jnp.where(bad, jnp.nan, 0).astype(sq.dtype)
+    return z, ((sq + nan, mx + nan, ab + nan), None)
+
+
+def _tangent_scan(column_block, tangents: Array, chunk: int, n: int, dtype, *, squared: bool):
+    """Like :func:`_columns_scan` over the rows of ``tangents`` (r, D) instead of the basis vectors."""
+    r = tangents.shape[0]
+    n_chunks = -(-r // chunk)
+    padded = jnp.concatenate([tangents, jnp.zeros((n_chunks * chunk - r, tangents.shape[1]), tangents.dtype)]).reshape(n_chunks, chunk, -1)
+
+    def step(acc, t):
+        return _reduce_block(acc, column_block(t).astype(acc[0].dtype), squared), None
+
+    return jax.lax.scan(step, _reduce_init(n, dtype), padded)
+
+
 def _exponent(a: Array) -> Array:
     """e with 2^(e-1) <= max|a| < 2^e (0 for an all-zero array): an exact power-of-two scale."""
     return jnp.frexp(jnp.max(jnp.abs(a)))[1]
@@ -234,7 +301,7 @@ def _gram(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     return z, ((jnp.concatenate(norms), None, None), None)
 
 
-_KERNELS = {"forward": _forward, "template": _template, "reverse": _reverse, "gram": _gram}
+_KERNELS = {"forward": _forward, "template": _template, "reverse": _reverse, "gram": _gram, "rowspace": _rowspace}
 
 
 def norms_kernel(net: Network, params: PyTree, x: Array, *, ord: float, method: str, chunk: int, squared: bool = False) -> tuple[Array, Array]:
@@ -310,8 +377,8 @@ def gradients_call(apply_fn, params, x, *, ord, method, chunk_size, squared, che
     net = as_network(apply_fn)
     if squared and ord != 2:
         raise ValueError(f"squared=True is for ord=2 (squared l2 norms); got ord={ord!r}.")
-    if ord is None and method == "gram":
-        raise ValueError("method='gram' yields l2 norms only; use neuron_gradient_norms(..., ord=2).")
+    if ord is None and method in ("gram", "rowspace"):
+        raise ValueError(f"method={method!r} yields l2 norms only; use neuron_gradient_norms(..., ord=2).")
     ord = None if ord is None else canonical_ord(ord)
     x, hidden = prepare(net, params, x, batched=batched)
     method, chunk = resolve_method(net, method, ord, x, hidden, chunk_size, batched=batched)
@@ -329,7 +396,7 @@ def neuron_gradients(
       params: its parameters.
       x: one input, shape ``input_shape``.
       method: ``"auto"``, ``"forward"``, ``"reverse"`` or ``"template"``
-        (``"gram"`` gives norms only: use :func:`neuron_gradient_norms`).
+        (``"gram"`` and ``"rowspace"`` give l2 norms only: use :func:`neuron_gradient_norms`).
       chunk_size: input axes (forward, template) or neurons (reverse) per
         chunk; bounds memory. Default keeps chunk * N around 2^18.
       check: run the value checks (see :mod:`lld_jax`'s "Checks").
@@ -363,8 +430,11 @@ def neuron_gradient_norms(
 ) -> tuple[Array, Array]:
     """Pre-activations and the ``ord``-norms of every neuron's input gradient, for ONE example.
 
-    Arguments as in :func:`neuron_gradients`, and ``method="gram"`` is allowed
-    for ``ord=2`` on MLPs.
+    Arguments as in :func:`neuron_gradients`, and for ``ord=2``
+    ``method="gram"`` (MLPs with ``dense_layers``) and ``method="rowspace"``
+    (feed-forward nets: JVPs along a basis of the first layer's row space,
+    min(D, N_1) instead of D; a net that reads x beyond its first layer
+    raises) are allowed.
 
     Args:
       ord: 1, 2 or ``inf`` (the norm of the gradient, i.e. the dual of the
