@@ -9,6 +9,7 @@ settings the paper selected, ``--paper-points``)::
 
     python -m experiments.vowels --grid --out runs/vowels_grid
     python -m experiments.vowels --grid --paper-points --epochs 30 --out runs/vowels_paper
+    python -m experiments.vowels --grid --paper-points --epochs 30 --out runs/vowels_paper --collect  # table from finished runs
 
 Paper settings: scoRNN with 512 LeakyReLU units, the hidden state at the last
 real frame fed to one dense layer; AMSGrad, lr 1e-3, batch 32 sequences;
@@ -75,6 +76,9 @@ class Config:
     paper_points: bool = dataclasses.field(
         default=False, metadata={"help": "grid of only the paper's two selected settings (lambda, C) = (2^-5, 2^4), (2^-1, 2^2)"}
     )
+    collect: bool = dataclasses.field(
+        default=False, metadata={"help": "with --grid: write Table 2 and Figure 3 from the grid's finished runs, training nothing"}
+    )
     progress: bool = True
 
     def train_config(self, lam: float, C: float) -> TrainConfig:
@@ -111,6 +115,8 @@ class Config:
             raise ValueError(f"need hidden >= 1 and 0 <= num_negative <= hidden; got hidden={self.hidden}, num_negative={self.num_negative}.")
         if not 0 <= self.negative_slope < 1:
             raise ValueError(f"negative_slope must be in [0, 1), got {self.negative_slope}.")
+        if self.collect and not self.grid:
+            raise ValueError("--collect gathers a grid's finished runs: use it with --grid (and the grid's other flags).")
         if self.grid and not (self.grid_lam and self.grid_C):
             raise ValueError("the grid needs at least one value of each of --grid-lam and --grid-C.")
         for lam, C in self.points():
@@ -273,19 +279,34 @@ def plot_figure3(models: dict[str, tuple[lld_jax.Network, Any]], data: VowelsDat
     return out
 
 
+def _read_report(run_dir: str) -> dict:
+    with open(os.path.join(run_dir, "report.json")) as fh:
+        return json.load(fh)
+
+
 def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, str | None]]:
     """Vanilla plus every grid point, the selection, Table 2 and Figure 3 in ``workdir``."""
     config.validate()
     rd = RunDir(workdir, write=jax.process_index() == 0)
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress", "data_dir")}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress", "data_dir", "collect")}
     rd.claim({"grid": settings}, mutable=("grid.epochs",))
     data = VowelsData(config)
     dirs = {"vanilla": os.path.join(workdir, "vanilla")}
-    reports = {"vanilla": run_one(config, data, 0.0, 0.0, dirs["vanilla"])}
-    for lam, C in config.points():
-        key = f"lam{lam:g}_C{C:g}"
-        dirs[key] = os.path.join(workdir, key)
-        reports[key] = run_one(config, data, lam, C, dirs[key])
+    dirs |= {f"lam{lam:g}_C{C:g}": os.path.join(workdir, f"lam{lam:g}_C{C:g}") for lam, C in config.points()}
+    if config.collect:  # only the runs that have finished (a report.json)
+        reports = {k: _read_report(d) for k, d in dirs.items() if os.path.exists(os.path.join(d, "report.json"))}
+        missing = sorted(set(dirs) - set(reports))
+        if "vanilla" not in reports:
+            raise FileNotFoundError(f"{dirs['vanilla']} has no report.json: train the vanilla model first (rerun without --collect).")
+        if missing:
+            print(f"not finished, left out: {', '.join(missing)}")
+    else:
+        reports = {"vanilla": run_one(config, data, 0.0, 0.0, dirs["vanilla"])}
+        for lam, C in config.points():
+            key = f"lam{lam:g}_C{C:g}"
+            reports[key] = run_one(config, data, lam, C, dirs[key])
+    if len(reports) < 2:
+        raise FileNotFoundError("no ROLL run of the grid has finished yet: nothing to compare with vanilla.")
     picks = select({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
     rows = [("Vanilla", reports["vanilla"])] + [(f"ROLL {k} ({slot})", reports[k]) for slot, k in picks.items() if k]
     rd.write_json("selection.json", picks)
@@ -305,8 +326,8 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
 
 def train_and_evaluate(config: Config, workdir: str) -> dict:
     """One run in ``workdir``; returns its report (a grid is :func:`run_grid`)."""
-    if config.grid:
-        raise ValueError("config.grid is set: call run_grid(config, workdir) for a grid.")
+    if config.grid or config.collect:
+        raise ValueError("config.grid (or collect) is set: call run_grid(config, workdir) for a grid.")
     config.validate()
     return run_one(config, VowelsData(config), config.lam, config.C, workdir)
 

@@ -48,6 +48,11 @@ def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
     r = np.asarray(L.batched.margin(net, params, x, p=2))
     for q in (50, 75):
         assert abs(r[fig["sequences"][f"P{q}"]] - np.percentile(r, q)) == pytest.approx(np.min(np.abs(r - np.percentile(r, q))))
+    # --collect rebuilds the same table from the finished runs without training.
+    table_before = table
+    (tmp_path / "table2.md").unlink()
+    again, picks_again = vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
+    assert picks_again == picks and (tmp_path / "table2.md").read_text() == table_before
     import matplotlib.image
 
     img = matplotlib.image.imread(str(tmp_path / "figure3.png"))
@@ -57,6 +62,8 @@ def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
 def test_vowels_config_errors(tmp_path):
     with pytest.raises(ValueError, match="val_size"):
         vowels.Config(val_size=30).validate()
+    with pytest.raises(ValueError, match="use it with --grid"):
+        vowels.Config(collect=True).validate()
     with pytest.raises(ValueError, match="train_size=999 exceeds"):
         vowels.train_and_evaluate(dataclasses.replace(TINY, train_size=999), str(tmp_path))
     with pytest.raises(FileNotFoundError, match="ae.train"):
