@@ -117,6 +117,7 @@ def _l2_from_acc(sq: Array, mx: Array, squared: bool) -> Array:
 def _columns_scan(column_block, dim: int, chunk: int, n: int, dtype, *, keep: bool, squared: bool):
     """Scans ``column_block(tangents (c, D)) -> (c, N)`` over chunks of basis vectors."""
     n_chunks = -(-dim // chunk)
+    chunk = -(-dim // n_chunks)  # balanced chunks: no block mostly padding
 
     def step(acc, k):
         idx = k * chunk + jnp.arange(chunk)
@@ -250,6 +251,7 @@ def _tangent_scan(column_block, tangents: Array, chunk: int, n: int, dtype, *, s
     """Like :func:`_columns_scan` over the rows of ``tangents`` (r, D) instead of the basis vectors."""
     r = tangents.shape[0]
     n_chunks = -(-r // chunk)
+    chunk = -(-r // n_chunks)  # balanced chunks: no block mostly padding
     padded = jnp.concatenate([tangents, jnp.zeros((n_chunks * chunk - r, tangents.shape[1]), tangents.dtype)]).reshape(n_chunks, chunk, -1)
 
     def step(acc, t):
