@@ -279,6 +279,29 @@ def plot_figure3(models: dict[str, tuple[lld_jax.Network, Any]], data: VowelsDat
     return out
 
 
+def _row_name(key: str, slot: str | None, report: dict) -> str:
+    name = f"ROLL {key}" + (f" ({slot})" if slot else "")
+    if "interim" in report:
+        name += f" [epoch {report['interim']['epochs_done']} of {report['config']['epochs']}, unfinished]"
+    return name
+
+
+def interim_report(config: Config, data: VowelsData, lam: float, C: float, run_dir: str) -> dict:
+    """The report of an unfinished run, from its best checkpoint so far (``interim`` says how far it got)."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        history = [json.loads(line) for line in fh if line.strip()]
+    net, params = load_params(config, run_dir, data.length)
+    report = {
+        "config": dataclasses.asdict(config.train_config(lam, C)),
+        "interim": {"epochs_done": len(history), "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1)},
+        **evaluate_model(net, params, data.test.x, data.test.y, batch_size=128, progress=config.progress),
+        "device": str(jax.devices()[0].device_kind),
+    }
+    if data.val is not None:
+        report["val"] = evaluate_model(net, params, data.val.x, data.val.y, batch_size=128, ps=(2,))
+    return report
+
+
 def _read_report(run_dir: str) -> dict:
     with open(os.path.join(run_dir, "report.json")) as fh:
         return json.load(fh)
@@ -293,13 +316,18 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
     data = VowelsData(config)
     dirs = {"vanilla": os.path.join(workdir, "vanilla")}
     dirs |= {f"lam{lam:g}_C{C:g}": os.path.join(workdir, f"lam{lam:g}_C{C:g}") for lam, C in config.points()}
-    if config.collect:  # only the runs that have finished (a report.json)
-        reports = {k: _read_report(d) for k, d in dirs.items() if os.path.exists(os.path.join(d, "report.json"))}
+    if config.collect:  # finished runs, and unfinished ones at their best checkpoint so far (marked)
+        reports = {}
+        for (lam, C), (k, d) in zip([(0.0, 0.0), *config.points()], dirs.items()):
+            if os.path.exists(os.path.join(d, "report.json")):
+                reports[k] = _read_report(d)
+            elif os.path.isdir(os.path.join(d, "checkpoints", "best")) and k != "vanilla":
+                reports[k] = interim_report(config, data, lam, C, d)
         missing = sorted(set(dirs) - set(reports))
         if "vanilla" not in reports:
             raise FileNotFoundError(f"{dirs['vanilla']} has no report.json: train the vanilla model first (rerun without --collect).")
         if missing:
-            print(f"not finished, left out: {', '.join(missing)}")
+            print(f"not started, left out: {', '.join(missing)}")
     else:
         reports = {"vanilla": run_one(config, data, 0.0, 0.0, dirs["vanilla"])}
         for lam, C in config.points():
@@ -308,7 +336,10 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
     if len(reports) < 2:
         raise FileNotFoundError("no ROLL run of the grid has finished yet: nothing to compare with vanilla.")
     picks = select({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
-    rows = [("Vanilla", reports["vanilla"])] + [(f"ROLL {k} ({slot})", reports[k]) for slot, k in picks.items() if k]
+    slots = {k: slot for slot, k in picks.items() if k}
+    # A few points (e.g. --paper-points): every row; a full grid: the selected ones.
+    shown = [k for k in reports if k != "vanilla" and (len(reports) <= 5 or k in slots)]
+    rows = [("Vanilla", reports["vanilla"])] + [(_row_name(k, slots.get(k), reports[k]), reports[k]) for k in shown]
     rd.write_json("selection.json", picks)
     if rd.write:
         with open(rd.file("table2.md"), "w") as fh:

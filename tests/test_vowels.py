@@ -25,7 +25,9 @@ def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
         cands = {k: r["val"]["margin_l2"]["P50"] for k, r in reports.items() if k != "vanilla" and round(100 * r["val"]["accuracy"]) == acc}
         assert picks[slot] == (max(cands, key=cands.get) if cands else None)
     table = (tmp_path / "table2.md").read_text()
-    assert table.count("\n| ") == 1 + sum(1 for k in picks.values() if k) and "units of 1e-06 (raw features)" in table
+    assert table.count("\n| ") == 1 + 2 and "units of 1e-06 (raw features)" in table  # few points: every run is a row
+    for slot, k in picks.items():
+        assert k is None or f"ROLL {k} ({slot})" in table
     # The report's numbers, recomputed from the reloaded best checkpoint.
     data = vowels.VowelsData(cfg)
     assert data.train.x.shape == (36, 29, 13)
@@ -53,6 +55,12 @@ def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
     (tmp_path / "table2.md").unlink()
     again, picks_again = vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
     assert picks_again == picks and (tmp_path / "table2.md").read_text() == table_before
+    # A run without a report (still training) is evaluated at its best checkpoint and marked.
+    (tmp_path / "lam0.5_C1" / "report.json").unlink()
+    interim, _ = vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
+    assert interim["lam0.5_C1"]["interim"]["epochs_done"] == 1
+    assert interim["lam0.5_C1"]["accuracy"] == reports["lam0.5_C1"]["accuracy"]
+    assert "ROLL lam0.5_C1" in (tmp_path / "table2.md").read_text() and "unfinished" in (tmp_path / "table2.md").read_text()
     import matplotlib.image
 
     img = matplotlib.image.imread(str(tmp_path / "figure3.png"))
