@@ -302,6 +302,14 @@ def interim_report(config: Config, data: VowelsData, lam: float, C: float, run_d
     return report
 
 
+def _epochs_done(run_dir: str) -> int:
+    path = os.path.join(run_dir, "metrics.jsonl")  # one line per epoch, written with its checkpoint
+    if not os.path.exists(path):
+        return 0
+    with open(path) as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def _read_report(run_dir: str) -> dict:
     with open(os.path.join(run_dir, "report.json")) as fh:
         return json.load(fh)
@@ -321,7 +329,7 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
         for (lam, C), (k, d) in zip([(0.0, 0.0), *config.points()], dirs.items()):
             if os.path.exists(os.path.join(d, "report.json")):
                 reports[k] = _read_report(d)
-            elif os.path.isdir(os.path.join(d, "checkpoints", "best")) and k != "vanilla":
+            elif k != "vanilla" and _epochs_done(d) > 0:
                 reports[k] = interim_report(config, data, lam, C, d)
         missing = sorted(set(dirs) - set(reports))
         if "vanilla" not in reports:
