@@ -19,6 +19,10 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
   built-in models :class:`MLP`, :class:`CNN`, :class:`ResNet`,
   :func:`resnet18`, :class:`RNN`, :class:`ScoRNN` (padded sequences: see
   :func:`lld_jax.data.pad_sequences`).
+* Max-pooling and maxout (paper App. E): :func:`max_pool`,
+  :func:`max_constraints`, :class:`NeuronRecorder`, :class:`Maxout`,
+  :class:`MaxoutMLP`; and the certificate self-check
+  :func:`check_certificate`.
 """
 
 from lld_jax import batched, data, evaluation, losses, slices, training
@@ -44,6 +48,7 @@ from lld_jax._src.margins import (
 from lld_jax._src.models import CNN, INITS, MLP, ResNet, reinitialize, resnet18
 from lld_jax._src.network import Network, as_network
 from lld_jax._src.nnx_adapter import from_nnx
+from lld_jax._src.pooling import MaxConstraints, Maxout, MaxoutMLP, NeuronRecorder, max_constraints, max_pool
 from lld_jax._src.recurrent import RNN, ScoRNN, cayley_recurrent
 from lld_jax._src.regions import (
     RegionCounts,
@@ -54,6 +59,7 @@ from lld_jax._src.regions import (
     l1_ball_vertices,
     same_region,
 )
+from lld_jax._src.selfcheck import CertificateCheck, check_certificate
 from lld_jax._src.stability import stability_bounds
 from lld_jax._src.torch_weights import load_torch_resnet
 
@@ -67,12 +73,17 @@ __all__ = [
     "expected_gradient_distortion",
     "GradientDistortion",
     "CNN",
+    "CertificateCheck",
     "CheckError",
     "INITS",
     "METHODS",
     "MLP",
     "Margin",
+    "MaxConstraints",
+    "Maxout",
+    "MaxoutMLP",
     "Network",
+    "NeuronRecorder",
     "RNN",
     "RegionCounts",
     "ResNet",
@@ -81,6 +92,7 @@ __all__ = [
     "as_network",
     "batched",
     "cayley_recurrent",
+    "check_certificate",
     "count_regions",
     "data",
     "directional_margin",
@@ -96,6 +108,8 @@ __all__ = [
     "losses",
     "margin",
     "margin_with_neuron",
+    "max_constraints",
+    "max_pool",
     "neuron_gradient_norms",
     "neuron_gradients",
     "reinitialize",

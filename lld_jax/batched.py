@@ -29,10 +29,13 @@ from lld_jax._src.network import Network as _Network
 from lld_jax._src.network import PyTree as _PyTree
 from lld_jax._src.regions import l1_ball_vertices as _l1_vertices
 from lld_jax._src.regions import membership_call as _membership_call
+from lld_jax._src.selfcheck import CertificateCheck as _CertificateCheck
+from lld_jax._src.selfcheck import certificate_call as _certificate_call
 from lld_jax._src.stability import stability_call as _stability_call
 
 __all__ = [
     "activation_pattern",
+    "check_certificate",
     "directional_margin",
     "directional_margin_bisect",
     "hull_in_region",
@@ -142,3 +145,26 @@ def stability_bounds(
 ) -> tuple[_jax.Array, _jax.Array]:
     """:func:`lld_jax.stability_bounds` of every example of ``x`` ``(B, *input_shape)``; returns ``(lower, upper)``, each shaped like ``x``."""
     return _stability_call(apply_fn, params, x, chunk_size=chunk_size, check=check, batched=True)
+
+
+def check_certificate(
+    apply_fn: _ApplyFn | _Network,
+    params: _PyTree,
+    x: _jax.Array,
+    *,
+    p: float | str = 2,
+    num_samples: int = 64,
+    key: _jax.Array | None = None,
+    rtol: float | None = None,
+    method: str = "auto",
+    chunk_size: int | None = None,
+    check: bool = True,
+) -> _CertificateCheck:
+    """:func:`lld_jax.check_certificate` of every example of ``x`` ``(B, *input_shape)``; a :class:`~lld_jax.CertificateCheck` of ``(B,)`` arrays.
+
+    Each example gets its own key (``jax.random.split(key, B)``); a failure
+    raises :class:`~lld_jax.CheckError` naming the failed examples.
+    """
+    return _certificate_call(
+        apply_fn, params, x, p=p, num_samples=num_samples, key=key, rtol=rtol, method=method, chunk_size=chunk_size, check=check, batched=True
+    )

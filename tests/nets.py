@@ -22,7 +22,7 @@ def _randomize_batchnorm(model, key):
 
 
 def make(kind: str, dtype=jnp.float64, seed: int = 0):
-    """Returns (network, params, x batch) for 'mlp', 'narrow_mlp', 'cnn', 'resnet', 'rnn', 'scornn', 'leaky_mlp'."""
+    """Returns (network, params, x batch) for each kind of :data:`KINDS`."""
     rngs = nnx.Rngs(seed)
     kx = jax.random.key(seed + 100)
     if kind == "mlp":
@@ -35,6 +35,10 @@ def make(kind: str, dtype=jnp.float64, seed: int = 0):
         model, shape = L.CNN((6, 6, 2), (3, 4), (8,), 3, rngs=rngs, param_dtype=dtype), (6, 6, 2)
     elif kind == "cnn_stride":
         model, shape = L.CNN((6, 6, 2), (3, 4), (8,), 3, downsample="stride", rngs=rngs, param_dtype=dtype), (6, 6, 2)
+    elif kind == "cnn_max":  # max-pooling: switching constraints as masked preacts (paper App. E)
+        model, shape = L.CNN((6, 6, 2), (3, 4), (8,), 3, downsample="max", rngs=rngs, param_dtype=dtype), (6, 6, 2)
+    elif kind == "maxout":
+        model, shape = L.MaxoutMLP(6, [8, 8], 3, k=3, rngs=rngs, param_dtype=dtype), (6,)
     elif kind == "resnet":
         model, shape = L.ResNet((6, 6, 2), (3, 4), (1, 1), 3, rngs=rngs, param_dtype=dtype), (6, 6, 2)
         _randomize_batchnorm(model, jax.random.key(seed + 7))
@@ -50,4 +54,8 @@ def make(kind: str, dtype=jnp.float64, seed: int = 0):
     return net, params, x
 
 
-KINDS = ("mlp", "narrow_mlp", "leaky_mlp", "cnn", "cnn_stride", "resnet", "rnn", "scornn")
+KINDS = ("mlp", "narrow_mlp", "leaky_mlp", "cnn", "cnn_stride", "cnn_max", "maxout", "resnet", "rnn", "scornn")
+# Max-pooling and maxout: switching constraints (paper App. E), tested against their own reference in test_pooling.py.
+POOLED = ("cnn_max", "maxout")
+# The generic soundness and tightness tests: every kind whose region is given by ReLU signs alone.
+GEOMETRY_KINDS = tuple(k for k in KINDS if k not in POOLED)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from nets import KINDS, make
+from nets import GEOMETRY_KINDS, KINDS, make
 from scipy.optimize import linprog
 
 import lld_jax as L
@@ -35,7 +35,7 @@ def _ball_samples(rng, p, d, n):
     return u * scale
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", GEOMETRY_KINDS)
 @pytest.mark.parametrize("p", [1, 2, np.inf])
 def test_soundness_no_sample_inside_ball_flips(kind, p):
     net, params, x = make(kind)
@@ -50,7 +50,7 @@ def test_soundness_no_sample_inside_ball_flips(kind, p):
         assert bool(jnp.all(same)), f"{int((~same).sum())} points inside the l{p} ball of example {i} flip"
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", GEOMETRY_KINDS)
 @pytest.mark.parametrize("p", [1, 2, np.inf])
 def test_tightness_bounding_neuron_flips_just_outside(kind, p):
     net, params, x = make(kind)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lld_jax._src.pooling import max_pool
+
 Array = jax.Array
 
 
@@ -115,20 +117,35 @@ def _check_sizes(name: str, sizes: Sequence[int]) -> None:
         raise ValueError(f"{name} must be positive integers, got {list(sizes)}.")
 
 
+DOWNSAMPLES = ("avg", "stride", "max")
+
+
 def _pool(h: Array, kind: str) -> Array:
     return nnx.avg_pool(h, (2, 2), strides=(2, 2)) if kind == "avg" else h
 
 
 class CNN(nnx.Module):
-    """Conv-ReLU stack with average pooling (or strided convs) and a dense head.
+    """Conv-ReLU stack with average pooling, strided convs or max pooling, and a dense head.
+
+    With ``downsample="max"`` each conv's pre-activation is max-pooled (2x2,
+    stride 2, VALID) and then activated: the same function as pooling after
+    the (Leaky)ReLU, which is monotone, but with switching constraints between
+    affine functions (pooling after a ReLU ties wherever a window has two
+    inactive inputs, and a tie is a boundary: margin 0). Each pool reports its
+    constraints ``(H', W', C, 4)`` as a pre-activation just before the pooled
+    neurons (paper App. E, :func:`lld_jax.max_pool`), the model's
+    ``neuron_mask(x)`` marks their arg-max entries, and there is no
+    frozen-pattern apply (``method="template"`` is unavailable). With "avg"
+    and "stride" ``neuron_mask`` is all True and :func:`lld_jax.from_nnx` sets
+    no mask.
 
     Args:
       input_shape: (H, W, C) of one example.
       channels: output channels of each 3x3 conv.
       hidden: widths of the dense hidden layers after flattening.
       out_features: number of outputs.
-      downsample: "avg" (2x2 average pooling after each conv) or "stride"
-        (stride-2 convs).
+      downsample: "avg" (2x2 average pooling after each conv), "stride"
+        (stride-2 convs) or "max" (2x2 max pooling, see above).
       init: ``"flax"`` or ``"torch"`` (see :func:`reinitialize`).
     """
 
@@ -145,13 +162,24 @@ class CNN(nnx.Module):
         rngs: nnx.Rngs,
         param_dtype=jnp.float32,
     ):
-        if downsample not in ("avg", "stride"):
-            raise ValueError(f"downsample must be 'avg' or 'stride', got {downsample!r}.")
+        if downsample not in DOWNSAMPLES:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLES}, got {downsample!r}.")
         _check_sizes("channels", channels)
         _check_sizes("hidden", hidden)
         self.input_shape = tuple(input_shape)
         self.negative_slope = float(negative_slope)
         self.downsample = downsample
+        # Read by from_nnx: max pooling has no frozen-pattern apply, and only it masks neurons (the arg-max entries).
+        self.supports_frozen_pattern = downsample != "max"
+        self.has_neuron_mask = downsample == "max"
+        if downsample == "max":
+            h, w = self.input_shape[:2]
+            for i in range(len(channels)):
+                if h < 2 or w < 2:
+                    raise ValueError(
+                        f"input_shape {self.input_shape} is too small for {len(channels)} 2x2 max-pools: the input of pool {i + 1} is {h}x{w}."
+                    )
+                h, w = h // 2, w // 2
         c = self.input_shape[-1]
         stride = 2 if downsample == "stride" else 1
         convs = []
@@ -175,14 +203,34 @@ class CNN(nnx.Module):
         return h * w * c
 
     def __call__(self, x: Array, slopes: Sequence[Array] | None = None):
+        out, preacts, _ = self._forward(x, slopes)
+        return out, preacts
+
+    def neuron_mask(self, x: Array) -> tuple[Array, ...]:
+        """Which pre-activation entries are neurons: False at each max-pool window's arg-max (all True without max pooling)."""
+        return self._forward(x, None)[2]
+
+    def _forward(self, x: Array, slopes: Sequence[Array] | None) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
+        if slopes is not None and self.downsample == "max":
+            raise ValueError(
+                "a max-pooling CNN has no frozen-pattern apply (freezing needs each window's arg-max); use method='forward' or 'reverse'."
+            )
         act = _Act(self.negative_slope, slopes)
+        masks = {}  # position in act.preacts -> mask, for the max-pool constraints
         h = x
         for conv in self.convs:
-            h = _pool(act(conv(h)), self.downsample)
+            if self.downsample == "max":
+                pool = max_pool(conv(h), (2, 2))
+                masks[len(act.preacts)] = pool.mask
+                act.preacts.append(pool.constraints)
+                h = act(pool.output)
+            else:
+                h = _pool(act(conv(h)), self.downsample)
         h = h.reshape(-1)
         for layer in self.dense[:-1]:
             h = act(layer(h))
-        return self.dense[-1](h), tuple(act.preacts)
+        preacts = tuple(act.preacts)
+        return self.dense[-1](h), preacts, tuple(masks.get(i, jnp.ones(p.shape, bool)) for i, p in enumerate(preacts))
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, param_dtype) -> nnx.Conv:

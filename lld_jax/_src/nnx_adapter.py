@@ -68,8 +68,13 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
     name order: ``z2`` before ``z10``). Modules with a ``slopes`` keyword (the
     built-in models) also get the frozen-pattern apply used by the template
     method, modules with a ``dense_layers()`` method (MLPs) their dense
-    chain, and modules with a ``neuron_mask(x)`` method (padded sequences)
-    the :attr:`~lld_jax.Network.neuron_mask` that marks padding.
+    chain, and modules with a ``neuron_mask(x)`` method (padded sequences,
+    max-pooling and maxout) the :attr:`~lld_jax.Network.neuron_mask` that
+    marks the entries that are not neurons. Two optional module attributes,
+    read here once, switch these off: ``supports_frozen_pattern = False``
+    (no frozen-pattern apply even with a ``slopes`` keyword: max-pooling,
+    whose pattern cannot be frozen) and ``has_neuron_mask = False`` (the
+    ``neuron_mask`` method is ignored: every entry is a neuron).
 
     Args:
       module: the NNX module.
@@ -85,7 +90,8 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
     graphdef, state = nnx.split(module)
     params = nnx.to_pure_dict(state)
     name = type(module).__name__
-    has_slopes = "slopes" in inspect.signature(type(module).__call__).parameters
+    has_slopes = "slopes" in inspect.signature(type(module).__call__).parameters and getattr(module, "supports_frozen_pattern", True)
+    has_mask = hasattr(type(module), "neuron_mask") and getattr(module, "has_neuron_mask", True)
     shape = input_shape if input_shape is not None else getattr(module, "input_shape", None)
     net = Network(
         apply=_NNXApply(graphdef, name),
@@ -93,7 +99,7 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
         apply_frozen=_NNXApply(graphdef, name, frozen=True) if has_slopes else None,
         dense_layers=_NNXDense(graphdef) if hasattr(type(module), "dense_layers") else None,
         negative_slope=float(getattr(module, "negative_slope", 0.0)),
-        neuron_mask=_NNXMask(graphdef) if hasattr(type(module), "neuron_mask") else None,
+        neuron_mask=_NNXMask(graphdef) if has_mask else None,
     )
     return net, params
 
