@@ -11,10 +11,12 @@ from lld_jax._src.checkpoints import Checkpoints, load_best
 from lld_jax._src.loop import check_data, fit, train_epoch
 from lld_jax._src.rundir import RunDir
 from lld_jax._src.training import (
+    BatchSource,
     TrainConfig,
     Trainer,
     TrainState,
     data_mesh,
+    lr_schedule,
     make_loss_fn,
     make_optimizer,
     maybe_initialize_distributed,
@@ -22,6 +24,7 @@ from lld_jax._src.training import (
 )
 
 __all__ = [
+    "BatchSource",
     "Checkpoints",
     "RunDir",
     "TrainConfig",
@@ -31,6 +34,7 @@ __all__ = [
     "data_mesh",
     "fit",
     "load_best",
+    "lr_schedule",
     "make_loss_fn",
     "make_optimizer",
     "maybe_initialize_distributed",

@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from flax import nnx
 
 import lld_jax as L
 from lld_jax.data import load_mnist, read_idx
-from lld_jax.training import TrainConfig, Trainer, data_mesh, fit
+from lld_jax.training import TrainConfig, Trainer, data_mesh, fit, lr_schedule, make_optimizer
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
@@ -295,3 +296,88 @@ def test_multiprocess_fit_equals_single_process(tmp_path):
     # Only process 0 wrote the run files; the checkpoint is there.
     assert (tmp_path / "run" / "checkpoints" / "best").exists()
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+class ArraySource:
+    """A BatchSource over host arrays with train_epoch's own shuffle: an independent path to the same batches."""
+
+    def __init__(self, x, y, batch_size, seed, shuffle=True):
+        self.x, self.y, self.labels = x, y, y
+        self.batch_size = self.local_batch_size = batch_size
+        self.seed, self.shuffle = seed, shuffle
+
+    def epoch(self, epoch):
+        from lld_jax._src.host import epoch_order, pad_rows
+
+        order = epoch_order(len(self.x), self.seed, epoch) if self.shuffle else np.arange(len(self.x))
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo : lo + self.batch_size]
+            mask = np.arange(self.batch_size) < len(idx)
+            yield pad_rows(self.x[idx], self.batch_size), pad_rows(self.y[idx], self.batch_size), mask
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    @property
+    def num_examples(self):
+        return len(self.x)
+
+    def fingerprint(self):
+        return hashlib.sha1(self.x.tobytes() + self.y.tobytes()).hexdigest()
+
+
+def test_streamed_batches_train_exactly_like_host_arrays(tmp_path):
+    net, params, x, y = small_problem(45)  # 45 = 2 * 16 + 13: a ragged, masked last batch
+    # One validation batch on both paths: the sampled penalty's per-example keys depend on the batch composition.
+    cfg = TrainConfig(
+        epochs=2, batch_size=16, lam=0.5, C=1.0, regularizer="sampled", num_samples=2, lr=0.05, lr_decay_epochs=(1,), eval_batch_size=20
+    )
+    a, hist_a = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "a"), progress=False)
+    train, val = ArraySource(x, y, 16, cfg.seed), ArraySource(x[:20], y[:20], 20, 0, shuffle=False)
+    b, hist_b = fit(net, params, cfg, train, val, str(tmp_path / "b"), progress=False)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), jax.device_get(a), jax.device_get(b))
+    for ha, hb in zip(hist_a, hist_b):
+        assert ha.keys() == hb.keys() and all(np.isclose(ha[k], hb[k], rtol=1e-5) for k in ha)
+    with pytest.raises(ValueError, match="batches of 8 rows but cfg.batch_size is 16"):
+        fit(net, params, cfg, ArraySource(x, y, 8, cfg.seed), val, str(tmp_path / "c"), progress=False)
+    bad = ArraySource(x, y + 5, 16, cfg.seed)
+    with pytest.raises(ValueError, match=r"training labels must be integers in \[0, 2\)"):
+        fit(net, params, cfg, bad, val, str(tmp_path / "d"), progress=False)
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_lr_step_schedule():
+    cfg = TrainConfig(lr=0.5, lr_decay_epochs=(1, 3), lr_decay=0.1, momentum=0.0)
+    sched = lr_schedule(cfg, steps_per_epoch=2)
+    want = [0.5, 0.5, 0.05, 0.05, 0.05, 0.05, 0.005, 0.005]  # epochs 0, 1-2, 3+ (2 steps each)
+    np.testing.assert_allclose([float(sched(s)) for s in range(8)], want, rtol=1e-6)
+    # The optimiser applies it: SGD without momentum steps by -lr(step) * gradient.
+    opt = make_optimizer(cfg, steps_per_epoch=2)
+    state, steps = opt.init(jnp.zeros(())), []
+    for _ in range(8):
+        u, state = opt.update(jnp.ones(()), state)
+        steps.append(-float(u))
+    np.testing.assert_allclose(steps, want, rtol=1e-6)
+    assert lr_schedule(TrainConfig(lr=0.5), None) == 0.5  # no schedule: the constant rate (unchanged optimiser state)
+    with pytest.raises(ValueError, match="needs the number of steps per epoch"):
+        make_optimizer(cfg)
+    for bad in [(0,), (3, 1), (2, 2), (1.5,)]:
+        with pytest.raises(ValueError, match="lr_decay_epochs must be increasing positive integers"):
+            TrainConfig(lr_decay_epochs=bad).validate()
+    with pytest.raises(ValueError, match="lr_decay must be in"):
+        TrainConfig(lr_decay_epochs=(1,), lr_decay=0.0).validate()
+
+
+def test_run_recorded_before_a_new_config_field_resumes(tmp_path):
+    net, params, x, y = small_problem(20)
+    cfg = TrainConfig(epochs=1, batch_size=10)
+    fit(net, params, cfg, (x, y), (x, y), str(tmp_path), progress=False)
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["train"]["lr_decay_epochs"], record["train"]["lr_decay"]  # as written by an older version
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    _, hist = fit(net, params, dataclasses.replace(cfg, epochs=2), (x, y), (x, y), str(tmp_path), progress=False)
+    assert len(hist) == 2
+    record["train"]["lr_decay_epochs"] = [1]  # a missing field only stands for its default
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="lr_decay_epochs"):
+        fit(net, params, dataclasses.replace(cfg, epochs=3), (x, y), (x, y), str(tmp_path), progress=False)

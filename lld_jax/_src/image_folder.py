@@ -19,6 +19,7 @@ converting a margin computed on normalised inputs.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import os
 import weakref
 from collections import deque
@@ -374,6 +375,30 @@ class ImageBatches:
     def __len__(self) -> int:
         """Batches per epoch: ``ceil(N / batch_size)``, the same on every shard."""
         return -(-len(self.paths) // self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        """N, the number of images (every one is visited once per epoch)."""
+        return len(self.paths)
+
+    def fingerprint(self) -> str:
+        """SHA-1 of what decides the batches' content: files, labels, size, resize, normalisation, seed.
+
+        Recorded by :func:`lld_jax.training.fit` so that a resumed run must see the same data.
+        """
+        h = hashlib.sha1()
+        for part in (
+            *self.paths,
+            self.labels.tobytes(),
+            self.size,
+            self.resize,
+            self.shuffle,
+            self.seed,
+            b"" if self.stats is None else np.asarray(self.stats, np.float64).tobytes(),
+        ):
+            h.update(repr(part).encode() if not isinstance(part, bytes) else part)
+            h.update(b"\0")
+        return h.hexdigest()
 
     @property
     def dtype(self) -> np.dtype:

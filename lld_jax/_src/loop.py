@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from typing import Any
 
 import jax
@@ -19,7 +20,9 @@ from lld_jax._src.checkpoints import Checkpoints
 from lld_jax._src.host import epoch_order, round_up
 from lld_jax._src.network import Network, PyTree
 from lld_jax._src.rundir import RunDir
-from lld_jax._src.training import TrainConfig, Trainer, TrainState
+from lld_jax._src.training import BatchSource, TrainConfig, Trainer, TrainState, is_source
+
+Split = tuple[np.ndarray, np.ndarray] | BatchSource
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -32,7 +35,11 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def describe_run(params: PyTree, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
+def _split_sha1(split: Split) -> str:
+    return split.fingerprint() if is_source(split) else fingerprint(*split)
+
+
+def describe_run(params: PyTree, train: Split, val: Split) -> dict[str, Any]:
     """What ``fit`` records of any run: parameter shapes and dtypes, and fingerprints of the
     initial parameters and of both splits (so a different architecture, initialisation or data
     is refused with a clear message instead of an Orbax shape error or a silent resume)."""
@@ -40,8 +47,8 @@ def describe_run(params: PyTree, train: tuple[np.ndarray, np.ndarray], val: tupl
     return {
         "params": {jax.tree_util.keystr(k): f"{np.dtype(v.dtype).name}{list(np.shape(v))}" for k, v in leaves},
         "init_sha1": fingerprint(*(np.asarray(v) for _, v in leaves)),
-        "train_sha1": fingerprint(*train),
-        "val_sha1": fingerprint(*val),
+        "train_sha1": _split_sha1(train),
+        "val_sha1": _split_sha1(val),
     }
 
 
@@ -54,7 +61,11 @@ def check_data(net: Network, params: PyTree, cfg: TrainConfig, name: str, x: np.
         raise ValueError(f"the {name} split holds examples of shape {shape}, the network takes {tuple(net.input_shape)}.")
     if not np.isfinite(x).all():
         raise ValueError(f"the {name} split holds NaN or Inf inputs (first at example {int(np.argmax(~np.isfinite(x.reshape(len(x), -1)).any(1)))}).")
-    out = jax.eval_shape(net.apply, params, jax.ShapeDtypeStruct(shape, x.dtype))[0]
+    _check_labels(net, params, cfg, name, np.asarray(y), jax.ShapeDtypeStruct(shape, x.dtype))
+
+
+def _check_labels(net: Network, params: PyTree, cfg: TrainConfig, name: str, y: np.ndarray, example: jax.ShapeDtypeStruct) -> None:
+    out = jax.eval_shape(net.apply, params, example)[0]
     classes = 2 if cfg.task_loss == "sigmoid" else int(np.prod(out.shape))
     if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= classes:
         raise ValueError(
@@ -63,22 +74,49 @@ def check_data(net: Network, params: PyTree, cfg: TrainConfig, name: str, x: np.
         )
 
 
+def _check_split(net: Network, params: PyTree, cfg: TrainConfig, name: str, split: Split) -> tuple[int, ...]:
+    """:func:`check_data` of a split (a source: its first batch and all its labels); returns the example shape."""
+    if not is_source(split):
+        check_data(net, params, cfg, name, *split)
+        return tuple(split[0].shape[1:])
+    if split.num_examples < 1:
+        raise ValueError(f"the {name} source holds no examples.")
+    if name == "training" and split.batch_size != cfg.batch_size:
+        raise ValueError(
+            f"the training source yields batches of {split.batch_size} rows but cfg.batch_size is {cfg.batch_size}; build it with batch_size=cfg.batch_size."
+        )
+    xb, yb, mb = next(iter(split.epoch(0)))
+    mb = np.asarray(mb, bool)
+    check_data(net, params, cfg, name, xb[mb], yb[mb])
+    labels = getattr(split, "labels", None)
+    if labels is not None:
+        _check_labels(net, params, cfg, name, np.asarray(labels), jax.ShapeDtypeStruct(xb.shape[1:], xb.dtype))
+    return tuple(xb.shape[1:])
+
+
+def _pair(split: Split) -> tuple[Any, Any]:
+    """The ``(x, y)`` arguments of train_epoch and evaluate: a source travels as ``(source, None)``."""
+    return (split, None) if is_source(split) else split
+
+
 @jax.jit
 def _accumulate(acc: dict, m: dict, n: jax.Array, step: jax.Array):
     sums, bad = acc
-    sums = jax.tree.map(lambda s, v: s + v * n, sums, m)
+    sums = jax.tree.map(lambda s, v: s + v * n.astype(v.dtype), sums, m)
     bad = jnp.where((bad == 0) & ~jnp.isfinite(m["loss"]), step, bad)
     return sums, bad
 
 
 def train_epoch(
-    trainer: Trainer, state: TrainState, x: np.ndarray, y: np.ndarray, epoch: int, *, progress: bool = False
+    trainer: Trainer, state: TrainState, x: np.ndarray | BatchSource, y: np.ndarray | None, epoch: int, *, progress: bool = False
 ) -> tuple[TrainState, dict[str, float]]:
     """One pass over ``(x, y)`` in the epoch's deterministic order; returns the state and mean train metrics.
 
-    Metrics stay on the device and are read once, at the end of the epoch
-    (and every 50 steps for the progress bar when ``progress``).
-    Every example is used: the last, ragged batch is padded and masked.
+    ``x`` may instead be a :class:`~lld_jax.training.BatchSource` (``y``
+    None) whose ``epoch(epoch)`` gives the batches. Metrics stay on the device
+    and are read once, at the end of the epoch (and every 50 steps for the
+    progress bar when ``progress``). Every example is used: the last, ragged
+    batch is padded and masked.
 
     Raises:
       FloatingPointError: the loss was NaN or Inf at some step (named).
@@ -86,35 +124,45 @@ def train_epoch(
     cfg = trainer.cfg
     nproc, pid = jax.process_count(), jax.process_index()
     per_proc = round_up(cfg.batch_size, jax.device_count()) // nproc
-    order = epoch_order(len(x), cfg.seed, epoch)
-    steps = -(-len(x) // cfg.batch_size)
-    it = range(steps)
+    if is_source(x):
+        steps, total = len(x), x.num_examples
+        batches = ((xb, yb, mb) for xb, yb, mb in x.epoch(epoch))
+    else:
+        order = epoch_order(len(x), cfg.seed, epoch)
+        steps, total = -(-len(x) // cfg.batch_size), len(x)
+
+        def host_batches():
+            for s in range(steps):
+                idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                local = idx[pid * per_proc : (pid + 1) * per_proc] if nproc > 1 else idx
+                yield x[local], y[local], None
+
+        batches = host_batches()
     if progress:
         from tqdm.auto import tqdm
 
-        it = tqdm(it, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
+        batches = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
     acc = None
-    for s in it:
-        idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-        local = idx[pid * per_proc : (pid + 1) * per_proc] if nproc > 1 else idx
-        state, m = trainer.train_step(state, *trainer.padded_batch(x[local], y[local], per_proc))
+    for s, (xb, yb, mb) in enumerate(batches):
+        batch = trainer.padded_batch(xb, yb, per_proc, mb)
+        state, m = trainer.train_step(state, *batch)
         if acc is None:
             acc = (jax.tree.map(jnp.zeros_like, m), jnp.zeros((), jnp.int32))
-        acc = _accumulate(acc, m, jnp.float32(len(idx)), jnp.int32(s + 1))
+        acc = _accumulate(acc, m, jnp.sum(batch[2]), jnp.int32(s + 1))  # weighted by the global batch's real rows
         if progress and s % 50 == 0:
-            it.set_postfix(loss=f"{float(m['loss']):.4f}", acc=f"{float(m['accuracy']):.3f}")
+            batches.set_postfix(loss=f"{float(m['loss']):.4f}", acc=f"{float(m['accuracy']):.3f}")
     sums, bad = jax.device_get(acc)
     if bad:
         raise FloatingPointError(f"the loss became NaN or Inf at epoch {epoch + 1}, step {int(bad)}")
-    return state, {k: float(v) / len(x) for k, v in sums.items()}
+    return state, {k: float(v) / total for k, v in sums.items()}
 
 
 def fit(
     net: Network,
     params: PyTree,
     cfg: TrainConfig,
-    train: tuple[np.ndarray, np.ndarray],
-    val: tuple[np.ndarray, np.ndarray],
+    train: Split,
+    val: Split,
     run_dir: str,
     *,
     experiment: dict[str, Any] | None = None,
@@ -123,13 +171,17 @@ def fit(
     """Trains ``params`` for ``cfg.epochs`` epochs; returns (best-validation-loss params, per-epoch metrics).
 
     Resumes from ``run_dir`` if it holds a run of the same config; only
-    ``epochs`` may differ (the learning rate has no schedule), which extends a
-    finished run. Everything is validated before anything is written.
+    ``epochs`` may differ, which extends a finished run (a learning-rate
+    schedule is a function of the step, so extending it continues the last
+    rate). Everything is validated before anything is written.
 
     Args:
       net, params: the network and its initial parameters.
       cfg: the training hyper-parameters.
-      train, val: ``(x, y)`` host arrays.
+      train, val: ``(x, y)`` host arrays, or :class:`~lld_jax.training.BatchSource`
+        objects that stream them (e.g. :class:`lld_jax.data.ImageBatches`; the
+        training one built with ``batch_size=cfg.batch_size`` and shuffling
+        seeded by ``cfg.seed``), checked on their first batch and labels.
       run_dir: the run directory (created if needed).
       experiment: what else identifies the run (data selection, architecture,
         initialisation), recorded in ``config.json`` beside ``cfg`` and
@@ -141,9 +193,9 @@ def fit(
       FloatingPointError: a non-finite loss; the last good checkpoint is kept.
     """
     cfg.validate()
-    for name, (x, y) in (("training", train), ("validation", val)):
-        check_data(net, params, cfg, name, x, y)
-    dim = int(np.prod(train[0].shape[1:]))
+    shape = _check_split(net, params, cfg, "training", train)
+    _check_split(net, params, cfg, "validation", val)
+    dim = int(np.prod(shape))
     if cfg.lam > 0 and cfg.regularizer == "sampled" and cfg.estimator == "axes" and cfg.num_samples > dim:
         raise ValueError(f"num_samples={cfg.num_samples} exceeds the input dimension {dim}.")
     main = jax.process_index() == 0
@@ -152,9 +204,12 @@ def fit(
     if cfg.epochs < done:
         raise ValueError(f"{run_dir} has trained {done} epochs already; epochs={cfg.epochs} cannot shorten it (use a fresh run directory).")
     record = {"train": dataclasses.asdict(cfg), "experiment": experiment or {}, "run": describe_run(params, train, val)}
-    rd.claim(record, mutable=("train.epochs",))
+    # A run recorded before a TrainConfig field existed ran with that field's (behaviour-preserving) default.
+    defaults = {f"train.{f.name}": json.loads(json.dumps(f.default)) for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    rd.claim(record, mutable=("train.epochs",), defaults=defaults)
 
-    trainer = Trainer(net, cfg)
+    steps = len(train) if is_source(train) else -(-len(train[0]) // cfg.batch_size)
+    trainer = Trainer(net, cfg, steps_per_epoch=steps)
     state = trainer.init_state(params)
     history: list[dict[str, Any]] = []
     start, best_val = 0, np.inf
@@ -172,11 +227,11 @@ def fit(
             )
         for epoch in range(start, cfg.epochs):
             try:
-                state, train_m = train_epoch(trainer, state, *train, epoch, progress=progress and main)
+                state, train_m = train_epoch(trainer, state, *_pair(train), epoch, progress=progress and main)
             except FloatingPointError as err:
                 kept = f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoints" if epoch else "no checkpoint was written yet"
                 raise FloatingPointError(f"{err}; training stopped and {kept}. Lower the learning rate, lambda or C.") from err
-            val_m = trainer.evaluate(state.params, *val)
+            val_m = trainer.evaluate(state.params, *_pair(val))
             if not np.isfinite(val_m["loss"]):  # e.g. the epoch's last update made the parameters non-finite
                 kept = f"the last good checkpoint (epoch {epoch}) is kept in {run_dir}/checkpoints" if epoch else "no checkpoint was written yet"
                 raise FloatingPointError(

@@ -24,11 +24,12 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+def _diff(old: Any, new: Any, prefix: str = "", defaults: dict[str, Any] | None = None) -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new), key=str):
-            out += _diff(old.get(k, "<missing>"), new.get(k, "<missing>"), f"{prefix}{k}.")
+            missing = (defaults or {}).get(f"{prefix}{k}", "<missing>")
+            out += _diff(old.get(k, missing), new.get(k, "<missing>"), f"{prefix}{k}.", defaults)
         return out
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
@@ -47,8 +48,11 @@ class RunDir:
         """The recorded config, or None for a new run."""
         return read_json(self.file(CONFIG)) if os.path.exists(self.file(CONFIG)) else None
 
-    def claim(self, config: dict, *, mutable: tuple[str, ...] = ()) -> dict | None:
+    def claim(self, config: dict, *, mutable: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> dict | None:
         """Records ``config`` (JSON-able) or checks it against the recorded one; returns the old one.
+
+        ``defaults`` (dotted key -> value) stand in for keys the recorded config
+        lacks (written before the key existed).
 
         Raises:
           ValueError: the directory holds a run with another config (other
@@ -57,7 +61,7 @@ class RunDir:
         new = json.loads(json.dumps(config, default=str))
         old = self.stored_config()
         if old is not None:
-            diffs = [d for d in _diff(old, new) if d.split(":")[0] not in mutable]
+            diffs = [d for d in _diff(old, new, defaults=defaults) if d.split(":")[0] not in mutable]
             if diffs:
                 raise ValueError(
                     f"{self.path} holds a run with a different config ({'; '.join(diffs)}). "

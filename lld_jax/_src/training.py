@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,10 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 64
     lr: float = 0.01
+    # Step schedule: lr is multiplied by lr_decay once each listed number of epochs is completed
+    # (paper App. I: 0.005, then 0.0005 after epoch 10 -> lr_decay_epochs=(10,), lr_decay=0.1).
+    lr_decay_epochs: tuple[int, ...] = ()
+    lr_decay: float = 0.1
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum), "adam" or "amsgrad"
     momentum: float = 0.5
     lam: float = 0.0  # regularisation weight lambda; 0 = vanilla
@@ -63,6 +67,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}.")
+        self.lr_decay_epochs = tuple(self.lr_decay_epochs)
+        if any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) or e < 1 for e in self.lr_decay_epochs) or list(
+            self.lr_decay_epochs
+        ) != sorted(set(self.lr_decay_epochs)):
+            raise ValueError(f"lr_decay_epochs must be increasing positive integers (epochs after which lr decays), got {self.lr_decay_epochs}.")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}.")
         if self.optimizer not in ("sgd", "adam", "amsgrad"):
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'amsgrad', got {self.optimizer!r}.")
         if self.task_loss not in ("softmax", "sigmoid"):
@@ -84,13 +95,38 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """The optimiser of ``cfg``: SGD with Nesterov momentum (paper App. G), Adam, or AMSGrad (App. H)."""
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int | None) -> float | optax.Schedule:
+    """``cfg.lr``, or with ``cfg.lr_decay_epochs`` the step schedule over optimiser updates.
+
+    Update ``s`` (counted from 0) belongs to epoch ``s // steps_per_epoch``; its
+    rate is ``lr * lr_decay ** (number of decay epochs <= that epoch)``.
+
+    Raises:
+      ValueError: a schedule without ``steps_per_epoch``.
+    """
+    if not cfg.lr_decay_epochs:
+        return cfg.lr
+    if steps_per_epoch is None or steps_per_epoch < 1:
+        raise ValueError("a learning-rate schedule (lr_decay_epochs) needs the number of steps per epoch: pass steps_per_epoch to the Trainer.")
+    bounds = jnp.asarray([e * steps_per_epoch for e in cfg.lr_decay_epochs])
+
+    def schedule(count):
+        return cfg.lr * cfg.lr_decay ** jnp.sum(count >= bounds)
+
+    return schedule
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+    """The optimiser of ``cfg``: SGD with Nesterov momentum (paper App. G), Adam, or AMSGrad (App. H).
+
+    ``steps_per_epoch`` is needed (only) for a learning-rate schedule, see :func:`lr_schedule`.
+    """
+    lr = lr_schedule(cfg, steps_per_epoch)
     if cfg.optimizer == "adam":
-        return optax.adam(cfg.lr)
+        return optax.adam(lr)
     if cfg.optimizer == "amsgrad":
-        return optax.amsgrad(cfg.lr)
-    return optax.sgd(cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return optax.amsgrad(lr)
+    return optax.sgd(lr, momentum=cfg.momentum, nesterov=True)
 
 
 def task_losses(logits: Array, y: Array, kind: str) -> tuple[Array, Array]:
@@ -160,10 +196,10 @@ def maybe_initialize_distributed() -> None:
 class Trainer:
     """Holds the compiled train and eval steps for one network and config."""
 
-    def __init__(self, net: Network, cfg: TrainConfig, *, mesh: jax.sharding.Mesh | None = None):
+    def __init__(self, net: Network, cfg: TrainConfig, *, mesh: jax.sharding.Mesh | None = None, steps_per_epoch: int | None = None):
         self.net, self.cfg = net, cfg.validate()
         self.mesh = mesh or data_mesh()
-        self.opt = make_optimizer(cfg)
+        self.opt = make_optimizer(cfg, steps_per_epoch)
         self.replicated = NamedSharding(self.mesh, P())
         self.sharded = NamedSharding(self.mesh, P("data"))
         loss_fn = make_loss_fn(net, cfg)
@@ -186,26 +222,68 @@ class Trainer:
         params = jax.tree.map(lambda a: jnp.array(a, copy=True), params)
         return jax.device_put(TrainState(params, self.opt.init(params), jnp.zeros((), jnp.int32)), self.replicated)
 
-    def padded_batch(self, x: np.ndarray, y: np.ndarray, size: int) -> tuple[Array, Array, Array]:
+    def padded_batch(self, x: np.ndarray, y: np.ndarray, size: int, mask: np.ndarray | None = None) -> tuple[Array, Array, Array]:
         """Pads a host batch to ``size`` (a multiple of the device count) and shards it.
 
         In a multi-process run each process passes its own slice of the global
-        batch; ``size`` is the per-process size.
+        batch; ``size`` is the per-process size. ``mask`` (rows that are real,
+        default all) is extended with zeros over the padding.
         """
-        mask = np.zeros(size, np.float32)
-        mask[: len(x)] = 1.0
+        m = np.zeros(size, np.float32)
+        m[: len(x)] = 1.0 if mask is None else np.asarray(mask, np.float32)
         put = lambda a: jax.make_array_from_process_local_data(self.sharded, a)
-        return put(pad_rows(x, size)), put(pad_rows(y, size)), put(mask)
+        return put(pad_rows(x, size)), put(pad_rows(y, size)), put(m)
 
-    def evaluate(self, params: PyTree, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        """Mean metrics over a whole split (nothing dropped: the last batch is masked)."""
-        if len(x) == 0:
+    def evaluate(self, params: PyTree, x: np.ndarray | BatchSource, y: np.ndarray | None = None) -> dict[str, float]:
+        """Mean metrics over a whole split (nothing dropped: the last batch is masked).
+
+        ``(x, y)`` host arrays, or ``x`` a :class:`BatchSource` (``y`` None),
+        read once in order (its ``epoch(0)``).
+        """
+        if is_source(x):
+            per_proc = round_up(x.local_batch_size, max(1, jax.local_device_count()))
+            batches = ((xb, yb, self.padded_batch(xb, yb, per_proc, mb)) for xb, yb, mb in x.epoch(0))
+        else:
+            if len(x) == 0:
+                raise ValueError("cannot evaluate on an empty split.")
+            bs = round_up(self.cfg.eval_batch_size, jax.device_count())
+            batches = ((xb, yb, self.padded_batch(xb, yb, bs)) for xb, yb in ((x[lo : lo + bs], y[lo : lo + bs]) for lo in range(0, len(x), bs)))
+        totals, count = None, None
+        for _, _, batch in batches:
+            n = jnp.sum(batch[2])  # real rows of the global batch
+            m = jax.tree.map(lambda v: v * n, self.eval_step(params, *batch))  # stays on device: one transfer per split
+            totals, count = (m, n) if totals is None else (jax.tree.map(jnp.add, totals, m), count + n)
+        if totals is None:
             raise ValueError("cannot evaluate on an empty split.")
-        bs = round_up(self.cfg.eval_batch_size, jax.device_count())
-        totals = None
-        for lo in range(0, len(x), bs):
-            xb, yb = x[lo : lo + bs], y[lo : lo + bs]
-            m = self.eval_step(params, *self.padded_batch(xb, yb, bs))
-            m = jax.tree.map(lambda v: v * len(xb), m)  # stays on device: one transfer per split
-            totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
-        return {k: float(v) / len(x) for k, v in jax.device_get(totals).items()}
+        totals, count = jax.device_get((totals, count))
+        return {k: float(v) / float(count) for k, v in totals.items()}
+
+
+class BatchSource(Protocol):
+    """A split streamed in batches instead of held as host arrays (e.g. :class:`lld_jax.data.ImageBatches`).
+
+    ``epoch(e)`` yields ``(x, y, mask)`` host batches of ``local_batch_size``
+    rows (this process's slice of a global batch of ``batch_size`` rows; rows
+    where ``mask`` is False are padding), every example once; a training
+    source must shuffle as a function of ``(seed, e)`` only, so that a resumed
+    run replays the same batches. ``len()`` is the number of batches per epoch,
+    ``num_examples`` the split's size and ``fingerprint()`` a string that
+    changes with its content (recorded by :func:`lld_jax.training.fit`).
+    """
+
+    batch_size: int
+    local_batch_size: int
+
+    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]: ...
+
+    def __len__(self) -> int: ...
+
+    @property
+    def num_examples(self) -> int: ...
+
+    def fingerprint(self) -> str: ...
+
+
+def is_source(split: Any) -> bool:
+    """Whether ``split`` is a :class:`BatchSource` rather than an ``(x, y)`` pair of arrays."""
+    return hasattr(split, "epoch") and hasattr(split, "fingerprint")
