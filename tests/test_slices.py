@@ -29,7 +29,7 @@ def _grid_patterns(net, params, x0, a, b, n=120):
     return pts, np.asarray(L.batched.activation_pattern(net, params, jnp.asarray(xs)))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "resnet", "cnn_max", "maxout"])
 def test_grid_points_match_their_polygon_and_areas_add_up(kind):
     net, params, x0, a, b = _slice(kind)
     regions = enumerate_slice(net, params, x0, a, b, BOX)
