@@ -338,3 +338,20 @@ def test_batches_argument_errors():
         ImageBatches(["a.png"], np.zeros(1, int), batch_size=1, mean=IMAGENET_MEAN)
     with pytest.raises(ValueError, match="resize"):
         ImageBatches(["a.png"], np.zeros(1, int), batch_size=1, resize="pad")
+
+
+def test_fingerprint_follows_what_decides_the_batches():
+    kw = {"batch_size": 2, "size": 8, "seed": 1, "workers": 1}
+    paths, labels = ["a.png", "b.png", "c.png"], np.array([0, 1, 1])
+    with ImageBatches(paths, labels, **kw) as base:
+        fp = base.fingerprint()
+        assert base.num_examples == 3
+    with ImageBatches(list(paths), labels.copy(), **kw) as same:
+        assert same.fingerprint() == fp
+    for change in ({"size": 16}, {"seed": 2}, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}):
+        with ImageBatches(paths, labels, **{**kw, **change}) as other:
+            assert other.fingerprint() != fp, change
+    with ImageBatches(paths, np.array([0, 1, 0]), **kw) as other:
+        assert other.fingerprint() != fp
+    with ImageBatches(paths[::-1], labels, **kw) as other:
+        assert other.fingerprint() != fp
