@@ -1,0 +1,534 @@
+"""ResNet-18 on images with approximate ROLL and gradient stability (paper Sec. 5.3, Table 3, Figures 4-6; App. I-K).
+
+Both models, then Table 3 and the figures::
+
+    python -m experiments.caltech --preset reduced --out runs/caltech_reduced   # ~1 h per model on a 2-core CPU
+    python -m experiments.caltech --preset paper --out runs/caltech_paper       # the paper's settings: an accelerator job
+
+Data: a folder with one sub-folder per class (``--data-dir``; here Caltech-101
+stands in for Caltech-256, which is not available offline), split per class
+as the paper (5 validation, 15 test, the rest training; seeded), decoded and
+resized on the fly (:class:`lld_jax.data.ImageBatches`: bounded memory).
+
+The network reads [0, 1] pixels and normalises them itself (an affine map, so
+it stays piecewise linear): the distortions' l_inf ball (eps = 8/256) and the
+box [0, 1] are in pixel units, as in the paper. Channel statistics are the
+training split's (ImageNet's with ``--torch-weights``). BatchNorm uses its
+stored statistics, held constant (the network is one piecewise-linear
+function per example); trained from scratch they stay at their
+initialisation (mean 0, variance 1), so BatchNorm is a learned per-channel
+affine map.
+
+Presets (every field is also a flag; a flag overrides its preset):
+
+* ``paper``: 299x299, all classes, batch 32, 20 epochs, SGD Nesterov momentum
+  0.5, lr 0.005 then 0.0005 after epoch 10, lambda 1e-3, C 8, sampled ROLL
+  with 120 stratified axes per channel (D' = 360; the paper tuned with 6 per
+  channel), 1024 evaluated test images, eps 8/256, 8000 uniform samples, GA
+  population 4800, 30 generations, top 25% kept.
+* ``reduced`` (a 2-core CPU): 32x32 inputs, the first 10 classes (sorted
+  by name) with 30 training images each (seeded), D' = 18 (6 per channel,
+  the paper's tuning value), 32 evaluated test images, 160 uniform samples,
+  GA population 160 and 6 generations. Everything else as ``paper`` (20
+  epochs, lr decay after 10, lambda 1e-3, C 8). Measured on this CPU: a
+  batch-32 step of ResNet-18 at 32x32 takes 0.35 s vanilla and 6.3 s with
+  the D' = 18 loss (18x), so ROLL trains in about 20 min.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import lld_jax
+from experiments import _cli, _figures
+from lld_jax.data import ImageBatches, channel_stats, load_image, scan_image_folder, split_per_class
+from lld_jax.evaluation import percentiles
+from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
+
+DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "caltech101", "101_ObjectCategories")
+MODELS = ("vanilla", "roll")
+PAPER_TABLE3 = {  # paper Table 3 (camera-ready Table 4), ResNet-18 on Caltech-256 at 299x299
+    "vanilla": {"p1": 0.807, "p5": 0.934, "expected": (583.8, 777.4, 1041.9, 3666.7), "max": (840.9, 1118.2, 1477.6, 5473.5), "changed": 42},
+    "roll": {"p1": 0.808, "p5": 0.941, "expected": (540.6, 732.0, 948.7, 2652.2), "max": (779.9, 1046.7, 1368.2, 3882.8), "changed": 40},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "size": 299,
+        "classes": None,
+        "train_per_class": None,
+        "epochs": 20,
+        "lr_decay_epoch": 10,
+        "num_samples": 360,
+        "eval_images": 1024,
+        "uniform_samples": 8000,
+        "population": 4800,
+        "generations": 30,
+    },
+    "reduced": {
+        "size": 32,
+        "classes": 10,
+        "train_per_class": 30,
+        "epochs": 20,
+        "lr_decay_epoch": 10,
+        "num_samples": 18,
+        "eval_images": 32,
+        "uniform_samples": 160,
+        "population": 160,
+        "generations": 6,
+    },
+}
+
+
+@dataclasses.dataclass
+class Config:
+    """Settings of the image experiment; ``None`` fields take the preset's value."""
+
+    out: str = dataclasses.field(default="runs/caltech", metadata={"help": "output directory: one run directory per model, table3.md, figures"})
+    data_dir: str = dataclasses.field(default=DEFAULT_DATA, metadata={"help": "image folder with one sub-folder per class"})
+    preset: str = dataclasses.field(default="reduced", metadata={"help": "'reduced' (2-core CPU) or 'paper' (accelerator)"})
+    model: str = dataclasses.field(default="both", metadata={"help": "'vanilla', 'roll' or 'both'"})
+    size: int | None = dataclasses.field(default=None, metadata={"help": "side of the square inputs in pixels (paper: 299)"})
+    classes: int | None = dataclasses.field(default=None, metadata={"help": "use the first K classes (sorted by name); None: all"})
+    train_per_class: int | None = dataclasses.field(default=None, metadata={"help": "cap on training images per class (seeded); None: all"})
+    exclude: tuple[str, ...] = dataclasses.field(default=("BACKGROUND_Google",), metadata={"help": "class folders left out"})
+    num_val: int = 5
+    num_test: int = 15
+    widths: tuple[int, ...] = dataclasses.field(default=(64, 128, 256, 512), metadata={"help": "ResNet stage channels (ResNet-18: 64 128 256 512)"})
+    blocks: tuple[int, ...] = dataclasses.field(default=(2, 2, 2, 2), metadata={"help": "basic blocks per stage (ResNet-18: 2 2 2 2)"})
+    torch_weights: str | None = dataclasses.field(default=None, metadata={"help": "torchvision ResNet-18 state_dict file to start from"})
+    seed: int = 0
+    epochs: int | None = None
+    batch_size: int = 32
+    lr: float = 0.005
+    lr_decay_epoch: int | None = dataclasses.field(default=None, metadata={"help": "lr x 0.1 after this many epochs (0: never)"})
+    momentum: float = 0.5
+    lam: float = dataclasses.field(default=1e-3, metadata={"help": "lambda of the ROLL model"})
+    C: float = 8.0
+    num_samples: int | None = dataclasses.field(default=None, metadata={"help": "D': sampled input axes per example, a multiple of 3"})
+    eval_images: int | None = dataclasses.field(default=None, metadata={"help": "test images whose gradient distortion is measured"})
+    eps: float = dataclasses.field(default=8 / 256, metadata={"help": "l_inf radius of the distortion ball, [0, 1] pixel units"})
+    uniform_samples: int | None = dataclasses.field(default=None, metadata={"help": "samples of the expected distortion"})
+    population: int | None = None
+    generations: int | None = None
+    keep: float = 0.25
+    ig_steps: int = dataclasses.field(default=50, metadata={"help": "integrated-gradient steps for Figures 5-6"})
+    workers: int | None = dataclasses.field(default=None, metadata={"help": "image decoding threads"})
+    progress: bool = True
+
+    def resolved(self) -> Config:
+        """A copy with the preset's values in the ``None`` fields, validated."""
+        if self.preset not in PRESETS:
+            raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {self.preset!r}.")
+        preset = PRESETS[self.preset]
+        return dataclasses.replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None}).validate()
+
+    def validate(self) -> Config:
+        if self.model not in (*MODELS, "both"):
+            raise ValueError(f"--model must be 'vanilla', 'roll' or 'both', got {self.model!r}.")
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise ValueError(f"--widths and --blocks need one entry per stage, got {self.widths} and {self.blocks}.")
+        if self.num_samples is not None and (self.num_samples < 3 or self.num_samples % 3):
+            raise ValueError(f"--num-samples must be a positive multiple of the 3 channels (stratified sampling), got {self.num_samples}.")
+        if self.size is not None and self.size < 8:
+            raise ValueError(f"--size must be at least 8 pixels, got {self.size}.")
+        if self.train_per_class is not None and self.train_per_class < 1:
+            raise ValueError(f"--train-per-class must be positive (or None for all), got {self.train_per_class}.")
+        if self.classes is not None and self.classes < 2:
+            raise ValueError(f"--classes must be at least 2 (or None for all), got {self.classes}.")
+        if not 0 < self.eps:
+            raise ValueError(f"--eps must be positive, got {self.eps}.")
+        return self
+
+    def train_config(self, lam: float) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            lr_decay_epochs=(self.lr_decay_epoch,) if self.lr_decay_epoch else (),
+            lr_decay=0.1,
+            optimizer="sgd",
+            momentum=self.momentum,
+            lam=lam,
+            C=self.C if lam else 0.0,
+            regularizer="sampled",
+            num_samples=self.num_samples,
+            stratify=True,
+            seed=self.seed + 1,
+            eval_batch_size=self.batch_size,
+        )
+
+
+# --------------------------------------------------------------------------
+# The network: [0, 1] pixels in, normalised inside.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Normalized:
+    """``apply(params, (x - mean) / std)``: hashable (tuples), so jit caches compile once per model."""
+
+    apply: Callable
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, params, x):
+        return self.apply(params, (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype))
+
+
+def pixel_network(net: lld_jax.Network, mean: Sequence[float], std: Sequence[float]) -> lld_jax.Network:
+    """``net`` behind a per-channel normalisation, so that it takes [0, 1] pixels (piecewise linear still)."""
+    return lld_jax.Network(
+        apply=_Normalized(net.apply, tuple(float(m) for m in mean), tuple(float(s) for s in std)),
+        input_shape=net.input_shape,
+        negative_slope=net.negative_slope,
+    )
+
+
+def build_model(config: Config, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> tuple[lld_jax.Network, Any]:
+    """The ResNet of ``config`` on [0, 1] pixels, as ``(network, params)``."""
+    model = lld_jax.ResNet((config.size, config.size, 3), config.widths, config.blocks, num_classes, stem="imagenet", rngs=nnx.Rngs(config.seed))
+    if config.torch_weights:
+        if not os.path.exists(config.torch_weights):
+            raise FileNotFoundError(
+                f"--torch-weights {config.torch_weights} does not exist (a torchvision ResNet-18 state_dict saved with torch.save)."
+            )
+        lld_jax.load_torch_resnet(model, config.torch_weights)
+    net, params = lld_jax.from_nnx(model)
+    return pixel_network(net, mean, std), params
+
+
+# --------------------------------------------------------------------------
+# Data.
+
+
+@dataclasses.dataclass
+class ImageData:
+    """The split of the image folder: paths and labels of each part, class names, channel statistics."""
+
+    paths: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def load(cls, config: Config) -> ImageData:
+        if not os.path.isdir(config.data_dir):
+            raise FileNotFoundError(f"image folder {config.data_dir} not found: pass --data-dir, a folder with one sub-folder per class.")
+        paths, labels, names = scan_image_folder(config.data_dir, exclude=config.exclude)
+        if config.classes is not None:
+            if config.classes > len(names):
+                raise ValueError(f"--classes {config.classes} but {config.data_dir} has {len(names)} classes.")
+            keep = labels < config.classes
+            paths, labels, names = [p for p, k in zip(paths, keep) if k], labels[keep], names[: config.classes]
+        train, val, test = split_per_class(labels, num_val=config.num_val, num_test=config.num_test, seed=config.seed, class_names=names)
+        if config.train_per_class is not None:
+            rng = np.random.default_rng(config.seed + 3)
+            train = np.sort(np.concatenate([rng.permutation(train[labels[train] == k])[: config.train_per_class] for k in range(len(names))]))
+        paths = np.asarray(paths)
+        if config.torch_weights:
+            mean, std = lld_jax.data.IMAGENET_MEAN, lld_jax.data.IMAGENET_STD
+        else:
+            mean, std = channel_stats(list(paths[train]), size=config.size, max_images=1000, seed=config.seed, workers=config.workers)
+        return cls(paths, labels, names, train, val, test, tuple(map(float, mean)), tuple(map(float, std)))
+
+    def batches(self, part: np.ndarray, config: Config, *, shuffle: bool, seed: int = 0) -> ImageBatches:
+        """Streams a part as [0, 1] pixels (normalisation is inside the network)."""
+        return ImageBatches(
+            list(self.paths[part]),
+            self.labels[part],
+            batch_size=config.batch_size,
+            size=config.size,
+            shuffle=shuffle,
+            seed=seed,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            workers=config.workers,
+        )
+
+    def eval_subset(self, config: Config) -> np.ndarray:
+        """The evaluated test images: a seeded random subset of the test split (all of it if smaller)."""
+        rng = np.random.default_rng(config.seed + 7)
+        n = min(config.eval_images, len(self.test))
+        return np.sort(rng.choice(self.test, size=n, replace=False))
+
+    def pixels(self, idx: np.ndarray, config: Config) -> np.ndarray:
+        return np.stack([load_image(str(p), config.size) for p in self.paths[idx]]).astype(np.float32) / 255.0
+
+
+# --------------------------------------------------------------------------
+# Training and evaluation of one model.
+
+
+def _top5(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-logits, axis=1)
+    return order[:, 0] == y, (order[:, :5] == y[:, None]).any(1)
+
+
+@functools.partial(jax.jit, static_argnames="net")
+def _logits(net: lld_jax.Network, params: Any, x: jax.Array) -> jax.Array:
+    return jax.vmap(lambda xi: net.apply(params, xi)[0])(x)
+
+
+def precision_at_k(net: lld_jax.Network, params: Any, batches: ImageBatches, progress: bool) -> tuple[float, float]:
+    """Precision@1 and @5 over a streamed split (padded rows ignored)."""
+    hits1, hits5, n = 0, 0, 0
+    it = batches.epoch(0)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=len(batches), desc="precision@k", leave=False)
+    for x, y, mask in it:
+        t1, t5 = _top5(np.asarray(_logits(net, params, jnp.asarray(x))), y)
+        hits1, hits5, n = hits1 + int(t1[mask].sum()), hits5 + int(t5[mask].sum()), n + int(mask.sum())
+    return hits1 / n, hits5 / n
+
+
+def _in_blocks(fn: Callable, x: np.ndarray, y: np.ndarray, key: jax.Array, block: int, progress: bool, desc: str) -> list[Any]:
+    """``fn(x_block, y_block, key_block)`` over blocks of examples (bounded memory, a progress bar)."""
+    keys = jax.random.split(key, len(x))
+    starts = range(0, len(x), block)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, leave=False)
+    return [jax.device_get(fn(x[i : i + block], y[i : i + block], keys[i])) for i in starts]
+
+
+def evaluate(config: Config, data: ImageData, net: lld_jax.Network, params: Any, run_dir: str) -> dict:
+    """Table 3's numbers for one model; the per-image arrays go to ``eval.npz`` for the figures."""
+    t0 = time.time()
+    with data.batches(data.test, config, shuffle=False) as test:
+        p1, p5 = precision_at_k(net, params, test, config.progress)
+    idx = data.eval_subset(config)
+    x, y = data.pixels(idx, config), data.labels[idx]
+    key = jax.random.key(config.seed + 11)
+    ek, gk = jax.random.split(key)
+    block = 8
+    expected = _in_blocks(
+        lambda xb, yb, k: lld_jax.expected_gradient_distortion(net, params, xb, yb, eps=config.eps, num_samples=config.uniform_samples, key=k),
+        x,
+        y,
+        ek,
+        block,
+        config.progress,
+        "expected distortion",
+    )
+    worst = _in_blocks(
+        lambda xb, yb, k: lld_jax.max_gradient_distortion(
+            net, params, xb, yb, eps=config.eps, key=k, population=config.population, generations=config.generations, keep=config.keep
+        ),
+        x,
+        y,
+        gk,
+        block,
+        config.progress,
+        "maximal distortion (GA)",
+    )
+    expected = np.concatenate(expected)
+    res = lld_jax.GradientDistortion(*(np.concatenate(parts) for parts in zip(*worst)))
+    np.savez_compressed(
+        os.path.join(run_dir, "eval.npz"),
+        idx=idx,
+        expected=expected,
+        distortion=res.distortion,
+        x_worst=res.x_worst,
+        grad=res.grad,
+        grad_worst=res.grad_worst,
+        prediction_changed=res.prediction_changed,
+    )
+    return {
+        "precision_at_1": p1,
+        "precision_at_5": p5,
+        "num_test": len(data.test),
+        "num_evaluated": len(idx),
+        "expected_distortion": percentiles(expected),
+        "max_distortion": percentiles(res.distortion),
+        "num_prediction_changed": int(np.sum(res.prediction_changed)),
+        "eval_time_s": time.time() - t0,
+    }
+
+
+def _eval_settings(config: Config) -> dict:
+    return {k: getattr(config, k) for k in ("eval_images", "eps", "uniform_samples", "population", "generations", "keep", "seed")}
+
+
+def run_model(config: Config, data: ImageData, name: str) -> dict:
+    """Trains (or resumes) one model, evaluates it once (cached in report.json) and returns the report."""
+    run_dir = os.path.join(config.out, name)
+    lam = config.lam if name == "roll" else 0.0
+    cfg = config.train_config(lam)
+    net, params = build_model(config, len(data.class_names), data.mean, data.std)
+    experiment = {
+        "dataset": os.path.basename(os.path.normpath(config.data_dir)),
+        "classes": len(data.class_names),
+        "size": config.size,
+        "train_size": len(data.train),
+        "train_per_class": config.train_per_class,
+        "val_size": len(data.val),
+        "test_size": len(data.test),
+        "model": "ResNet",
+        "widths": list(config.widths),
+        "blocks": list(config.blocks),
+        "torch_weights": config.torch_weights,
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "model_seed": config.seed,
+    }
+    rd = RunDir(run_dir, write=jax.process_index() == 0)
+    report_path = rd.file("report.json")
+    if os.path.exists(report_path):
+        with open(report_path) as fh:
+            report = json.load(fh)
+        if report.get("evaluation_settings") == _eval_settings(config) and report.get("epochs_trained") == config.epochs:
+            return report  # trained and evaluated with these settings: nothing to redo
+    t0 = time.time()
+    with data.batches(data.train, config, shuffle=True, seed=cfg.seed) as train, data.batches(data.val, config, shuffle=False) as val:
+        params, history = fit(net, params, cfg, train, val, run_dir, experiment=experiment, progress=config.progress)
+    train_time = time.time() - t0
+    report = {
+        "name": name,
+        "config": dataclasses.asdict(cfg),
+        "experiment": experiment,
+        "epochs_trained": config.epochs,
+        "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1),
+        "train_time_s": train_time,
+        "evaluation_settings": _eval_settings(config),
+        **evaluate(config, data, net, params, run_dir),
+        "device": str(jax.devices()[0].device_kind),
+    }
+    rd.write_json("report.json", report)
+    return report
+
+
+# --------------------------------------------------------------------------
+# Table 3 and Figures 4-6.
+
+
+def table3_markdown(reports: dict[str, dict]) -> str:
+    """Ours beside the paper's Table 3 (the paper's l1 distortions are at 299x299x3: sums over 36x more pixels than 50x50)."""
+    head = "| Model | P@1 | P@5 | E[Δ] P25 | E[Δ] P50 | E[Δ] P75 | E[Δ] P100 | max Δ P25 | max Δ P50 | max Δ P75 | max Δ P100 | label changed |"
+    rows = [head, "|" + "---|" * 12]
+    for name, r in reports.items():
+        e, m = r["expected_distortion"], r["max_distortion"]
+        vals = [e[p] for p in ("P25", "P50", "P75", "P100")] + [m[p] for p in ("P25", "P50", "P75", "P100")]
+        rows.append(
+            f"| {name} (ours) | {r['precision_at_1']:.1%} | {r['precision_at_5']:.1%} | "
+            + " | ".join(f"{v:.2f}" for v in vals)
+            + f" | {r['num_prediction_changed']} of {r['num_evaluated']} |"
+        )
+    for name, p in PAPER_TABLE3.items():
+        rows.append(
+            f"| {name} (paper) | {p['p1']:.1%} | {p['p5']:.1%} | "
+            + " | ".join(f"{v:.1f}" for v in (*p["expected"], *p["max"]))
+            + f" | {p['changed']} of 1024 |"
+        )
+    return "\n".join(rows)
+
+
+def saliency(g: np.ndarray) -> np.ndarray:
+    """The paper's visualisation: |sum over channels|, divided by its 99th percentile, clipped at 1 (H, W)."""
+    s = np.abs(np.sum(g, axis=-1))
+    p99 = np.percentile(s, 99)
+    return np.clip(s / (p99 if p99 > 0 else 1.0), 0.0, 1.0)
+
+
+def _load_eval(config: Config, name: str) -> dict[str, np.ndarray]:
+    with np.load(os.path.join(config.out, name, "eval.npz")) as z:
+        return {k: z[k] for k in z.files}
+
+
+def plot_figures(config: Config, data: ImageData, models: dict[str, tuple[lld_jax.Network, Any]]) -> dict:
+    """Figure 4 (gradients) and Figures 5-6 (integrated gradients) at the P50 and P75 of ROLL's max distortion."""
+    plt = _figures.pyplot()
+    ev = {name: _load_eval(config, name) for name in models}
+    roll = ev["roll"]
+    picks = {}
+    for q in (50, 75):
+        target = np.percentile(roll["distortion"], q)
+        picks[f"P{q}"] = int(np.argmin(np.abs(roll["distortion"] - target)))  # the nearest image, as the paper's figures
+    fig4, ax4 = plt.subplots(len(picks), 5, figsize=(12, 2.6 * len(picks)), squeeze=False)
+    fig5, ax5 = plt.subplots(len(picks), 5, figsize=(12, 2.6 * len(picks)), squeeze=False)
+    info = {}
+    for row, (label, i) in enumerate(picks.items()):
+        idx = int(roll["idx"][i])
+        image = data.pixels(np.array([idx]), config)[0]
+        y = int(data.labels[idx])
+        title = f"{data.class_names[y]} ({label})"
+        info[label] = {"image": str(data.paths[idx]), "class": data.class_names[y]}
+        for a in (ax4[row, 0], ax5[row, 0]):
+            a.imshow(image)
+            a.set_title(title, fontsize=8)
+        for col, name in enumerate(("roll", "vanilla")):
+            e = ev[name]
+            net, params = models[name]
+            j = int(np.flatnonzero(e["idx"] == idx)[0])
+            info[label][name] = {"max_distortion": float(e["distortion"][j]), "prediction_changed": bool(e["prediction_changed"][j])}
+            ax4[row, 1 + 2 * col].imshow(saliency(e["grad"][j]), cmap="gray", vmin=0, vmax=1)
+            ax4[row, 1 + 2 * col].set_title(f"{name}: original gradient", fontsize=8)
+            ax4[row, 2 + 2 * col].imshow(saliency(e["grad_worst"][j]), cmap="gray", vmin=0, vmax=1)
+            ax4[row, 2 + 2 * col].set_title(f"{name}: adversarial (Δ={e['distortion'][j]:.3g})", fontsize=8)
+            pts = jnp.asarray(np.stack([image, e["x_worst"][j]]))
+            ig = np.asarray(lld_jax.integrated_gradients(net, params, pts, jnp.array([y, y]), steps=config.ig_steps))
+            ax5[row, 1 + 2 * col].imshow(saliency(ig[0]), cmap="gray", vmin=0, vmax=1)
+            ax5[row, 1 + 2 * col].set_title(f"{name}: IG, original image", fontsize=8)
+            ax5[row, 2 + 2 * col].imshow(saliency(ig[1]), cmap="gray", vmin=0, vmax=1)
+            ax5[row, 2 + 2 * col].set_title(f"{name}: IG, adversarial image", fontsize=8)
+    for a in (*ax4.ravel(), *ax5.ravel()):
+        a.set_axis_off()
+    _figures.save(fig4, os.path.join(config.out, "figure4"))
+    _figures.save(fig5, os.path.join(config.out, "figure5_6"))
+    plt.close(fig4)
+    plt.close(fig5)
+    return info
+
+
+def run(config: Config) -> dict[str, dict]:
+    """Trains and evaluates the models of ``config``; with both, writes table3.md and the figures. Returns the reports."""
+    config = config.resolved()
+    data = ImageData.load(config)
+    names = MODELS if config.model == "both" else (config.model,)
+    reports = {name: run_model(config, data, name) for name in names}
+    if jax.process_index() == 0 and config.model == "both":
+        with open(os.path.join(config.out, "table3.md"), "w") as fh:
+            fh.write(table3_markdown(reports) + "\n")
+        models = {}
+        for name in names:
+            net, params = build_model(config, len(data.class_names), data.mean, data.std)
+            models[name] = (net, lld_jax.training.load_best(os.path.join(config.out, name), params))
+        info = plot_figures(config, data, models)
+        with open(os.path.join(config.out, "figures.json"), "w") as fh:
+            json.dump(info, fh, indent=2)
+    return reports
+
+
+def parse(argv: Sequence[str] | None = None) -> Config:
+    """The :class:`Config` of a command line."""
+    args = _cli.config_parser(Config, __doc__).parse_args(argv)
+    return _cli.config_from_args(Config, args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse(argv)
+    maybe_initialize_distributed()
+    reports = run(config)
+    for name, r in reports.items():
+        keys = ("precision_at_1", "precision_at_5", "expected_distortion", "max_distortion", "num_prediction_changed")
+        print(name, json.dumps({k: r[k] for k in keys}, indent=2))
+
+
+if __name__ == "__main__":
+    _cli.run(main)
