@@ -24,7 +24,7 @@ Presets (every field is also a flag; a flag overrides its preset):
 * ``paper``: 299x299, all classes, batch 32, 20 epochs, SGD Nesterov momentum
   0.5, lr 0.005 then 0.0005 after epoch 10, lambda 1e-3, C 8, sampled ROLL
   with 120 stratified axes per channel (D' = 360; the paper tuned with 6 per
-  channel), 1024 evaluated test images, eps 8/256, 8000 uniform samples, GA
+  channel; taken 8 per example at a time, ``--chunk-size``), 1024 evaluated test images, eps 8/256, 8000 uniform samples, GA
   population 4800, 30 generations, top 25% kept.
 * ``reduced`` (a 2-core CPU): 32x32 inputs, the first 10 classes (sorted
   by name) with 30 training images each (seeded), D' = 18 (6 per channel,
@@ -70,6 +70,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 20,
         "lr_decay_epoch": 10,
         "num_samples": 360,
+        "chunk_size": 8,
         "eval_images": 1024,
         "uniform_samples": 8000,
         "population": 4800,
@@ -116,6 +117,7 @@ class Config:
     lam: float = dataclasses.field(default=1e-3, metadata={"help": "lambda of the ROLL model"})
     C: float = 8.0
     num_samples: int | None = dataclasses.field(default=None, metadata={"help": "D': sampled input axes per example, a multiple of 3"})
+    chunk_size: int | None = dataclasses.field(default=None, metadata={"help": "sampled axes differentiated at once per example (memory bound)"})
     eval_images: int | None = dataclasses.field(default=None, metadata={"help": "test images whose gradient distortion is measured"})
     eps: float = dataclasses.field(default=8 / 256, metadata={"help": "l_inf radius of the distortion ball, [0, 1] pixel units"})
     uniform_samples: int | None = dataclasses.field(default=None, metadata={"help": "samples of the expected distortion"})
@@ -164,6 +166,7 @@ class Config:
             regularizer="sampled",
             num_samples=self.num_samples,
             stratify=True,
+            chunk_size=self.chunk_size,
             seed=self.seed + 1,
             eval_batch_size=self.batch_size,
         )

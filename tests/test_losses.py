@@ -136,3 +136,23 @@ def test_invalid_hyper_parameters_refused():
         TrainConfig(lam=-0.5).validate()
     with pytest.raises(ValueError, match="only for gamma=100"):
         TrainConfig(regularizer="sampled", gamma=50).validate()
+
+
+@pytest.mark.parametrize("estimator,stratify", [("axes", True), ("gaussian", False)])
+def test_sampled_loss_chunks_change_nothing_value_or_gradient(estimator, stratify):
+    model = L.CNN((4, 4, 3), (3,), (5,), 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    net, params = L.from_nnx(model)
+    x = jax.random.uniform(jax.random.key(2), (2, 4, 4, 3), jnp.float64)
+    key = jax.random.key(4)
+
+    def loss(p, chunk):
+        return batch_sampled(net, p, x, key, C=0.5, num_samples=9, estimator=estimator, stratify=stratify, chunk_size=chunk).sum()
+
+    ref, gref = jax.value_and_grad(loss)(params, None)
+    for chunk in (1, 2, 4, 9, 20):  # uneven, exact, larger than D'
+        val, g = jax.value_and_grad(loss)(params, chunk)
+        np.testing.assert_allclose(val, ref, rtol=1e-12)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14), g, gref)
+    for bad in (0, -2, True, 1.5):
+        with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+            roll_penalty_sampled(net, params, x[0], key, C=0.5, num_samples=9, chunk_size=bad)

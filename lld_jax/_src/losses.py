@@ -189,6 +189,7 @@ def roll_penalty_sampled(
     num_samples: int,
     estimator: str = "axes",
     stratify: bool = False,
+    chunk_size: int | None = None,
 ) -> Array:
     """Unbiased estimate of the ``gamma=100`` ROLL penalty of ONE example (Eq. 10), a scalar.
 
@@ -203,11 +204,20 @@ def roll_penalty_sampled(
 
     The hinge part is exact. Give each example its own ``key``
     (``jax.random.split(key, B)``) when you ``vmap`` it.
+
+    ``chunk_size`` bounds memory: the D' directional derivatives are taken
+    that many at a time in a rematerialised scan, so the loss and its
+    parameter gradient hold ``chunk_size`` (not D') tangent copies of the
+    network's activations (ResNet-18 at 299x299 with D' = 360 needs it).
+    None: all D' at once (fastest when it fits). The value does not depend
+    on it beyond rounding.
     """
     net = as_network(apply_fn)
     check_hyper(C=C, num_samples=num_samples)
     if estimator not in ("axes", "gaussian"):
         raise ValueError(f"estimator must be 'axes' or 'gaussian', got {estimator!r}.")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer (tangents at once) or None, got {chunk_size!r}.")
     x = jnp.asarray(x)
     shape = tuple(x.shape)
     dim = math.prod(shape)
@@ -223,7 +233,36 @@ def roll_penalty_sampled(
     else:
         z, lin = linearize_preacts(net, params, x)
         tangents = jax.nn.one_hot(idx, dim, dtype=x.dtype) if estimator == "axes" else jax.random.normal(key, (num_samples, dim), x.dtype)
+        if chunk_size is not None and chunk_size < num_samples:
+            n = neuron_count(flat_mask(net, params, x), z.shape[0])
+            return (_chunked_squares(net, params, x, tangents, w, chunk_size) + C * jnp.sum(jax.nn.relu(1.0 - jnp.abs(z)))) / n
         cols = jax.vmap(lin)(tangents)  # (D', N) directional derivatives
     # Masked neurons have zero columns and a zero hinge; only the count needs them excluded.
     n = neuron_count(flat_mask(net, params, x), z.shape[0])
     return (jnp.sum(w[:, None] * cols * cols) + C * jnp.sum(jax.nn.relu(1.0 - jnp.abs(z)))) / n
+
+
+def _chunked_squares(net: Network, params: PyTree, x: Array, tangents: Array, w: Array, chunk: int) -> Array:
+    """``sum_k w_k ||J t_k||^2`` over the rows t_k of ``tangents``, ``chunk`` JVPs at a time.
+
+    Each chunk re-linearises the network inside ``jax.checkpoint``, so neither
+    the forward pass nor its reverse-mode gradient keeps more than one chunk's
+    tangent activations (the price: one extra forward pass per chunk).
+    """
+    k = tangents.shape[0]
+    n_chunks = -(-k // chunk)
+    chunk = -(-k // n_chunks)  # balanced chunks: the last one is not mostly padding
+    pad = n_chunks * chunk - k
+    tangents = jnp.concatenate([tangents, jnp.zeros((pad, tangents.shape[1]), tangents.dtype)]).reshape(n_chunks, chunk, -1)
+    w = jnp.concatenate([w, jnp.zeros((pad,), w.dtype)]).reshape(n_chunks, chunk)
+
+    @jax.checkpoint
+    def block(params, t, wb):
+        _, lin = linearize_preacts(net, params, x)
+        cols = jax.vmap(lin)(t)
+        return jnp.sum(wb[:, None] * cols * cols)
+
+    def step(acc, tw):
+        return acc + block(params, *tw).astype(acc.dtype), None
+
+    return jax.lax.scan(step, jnp.zeros((), x.dtype), (tangents, w))[0]

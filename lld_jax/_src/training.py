@@ -51,6 +51,7 @@ class TrainConfig:
     estimator: str = "axes"  # "axes" or "gaussian" for regularizer="sampled"
     stratify: bool = False
     method: str = "auto"  # gradient method for the exact regularisers
+    chunk_size: int | None = None  # memory bound of the regulariser (None: its default; see roll_penalty_sampled)
     task_loss: str = "softmax"  # "softmax" cross-entropy or "sigmoid" (one logit, labels 0/1)
     seed: int = 1
     eval_batch_size: int = 1000
@@ -78,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'amsgrad', got {self.optimizer!r}.")
         if self.task_loss not in ("softmax", "sigmoid"):
             raise ValueError(f"task_loss must be 'softmax' or 'sigmoid', got {self.task_loss!r}.")
+        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {self.chunk_size!r}.")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
         if self.estimator not in ("axes", "gaussian"):
@@ -142,10 +145,12 @@ def make_loss_fn(net: Network, cfg: TrainConfig) -> Callable:
 
     def one(params, xi, key):
         if cfg.regularizer == "distance":
-            return distance_penalty(net, params, xi, method=cfg.method)
+            return distance_penalty(net, params, xi, method=cfg.method, chunk_size=cfg.chunk_size)
         if cfg.regularizer == "sampled":
-            return roll_penalty_sampled(net, params, xi, key, C=cfg.C, num_samples=cfg.num_samples, estimator=cfg.estimator, stratify=cfg.stratify)
-        return roll_penalty(net, params, xi, C=cfg.C, gamma=cfg.gamma, method=cfg.method)
+            return roll_penalty_sampled(
+                net, params, xi, key, C=cfg.C, num_samples=cfg.num_samples, estimator=cfg.estimator, stratify=cfg.stratify, chunk_size=cfg.chunk_size
+            )
+        return roll_penalty(net, params, xi, C=cfg.C, gamma=cfg.gamma, method=cfg.method, chunk_size=cfg.chunk_size)
 
     def penalty(params, x, key):
         if cfg.lam == 0:
