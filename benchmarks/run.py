@@ -1,7 +1,7 @@
 """All benchmarks in one process: margins per gradient method, sampled estimators,
 training steps, scaling, and achieved FLOP/s against a measured matmul peak.
 
-Run: python -m benchmarks.run [--quick] [--out benchmarks/results.json] [--torch] [--only rnn|margins|scaling|slices]
+Run: python -m benchmarks.run [--quick] [--out benchmarks/results.json] [--torch] [--only rnn|resnet|margins|scaling|slices]
 
 Every figure: warm-up (compilation) excluded, ``--repeats`` timed runs,
 min and median reported. Ratios are only meaningful within one run.
@@ -215,6 +215,69 @@ def bench_rnn_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
     return rows
 
 
+def _compiled_stats(jitted, *args) -> dict:
+    """XLA's own accounting of one compiled call: FLOPs and memory (temp + arguments + outputs), deterministic."""
+    compiled = jitted.lower(*args).compile()
+    out = {}
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if cost and cost.get("flops"):
+        out["xla_flops"] = float(cost["flops"])
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        out["memory_mib"] = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**20
+        out["temp_mib"] = mem.temp_size_in_bytes / 2**20
+    return out
+
+
+def bench_resnet_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
+    """ResNet-18 (paper App. I variant, 101 classes) training steps: vanilla against approximate ROLL (Eq. 10).
+
+    Sampled ROLL with stratified axes (D'/3 per channel), lambda 1e-3, C 8, SGD
+    Nesterov. At 299x299 the CPU only affords tiny batches (stated per row); D' =
+    360 takes its tangents 24 at a time (``TrainConfig.chunk_size``). Memory is
+    the compiled step's temp + argument + output bytes (XLA's accounting); FLOPs
+    are XLA's cost analysis of the compiled step.
+    """
+    settings = [(32, 8, (6,))] if quick else [(64, 8, (18, 360)), (299, 1, (18, 360))]
+    one = data_mesh(jax.devices()[:1])
+    rows = []
+    for size, b, dprimes in settings:
+        net, params = lld_jax.from_nnx(lld_jax.resnet18(101, input_shape=(size, size, 3), rngs=nnx.Rngs(0)))
+        rng = np.random.default_rng(0)
+        x = rng.uniform(size=(b, size, size, 3)).astype(np.float32)
+        y = rng.integers(0, 101, b).astype(np.int32)
+        variants = [("vanilla", {})] + [
+            (f"roll_sampled_{d}", dict(lam=1e-3, C=8.0, regularizer="sampled", num_samples=d, stratify=True, chunk_size=24 if d > 24 else None))
+            for d in dprimes
+        ]
+        base = None
+        for name, kw in variants:
+            tr = Trainer(net, TrainConfig(lr=0.005, momentum=0.5, batch_size=b, **kw), mesh=one)
+            state = [tr.init_state(params)]
+            batch = tr.padded_batch(x, y, b)
+            stats = _compiled_stats(tr.train_step, state[0], *batch)
+
+            def step():
+                state[0], m = tr.train_step(state[0], *batch)
+                return m
+
+            t = timeit(step, repeats, min_total_s=0.0)
+            row = {"bench": "resnet18_train_step", "variant": name, "size": size, "batch": b, **kw, **t, **stats}
+            if "xla_flops" in stats:
+                row |= {"flop_per_s": stats["xla_flops"] / t["min_s"], "fraction_of_peak": stats["xla_flops"] / t["min_s"] / peak}
+            base = base or t["min_s"]
+            row["ratio_to_vanilla"] = t["min_s"] / base
+            rows.append(row)
+            mem = f"  {stats['memory_mib']:8.0f} MiB" if "memory_mib" in stats else ""
+            fl = f"  {100 * row['fraction_of_peak']:.0f}% of peak" if "fraction_of_peak" in row else ""
+            print(
+                f"ResNet-18 {size}x{size} B={b} {name:18s} min {t['min_s'] * 1e3:10.1f} ms  x{row['ratio_to_vanilla']:.1f} vanilla{mem}{fl}",
+                flush=True,
+            )
+    return rows
+
+
 def bench_scaling(repeats: int, quick: bool) -> list[dict]:
     rows = []
 
@@ -311,7 +374,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results.json")
     ap.add_argument("--torch", action="store_true", help="also run the PyTorch template baseline (needs the torch extra)")
-    ap.add_argument("--only", choices=("slices", "scaling", "rnn", "margins"), default=None, help="run one group only")
+    ap.add_argument("--only", choices=("slices", "scaling", "rnn", "margins", "resnet"), default=None, help="run one group only")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
     dev = jax.devices()[0]
@@ -330,8 +393,9 @@ def main(argv=None) -> None:
         return
     peak = matmul_peak(repeats)
     print(f"matmul peak (float32, n={peak['n']}): {peak['flop_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
-    if args.only == "rnn":
-        rows = bench_rnn_steps(min(repeats, 3), peak["flop_per_s"], args.quick)
+    if args.only in ("rnn", "resnet"):
+        bench = bench_rnn_steps if args.only == "rnn" else bench_resnet_steps
+        rows = bench(min(repeats, 3 if args.only == "rnn" else 2), peak["flop_per_s"], args.quick)
         _write(args.out, info, peak, rows)
         return
     rows = bench_margins(repeats, (64, 256), peak["flop_per_s"])
