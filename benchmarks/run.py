@@ -235,46 +235,50 @@ def bench_resnet_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
 
     Sampled ROLL with stratified axes (D'/3 per channel), lambda 1e-3, C 8, SGD
     Nesterov. At 299x299 the CPU only affords tiny batches (stated per row); D' =
-    360 takes its tangents 24 at a time (``TrainConfig.chunk_size``). Memory is
-    the compiled step's temp + argument + output bytes (XLA's accounting); FLOPs
+    360 takes its tangents 24 at a time (``TrainConfig.chunk_size``); at
+    299x299 it is compiled, with and without chunks, for its memory but not
+    timed (minutes per step here), nor at 64x64. Memory is the compiled step's temp + argument + output bytes (XLA's accounting); FLOPs
     are XLA's cost analysis of the compiled step.
     """
-    settings = [(32, 8, (6,))] if quick else [(64, 8, (18, 360)), (299, 1, (18, 360))]
+    # (size, batch, timed D' values, D' values whose compiled memory only is reported: a CPU step would take minutes)
+    settings = [(32, 8, (6,), ())] if quick else [(64, 2, (18,), (360,)), (299, 1, (18,), (360,))]
     one = data_mesh(jax.devices()[:1])
     rows = []
-    for size, b, dprimes in settings:
+    for size, b, dprimes, memory_only in settings:
         net, params = lld_jax.from_nnx(lld_jax.resnet18(101, input_shape=(size, size, 3), rngs=nnx.Rngs(0)))
         rng = np.random.default_rng(0)
         x = rng.uniform(size=(b, size, size, 3)).astype(np.float32)
         y = rng.integers(0, 101, b).astype(np.int32)
-        variants = [("vanilla", {})] + [
-            (f"roll_sampled_{d}", dict(lam=1e-3, C=8.0, regularizer="sampled", num_samples=d, stratify=True, chunk_size=24 if d > 24 else None))
-            for d in dprimes
+        roll = lambda d, chunk: dict(lam=1e-3, C=8.0, regularizer="sampled", num_samples=d, stratify=True, chunk_size=chunk)
+        variants = [("vanilla", {}, True)]
+        variants += [(f"roll_sampled_{d}", roll(d, 24 if d > 24 else None), True) for d in dprimes]
+        variants += [
+            (f"roll_sampled_{d}{tag}", roll(d, chunk), False) for d in memory_only for tag, chunk in (("_chunk24", 24), ("_unchunked", None))
         ]
         base = None
-        for name, kw in variants:
+        for name, kw, timed in variants:
             tr = Trainer(net, TrainConfig(lr=0.005, momentum=0.5, batch_size=b, **kw), mesh=one)
             state = [tr.init_state(params)]
             batch = tr.padded_batch(x, y, b)
             stats = _compiled_stats(tr.train_step, state[0], *batch)
+            row = {"bench": "resnet18_train_step", "variant": name, "size": size, "batch": b, **kw, **stats, "timed": timed}
+            if timed:
 
-            def step():
-                state[0], m = tr.train_step(state[0], *batch)
-                return m
+                def step():
+                    state[0], m = tr.train_step(state[0], *batch)
+                    return m
 
-            t = timeit(step, repeats, min_total_s=0.0)
-            row = {"bench": "resnet18_train_step", "variant": name, "size": size, "batch": b, **kw, **t, **stats}
-            if "xla_flops" in stats:
-                row |= {"flop_per_s": stats["xla_flops"] / t["min_s"], "fraction_of_peak": stats["xla_flops"] / t["min_s"] / peak}
-            base = base or t["min_s"]
-            row["ratio_to_vanilla"] = t["min_s"] / base
+                t = timeit(step, repeats, min_total_s=0.0)
+                row |= t
+                if "xla_flops" in stats:
+                    row |= {"flop_per_s": stats["xla_flops"] / t["min_s"], "fraction_of_peak": stats["xla_flops"] / t["min_s"] / peak}
+                base = base or t["min_s"]
+                row["ratio_to_vanilla"] = t["min_s"] / base
             rows.append(row)
             mem = f"  {stats['memory_mib']:8.0f} MiB" if "memory_mib" in stats else ""
             fl = f"  {100 * row['fraction_of_peak']:.0f}% of peak" if "fraction_of_peak" in row else ""
-            print(
-                f"ResNet-18 {size}x{size} B={b} {name:18s} min {t['min_s'] * 1e3:10.1f} ms  x{row['ratio_to_vanilla']:.1f} vanilla{mem}{fl}",
-                flush=True,
-            )
+            tm = f"min {row['min_s'] * 1e3:10.1f} ms  x{row['ratio_to_vanilla']:.1f} vanilla" if timed else "(compiled, not timed)"
+            print(f"ResNet-18 {size}x{size} B={b} {name:28s} {tm}{mem}{fl}", flush=True)
     return rows
 
 
@@ -395,7 +399,7 @@ def main(argv=None) -> None:
     print(f"matmul peak (float32, n={peak['n']}): {peak['flop_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
     if args.only in ("rnn", "resnet"):
         bench = bench_rnn_steps if args.only == "rnn" else bench_resnet_steps
-        rows = bench(min(repeats, 3 if args.only == "rnn" else 2), peak["flop_per_s"], args.quick)
+        rows = bench(min(repeats, 3 if args.only == "rnn" else 1), peak["flop_per_s"], args.quick)
         _write(args.out, info, peak, rows)
         return
     rows = bench_margins(repeats, (64, 256), peak["flop_per_s"])
