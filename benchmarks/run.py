@@ -2,6 +2,7 @@
 training steps, scaling, and achieved FLOP/s against a measured matmul peak.
 
 Run: python -m benchmarks.run [--quick] [--out benchmarks/results.json] [--torch] [--only rnn|resnet|margins|scaling|slices]
+(with --only, the JSON goes to benchmarks/results_<group>.json unless --out says otherwise)
 
 Every figure: warm-up (compilation) excluded, ``--repeats`` timed runs,
 min and median reported. Ratios are only meaningful within one run.
@@ -11,7 +12,8 @@ FLOP counts (multiply-add = 2 FLOP), MLP D-N_1-...-N_M:
   gram l2 margins  : 2 * B * r * sum_{i>=2} N_{i-1} N_i, r = min(D, N_1)  (+ QR of W_1^T once)
   matmul peak      : 2 n^3 for an n x n matmul in the same dtype.
 Memory: XLA's compiled temporary buffer size (``memory_analysis().temp_size_in_bytes``)
-of the jitted computation, in MiB; arguments and outputs excluded.
+of the jitted computation, in MiB; arguments and outputs excluded (the ResNet-18 rows
+add them: see ``RESNET_NOTES``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import time
@@ -215,9 +218,12 @@ def bench_rnn_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
     return rows
 
 
-def _compiled_stats(jitted, *args) -> dict:
-    """XLA's own accounting of one compiled call: FLOPs and memory (temp + arguments + outputs), deterministic."""
-    compiled = jitted.lower(*args).compile()
+def _compiled_stats(compiled) -> dict:
+    """XLA's own accounting of one compiled call: FLOPs and memory (temp + arguments + outputs), deterministic.
+
+    XLA counts a loop body once, whatever its trip count: the FLOPs of a
+    program with a ``lax.scan`` (chunked tangents) are not its total.
+    """
     out = {}
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -230,55 +236,286 @@ def _compiled_stats(jitted, *args) -> dict:
     return out
 
 
+RESNET_NOTES = {
+    "memory_mib": "the compiled step's memory_analysis(): temp + argument + output bytes (XLA's buffer assignment; deterministic, "
+    "not a measured peak RSS)",
+    "xla_flops": "the compiled step's cost_analysis(); XLA counts a loop body once, so chunked rows carry no xla_flops and their "
+    "fraction_of_peak uses the unchunked program's FLOPs (useful work, rematerialisation excluded)",
+    "timing": "the AOT-compiled step; 'timed' rows: min over calls after a warm-up call, 'once' rows: a single call without "
+    "warm-up (tens of seconds each here), 'memory' rows: compiled, not run",
+    "roll": "sampled ROLL (Eq. 10), axes stratified per channel (D'/3 each), lambda 1e-3, C 8; SGD Nesterov, momentum 0.5, lr 0.005",
+    "chunks": "on XLA:CPU a convolution's weight gradient inside a loop body (the chunked scan) runs on a slow naive emitter "
+    "(jax-ml/jax#12868): chunk_size pays for its bounded memory with a several-fold slower step on CPU",
+}
+
+
 def bench_resnet_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
     """ResNet-18 (paper App. I variant, 101 classes) training steps: vanilla against approximate ROLL (Eq. 10).
 
-    Sampled ROLL with stratified axes (D'/3 per channel), lambda 1e-3, C 8, SGD
-    Nesterov. At 299x299 the CPU only affords tiny batches (stated per row); D' =
-    360 takes its tangents 24 at a time (``TrainConfig.chunk_size``); at
-    299x299 it is compiled, with and without chunks, for its memory but not
-    timed (minutes per step here), nor at 64x64. Memory is the compiled step's temp + argument + output bytes (XLA's accounting); FLOPs
-    are XLA's cost analysis of the compiled step.
+    Per input size, in one run: vanilla; D' = 18 with all tangents at once and
+    6 at a time; D' = 360 all at once and 24 at a time. The CPU affords tiny
+    batches only (stated per row), and D' = 360 only where it runs in a
+    minute (see ``RESNET_NOTES``: at 299x299 unchunked needs 28 GiB, more than
+    this machine has, and chunked takes many minutes on CPU).
     """
-    # (size, batch, timed D' values, D' values whose compiled memory only is reported: a CPU step would take minutes)
-    settings = [(32, 8, (6,), ())] if quick else [(64, 2, (18,), (360,)), (299, 1, (18,), (360,))]
+    roll = lambda d, chunk: dict(lam=1e-3, C=8.0, regularizer="sampled", num_samples=d, stratify=True, chunk_size=chunk)
+    if quick:
+        settings = [(32, 2, [("vanilla", {}, "timed"), ("roll_sampled_6", roll(6, None), "timed"), ("roll_sampled_6_chunk2", roll(6, 2), "timed")])]
+    else:
+        common = [("vanilla", {}, "timed"), ("roll_sampled_18", roll(18, None), "timed")]
+        settings = [
+            (64, 2, common + [("roll_sampled_18_chunk6", roll(18, 6), "timed"), ("roll_sampled_360", roll(360, None), "once"),
+                              ("roll_sampled_360_chunk24", roll(360, 24), "memory")]),
+            (299, 1, common + [("roll_sampled_18_chunk6", roll(18, 6), "once"), ("roll_sampled_360", roll(360, None), "memory"),
+                               ("roll_sampled_360_chunk24", roll(360, 24), "memory")]),
+        ]  # fmt: skip
     one = data_mesh(jax.devices()[:1])
     rows = []
-    for size, b, dprimes, memory_only in settings:
+    for size, b, variants in settings:
         net, params = lld_jax.from_nnx(lld_jax.resnet18(101, input_shape=(size, size, 3), rngs=nnx.Rngs(0)))
         rng = np.random.default_rng(0)
         x = rng.uniform(size=(b, size, size, 3)).astype(np.float32)
         y = rng.integers(0, 101, b).astype(np.int32)
-        roll = lambda d, chunk: dict(lam=1e-3, C=8.0, regularizer="sampled", num_samples=d, stratify=True, chunk_size=chunk)
-        variants = [("vanilla", {}, True)]
-        variants += [(f"roll_sampled_{d}", roll(d, 24 if d > 24 else None), True) for d in dprimes]
-        variants += [
-            (f"roll_sampled_{d}{tag}", roll(d, chunk), False) for d in memory_only for tag, chunk in (("_chunk24", 24), ("_unchunked", None))
-        ]
-        base = None
-        for name, kw, timed in variants:
+        base, unchunked_flops = None, {}
+        for name, kw, mode in variants:
             tr = Trainer(net, TrainConfig(lr=0.005, momentum=0.5, batch_size=b, **kw), mesh=one)
             state = [tr.init_state(params)]
             batch = tr.padded_batch(x, y, b)
-            stats = _compiled_stats(tr.train_step, state[0], *batch)
-            row = {"bench": "resnet18_train_step", "variant": name, "size": size, "batch": b, **kw, **stats, "timed": timed}
-            if timed:
+            t0 = time.perf_counter()
+            compiled = tr.train_step.lower(state[0], *batch).compile()
+            stats = _compiled_stats(compiled)
+            row = {
+                "bench": "resnet18_train_step",
+                "variant": name,
+                "size": size,
+                "batch": b,
+                **kw,
+                "mode": mode,
+                "compile_s": time.perf_counter() - t0,
+            }
+            d = kw.get("num_samples")
+            if kw.get("chunk_size") is not None and kw["chunk_size"] < d:
+                stats.pop("xla_flops", None)  # one chunk's loop body only (see RESNET_NOTES)
+                if unchunked_flops.get(d):
+                    row["xla_flops_unchunked"] = unchunked_flops[d]
+            elif d is not None:
+                unchunked_flops[d] = stats.get("xla_flops")
+            row |= stats
+            if mode != "memory":
 
                 def step():
-                    state[0], m = tr.train_step(state[0], *batch)
+                    state[0], m = compiled(state[0], *batch)
                     return m
 
-                t = timeit(step, repeats, min_total_s=0.0)
-                row |= t
-                if "xla_flops" in stats:
-                    row |= {"flop_per_s": stats["xla_flops"] / t["min_s"], "fraction_of_peak": stats["xla_flops"] / t["min_s"] / peak}
-                base = base or t["min_s"]
-                row["ratio_to_vanilla"] = t["min_s"] / base
+                if mode == "once":
+                    t = time.perf_counter()
+                    jax.block_until_ready(step())
+                    row |= {"min_s": time.perf_counter() - t, "calls": 1}
+                    row["median_s"] = row["min_s"]
+                else:
+                    row |= timeit(step, repeats, min_total_s=3.0)
+                flops = stats.get("xla_flops", row.get("xla_flops_unchunked"))
+                if flops:
+                    row |= {"flop_per_s": flops / row["min_s"], "fraction_of_peak": flops / row["min_s"] / peak}
+                base = base or row["min_s"]
+                row["ratio_to_vanilla"] = row["min_s"] / base
             rows.append(row)
             mem = f"  {stats['memory_mib']:8.0f} MiB" if "memory_mib" in stats else ""
-            fl = f"  {100 * row['fraction_of_peak']:.0f}% of peak" if "fraction_of_peak" in row else ""
-            tm = f"min {row['min_s'] * 1e3:10.1f} ms  x{row['ratio_to_vanilla']:.1f} vanilla" if timed else "(compiled, not timed)"
-            print(f"ResNet-18 {size}x{size} B={b} {name:28s} {tm}{mem}{fl}", flush=True)
+            fl = f"  {100 * row['fraction_of_peak']:3.0f}% of peak" if "fraction_of_peak" in row else ""
+            if mode == "memory":
+                tm = f"{'(compiled for its memory only)':48s}"
+            else:
+                tm = f"min {row['min_s'] * 1e3:9.0f} ms ({row['calls']:2d} calls)  x{row['ratio_to_vanilla']:5.1f} vanilla"
+            print(f"ResNet-18 {size:3d}x{size:<3d} B={b} {name:26s} {tm}{mem}{fl}", flush=True)
+    return rows
+
+
+def resnet18_tangent_windows(size: int) -> list[dict]:
+    """Rows (= columns) of ResNet-18 feature maps that a one-hot input pixel's tangent reaches, per conv.
+
+    Exact interval arithmetic of the convolutions' index maps (output o reads
+    inputs o*s - p .. o*s - p + k - 1), averaged over pixel positions ("mean")
+    and at its worst ("max": the fixed window a vmapped, cropped JVP would need).
+    The multiply-adds a JVP restricted to that window keeps are the window's
+    share of the layer's outputs. Checked against the non-zeros of real JVPs.
+    """
+    out_len = lambda n, k, s, p: (n + 2 * p - k) // s + 1
+    layers, n, c = [("stem", "conv7x7/2", 7, 2, 3, 3, 64, "seq"), ("stem", "avgpool3x3/2", 3, 2, 1, 64, 64, "pool")], size, 64
+    for st, ch in enumerate((64, 128, 256, 512), start=1):
+        for blk in range(2):
+            s = 2 if (st > 1 and blk == 0) else 1
+            layers += [(f"stage{st}", f"b{blk}.conv1", 3, s, 1, c, ch, "block_in"), (f"stage{st}", f"b{blk}.conv2", 3, 1, 1, ch, ch, "seq")]
+            layers.append(
+                (f"stage{st}", f"b{blk}.shortcut1x1", 1, s, 0, c, ch, "shortcut")
+                if s != 1 or c != ch
+                else (f"stage{st}", "identity", 1, 1, 0, ch, ch, "identity")
+            )
+            c = ch
+    sizes = []
+    for _, _, k, s, p, _, _, kind in layers:
+        if kind != "identity" and kind != "shortcut":
+            n = out_len(n, k, s, p)
+        sizes.append(n)
+
+    def lengths(i: int) -> list[int]:
+        a = b = i
+        res, block_in = [], None
+        for (_, _, k, s, p, _, _, kind), n_out in zip(layers, sizes):
+            if kind == "identity":
+                a, b = min(a, block_in[0]), max(b, block_in[1])
+                res.append(0)
+                continue
+            src = block_in if kind == "shortcut" else (a, b)
+            if kind == "block_in":
+                block_in = (a, b)
+            lo, hi = max(0, -(-(src[0] + p - k + 1) // s)), min(n_out - 1, (src[1] + p) // s)
+            if kind == "shortcut":
+                a, b = min(a, lo), max(b, hi)
+            else:
+                a, b = lo, hi
+            res.append(hi - lo + 1)
+        return res
+
+    lens = np.array([lengths(i) for i in range(size)])
+    rows = []
+    for (stage, name, k, _, _, cin, cout, kind), n_out, mean, mx in zip(layers, sizes, lens.mean(0), lens.max(0)):
+        if kind in ("identity", "pool"):
+            continue
+        macs = n_out**2 * k * k * cin * cout
+        rows.append(
+            {
+                "bench": "resnet18_tangent_window",
+                "size": size,
+                "stage": stage,
+                "layer": name,
+                "out": int(n_out),
+                "mean_window": float(mean),
+                "max_window": int(mx),
+                "macs": int(macs),
+                "kept_mean": float(mean**2 / n_out**2),
+                "kept_max": float(min(mx, n_out) ** 2 / n_out**2),
+            }
+        )
+    return rows
+
+
+def print_tangent_windows(rows: list[dict]) -> list[dict]:
+    """Per stage: the share of the tangents' multiply-adds a window-restricted JVP would keep; returns summary rows."""
+    out = []
+    for size in sorted({r["size"] for r in rows}):
+        rs = [r for r in rows if r["size"] == size]
+        total = sum(r["macs"] for r in rs)
+        for stage in dict.fromkeys(r["stage"] for r in rs):
+            sr = [r for r in rs if r["stage"] == stage]
+            m = sum(r["macs"] for r in sr)
+            kept = {k: sum(r["macs"] * r[k] for r in sr) / m for k in ("kept_mean", "kept_max")}
+            out.append({"bench": "resnet18_tangent_window_stage", "size": size, "stage": stage, "macs": m, "share_of_net": m / total, **kept})
+        kept = {k: sum(r["macs"] * r[k] for r in rs) / total for k in ("kept_mean", "kept_max")}
+        out.append({"bench": "resnet18_tangent_window_stage", "size": size, "stage": "all", "macs": total, "share_of_net": 1.0, **kept})
+    for r in out:
+        print(
+            f"ResNet-18 {r['size']:3d}x{r['size']:<3d} one-hot tangent window, {r['stage']:6s} ({r['macs'] / 1e6:6.0f} MMAC, {100 * r['share_of_net']:3.0f}% of the net):"
+            f" a restricted JVP keeps {100 * r['kept_mean']:5.1f}% (mean window) / {100 * r['kept_max']:5.1f}% (fixed max window) of its multiply-adds",
+            flush=True,
+        )
+    return out
+
+
+def bench_resnet_stem_shortcut(sizes_batches, num_samples: int, repeats: int) -> list[dict]:
+    """Prototype (not in the library): the stem's tangent for a one-hot axis placed as a kernel slice vs a dense JVP.
+
+    For x_k = e_(i, j, c), the stem's pre-activation tangent is
+    kernel[i - 2o + 3, j - 2o' + 3, c, :] * (BN scale) at the <= 4x4 outputs
+    (o, o') it reaches. Both variants compute the value and parameter gradient
+    of sum_k w_k ||J e_k||^2 (the tangent part of Eq. 10, stratified axes),
+    interleaved call by call; XLA FLOPs and min / median seconds.
+    """
+    from lld_jax._src.gradients import linearize_preacts
+    from lld_jax._src.losses import _sample_axes
+
+    rows = []
+    for size, b in sizes_batches:
+        model = lld_jax.resnet18(101, input_shape=(size, size, 3), rngs=nnx.Rngs(0))
+        net, params = lld_jax.from_nnx(model)
+        graphdef = nnx.graphdef(model)
+        shape = (size, size, 3)
+        x = jnp.asarray(np.random.default_rng(0).uniform(size=(b, *shape)), jnp.float32)
+        keys = jax.random.split(jax.random.key(0), b)
+        z1_shape = net.apply(params, x[0])[1][0].shape
+
+        class Act:  # records the blocks' pre-activations, as the model's own recorder does
+            def __init__(self):
+                self.preacts = []
+
+            def __call__(self, z):
+                self.preacts.append(z)
+                return jax.nn.relu(z)
+
+        def rest(p, z1):  # pre-activations after the stem's, from the stem's pre-activation z1
+            act = Act()
+            h = nnx.avg_pool(jax.nn.relu(z1), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=True)
+            for blk in nnx.merge(graphdef, p).blocks:
+                h = blk(h, act)
+            return jnp.concatenate([jnp.ravel(q) for q in act.preacts])
+
+        def placed(p, k):
+            kern, bn = p["stem_conv"]["kernel"], p["stem_bn"]
+            scale = bn["scale"] * jax.lax.rsqrt(jax.lax.stop_gradient(bn["var"]) + model.stem_bn.epsilon)
+            i, j, c = k // (size * 3), (k // 3) % size, k % 3
+            o = [jnp.clip((u - 2) // 2, 0, z1_shape[0] - 4) for u in (i, j)]  # first output row / column reached
+            a = [u - 2 * (ou + jnp.arange(4)) + 3 for u, ou in zip((i, j), o)]  # kernel taps
+            ok = ((a[0] >= 0) & (a[0] < 7))[:, None] & ((a[1] >= 0) & (a[1] < 7))[None, :]
+            patch = kern[jnp.clip(a[0], 0, 6)[:, None], jnp.clip(a[1], 0, 6)[None, :], c, :] * ok[..., None] * scale
+            return jax.lax.dynamic_update_slice(jnp.zeros(z1_shape, kern.dtype), patch, (o[0], o[1], 0))
+
+        def dense_sq(p, xi, key):
+            idx, w = _sample_axes(key, shape, num_samples, True)
+            _, lin = linearize_preacts(net, p, xi)
+            cols = jax.vmap(lin)(jax.nn.one_hot(idx, math.prod(shape), dtype=xi.dtype))
+            return jnp.sum(w[:, None] * cols * cols)
+
+        def placed_sq(p, xi, key):
+            idx, w = _sample_axes(key, shape, num_samples, True)
+            _, lin = jax.linearize(lambda u: rest(p, u), net.apply(p, xi)[1][0])
+            t1 = jax.vmap(lambda k: placed(p, k))(idx)
+            cols = jax.vmap(lin)(t1)
+            return jnp.sum(w * (jnp.sum(t1 * t1, (1, 2, 3)) + jnp.sum(cols * cols, 1)))
+
+        comp = {}
+        for name, f in (("dense_jvp", dense_sq), ("placed_stem", placed_sq)):
+            g = jax.jit(jax.value_and_grad(lambda p, f=f: jnp.sum(jax.vmap(lambda xi, k: f(p, xi, k))(x, keys))))
+            c = g.lower(params).compile()
+            comp[name] = (c, _compiled_stats(c).get("xla_flops"), [])
+            jax.block_until_ready(c(params))  # warm-up
+        ref, got = comp["dense_jvp"][0](params), comp["placed_stem"][0](params)
+        gap = max(float(jnp.max(jnp.abs(a - r)) / jnp.max(jnp.abs(r))) for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)))
+        for _ in range(repeats):
+            for c, _, ts in comp.values():
+                t = time.perf_counter()
+                jax.block_until_ready(c(params))
+                ts.append(time.perf_counter() - t)
+        for name, (_, flops, ts) in comp.items():
+            rows.append(
+                {
+                    "bench": "resnet18_stem_shortcut",
+                    "variant": name,
+                    "size": size,
+                    "batch": b,
+                    "num_samples": num_samples,
+                    "xla_flops": flops,
+                    "min_s": float(np.min(ts)),
+                    "median_s": float(np.median(ts)),
+                    "calls": len(ts),
+                    "max_rel_diff_to_dense": gap,
+                }
+            )
+        d, s = rows[-2], rows[-1]
+        print(
+            f"ResNet-18 {size:3d}x{size:<3d} B={b} D'={num_samples} tangent loss + gradient: dense JVP {d['min_s'] * 1e3:7.0f} ms (median {d['median_s'] * 1e3:7.0f}),"
+            f" stem placed {s['min_s'] * 1e3:7.0f} ms (median {s['median_s'] * 1e3:7.0f}): saves {100 * (1 - s['min_s'] / d['min_s']):4.1f}% of the time (min),"
+            f" {100 * (1 - s['median_s'] / d['median_s']):4.1f}% (median), {100 * (1 - s['xla_flops'] / d['xla_flops']):4.1f}% of the XLA FLOPs; max rel. gradient gap {gap:.1e}",
+            flush=True,
+        )
     return rows
 
 
@@ -376,11 +613,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--out", default="benchmarks/results.json")
+    ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results.json, or results_<group>.json with --only)")
     ap.add_argument("--torch", action="store_true", help="also run the PyTorch template baseline (needs the torch extra)")
     ap.add_argument("--only", choices=("slices", "scaling", "rnn", "margins", "resnet"), default=None, help="run one group only")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 10)
+    if args.out is None:
+        args.out = "benchmarks/results.json" if args.only is None else f"benchmarks/results_{args.only}.json"
     dev = jax.devices()[0]
     info = {
         "device": f"{dev.platform}:{dev.device_kind}",
@@ -397,10 +636,15 @@ def main(argv=None) -> None:
         return
     peak = matmul_peak(repeats)
     print(f"matmul peak (float32, n={peak['n']}): {peak['flop_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
-    if args.only in ("rnn", "resnet"):
-        bench = bench_rnn_steps if args.only == "rnn" else bench_resnet_steps
-        rows = bench(min(repeats, 3 if args.only == "rnn" else 1), peak["flop_per_s"], args.quick)
-        _write(args.out, info, peak, rows)
+    if args.only == "rnn":
+        _write(args.out, info, peak, bench_rnn_steps(min(repeats, 3), peak["flop_per_s"], args.quick))
+        return
+    if args.only == "resnet":
+        rows = bench_resnet_steps(min(repeats, 3), peak["flop_per_s"], args.quick)
+        windows = [r for size in ((32,) if args.quick else (64, 299)) for r in resnet18_tangent_windows(size)]
+        rows += windows + print_tangent_windows(windows)
+        rows += bench_resnet_stem_shortcut([(32, 1)] if args.quick else [(64, 2), (299, 1)], 6 if args.quick else 18, min(repeats, 5))
+        _write(args.out, {**info, "notes": RESNET_NOTES}, peak, rows)
         return
     rows = bench_margins(repeats, (64, 256), peak["flop_per_s"])
     if args.only != "margins":

@@ -210,7 +210,11 @@ def roll_penalty_sampled(
     parameter gradient hold ``chunk_size`` (not D') tangent copies of the
     network's activations (ResNet-18 at 299x299 with D' = 360 needs it).
     None: all D' at once (fastest when it fits). The value does not depend
-    on it beyond rounding.
+    on it beyond rounding. On CPU prefer None where memory allows: XLA:CPU
+    runs a convolution's weight gradient inside a loop body on a slow path
+    (jax-ml/jax#12868), so chunks make a conv net's step several times slower
+    there (ResNet-18, D' = 18 in chunks of 6: 3.4x at 64x64, 18x at
+    299x299; ``python -m benchmarks.run --only resnet``).
     """
     net = as_network(apply_fn)
     check_hyper(C=C, num_samples=num_samples)
