@@ -19,9 +19,9 @@ add them: see ``RESNET_NOTES``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
-import math
 import os
 import platform
 import time
@@ -244,6 +244,8 @@ RESNET_NOTES = {
     "timing": "the AOT-compiled step; 'timed' rows: min over calls after a warm-up call, 'once' rows: a single call without "
     "warm-up (tens of seconds each here), 'memory' rows: compiled, not run",
     "roll": "sampled ROLL (Eq. 10), axes stratified per channel (D'/3 each), lambda 1e-3, C 8; SGD Nesterov, momentum 0.5, lr 0.005",
+    "stem": "ROLL rows start the tangents after the stem (lld_jax.Stem: the stem kernel placed at each sampled pixel); "
+    "'_dense_stem' rows push the one-hot tangents through the stem convolution by a dense JVP instead",
     "chunks": "on XLA:CPU a convolution's weight gradient inside a loop body (the chunked scan) runs on a slow naive emitter "
     "(jax-ml/jax#12868): chunk_size pays for its bounded memory with a several-fold slower step on CPU",
 }
@@ -252,17 +254,28 @@ RESNET_NOTES = {
 def bench_resnet_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
     """ResNet-18 (paper App. I variant, 101 classes) training steps: vanilla against approximate ROLL (Eq. 10).
 
-    Per input size, in one run: vanilla; D' = 18 with all tangents at once and
+    Per input size, in one run: vanilla; D' = 18 with all tangents at once
+    (tangents from the stem on, and pushed through the stem by a dense JVP) and
     6 at a time; D' = 360 all at once and 24 at a time. The CPU affords tiny
     batches only (stated per row), and D' = 360 only where it runs in a
     minute (see ``RESNET_NOTES``: at 299x299 unchunked needs 28 GiB, more than
     this machine has, and chunked takes many minutes on CPU).
     """
-    roll = lambda d, chunk: dict(lam=1e-3, C=8.0, regularizer="sampled", num_samples=d, stratify=True, chunk_size=chunk)
+
+    def roll(d, chunk, stem=True):
+        return dict(lam=1e-3, C=8.0, regularizer="sampled", num_samples=d, stratify=True, chunk_size=chunk) | ({} if stem else {"stem": False})
+
     if quick:
-        settings = [(32, 2, [("vanilla", {}, "timed"), ("roll_sampled_6", roll(6, None), "timed"), ("roll_sampled_6_chunk2", roll(6, 2), "timed")])]
+        settings = [
+            (32, 2, [("vanilla", {}, "timed"), ("roll_sampled_6", roll(6, None), "timed"), ("roll_sampled_6_dense_stem", roll(6, None, False), "timed"),
+                     ("roll_sampled_6_chunk2", roll(6, 2), "timed")])
+        ]  # fmt: skip
     else:
-        common = [("vanilla", {}, "timed"), ("roll_sampled_18", roll(18, None), "timed")]
+        common = [
+            ("vanilla", {}, "timed"),
+            ("roll_sampled_18", roll(18, None), "timed"),
+            ("roll_sampled_18_dense_stem", roll(18, None, False), "timed"),
+        ]
         settings = [
             (64, 2, common + [("roll_sampled_18_chunk6", roll(18, 6), "timed"), ("roll_sampled_360", roll(360, None), "once"),
                               ("roll_sampled_360_chunk24", roll(360, 24), "memory")]),
@@ -278,7 +291,13 @@ def bench_resnet_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
         y = rng.integers(0, 101, b).astype(np.int32)
         base, unchunked_flops = None, {}
         for name, kw, mode in variants:
-            tr = Trainer(net, TrainConfig(lr=0.005, momentum=0.5, batch_size=b, **kw), mesh=one)
+            # stem=False: the first convolution's tangents by a dense JVP instead of its placed kernel (lld_jax.Stem)
+            cfg = {k: v for k, v in kw.items() if k != "stem"}
+            tr = Trainer(
+                net if kw.get("stem", True) else dataclasses.replace(net, stem=None),
+                TrainConfig(lr=0.005, momentum=0.5, batch_size=b, **cfg),
+                mesh=one,
+            )
             state = [tr.init_state(params)]
             batch = tr.padded_batch(x, y, b)
             t0 = time.perf_counter()
@@ -298,7 +317,7 @@ def bench_resnet_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
                 stats.pop("xla_flops", None)  # one chunk's loop body only (see RESNET_NOTES)
                 if unchunked_flops.get(d):
                     row["xla_flops_unchunked"] = unchunked_flops[d]
-            elif d is not None:
+            elif d is not None and kw.get("stem", True):
                 unchunked_flops[d] = stats.get("xla_flops")
             row |= stats
             if mode != "memory":
@@ -419,104 +438,6 @@ def print_tangent_windows(rows: list[dict]) -> list[dict]:
             flush=True,
         )
     return out
-
-
-def bench_resnet_stem_shortcut(sizes_batches, num_samples: int, repeats: int) -> list[dict]:
-    """Prototype (not in the library): the stem's tangent for a one-hot axis placed as a kernel slice vs a dense JVP.
-
-    For x_k = e_(i, j, c), the stem's pre-activation tangent is
-    kernel[i - 2o + 3, j - 2o' + 3, c, :] * (BN scale) at the <= 4x4 outputs
-    (o, o') it reaches. Both variants compute the value and parameter gradient
-    of sum_k w_k ||J e_k||^2 (the tangent part of Eq. 10, stratified axes),
-    interleaved call by call; XLA FLOPs and min / median seconds.
-    """
-    from lld_jax._src.gradients import linearize_preacts
-    from lld_jax._src.losses import _sample_axes
-
-    rows = []
-    for size, b in sizes_batches:
-        model = lld_jax.resnet18(101, input_shape=(size, size, 3), rngs=nnx.Rngs(0))
-        net, params = lld_jax.from_nnx(model)
-        graphdef = nnx.graphdef(model)
-        shape = (size, size, 3)
-        x = jnp.asarray(np.random.default_rng(0).uniform(size=(b, *shape)), jnp.float32)
-        keys = jax.random.split(jax.random.key(0), b)
-        z1_shape = net.apply(params, x[0])[1][0].shape
-
-        class Act:  # records the blocks' pre-activations, as the model's own recorder does
-            def __init__(self):
-                self.preacts = []
-
-            def __call__(self, z):
-                self.preacts.append(z)
-                return jax.nn.relu(z)
-
-        def rest(p, z1):  # pre-activations after the stem's, from the stem's pre-activation z1
-            act = Act()
-            h = nnx.avg_pool(jax.nn.relu(z1), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=True)
-            for blk in nnx.merge(graphdef, p).blocks:
-                h = blk(h, act)
-            return jnp.concatenate([jnp.ravel(q) for q in act.preacts])
-
-        def placed(p, k):
-            kern, bn = p["stem_conv"]["kernel"], p["stem_bn"]
-            scale = bn["scale"] * jax.lax.rsqrt(jax.lax.stop_gradient(bn["var"]) + model.stem_bn.epsilon)
-            i, j, c = k // (size * 3), (k // 3) % size, k % 3
-            o = [jnp.clip((u - 2) // 2, 0, z1_shape[0] - 4) for u in (i, j)]  # first output row / column reached
-            a = [u - 2 * (ou + jnp.arange(4)) + 3 for u, ou in zip((i, j), o)]  # kernel taps
-            ok = ((a[0] >= 0) & (a[0] < 7))[:, None] & ((a[1] >= 0) & (a[1] < 7))[None, :]
-            patch = kern[jnp.clip(a[0], 0, 6)[:, None], jnp.clip(a[1], 0, 6)[None, :], c, :] * ok[..., None] * scale
-            return jax.lax.dynamic_update_slice(jnp.zeros(z1_shape, kern.dtype), patch, (o[0], o[1], 0))
-
-        def dense_sq(p, xi, key):
-            idx, w = _sample_axes(key, shape, num_samples, True)
-            _, lin = linearize_preacts(net, p, xi)
-            cols = jax.vmap(lin)(jax.nn.one_hot(idx, math.prod(shape), dtype=xi.dtype))
-            return jnp.sum(w[:, None] * cols * cols)
-
-        def placed_sq(p, xi, key):
-            idx, w = _sample_axes(key, shape, num_samples, True)
-            _, lin = jax.linearize(lambda u: rest(p, u), net.apply(p, xi)[1][0])
-            t1 = jax.vmap(lambda k: placed(p, k))(idx)
-            cols = jax.vmap(lin)(t1)
-            return jnp.sum(w * (jnp.sum(t1 * t1, (1, 2, 3)) + jnp.sum(cols * cols, 1)))
-
-        comp = {}
-        for name, f in (("dense_jvp", dense_sq), ("placed_stem", placed_sq)):
-            g = jax.jit(jax.value_and_grad(lambda p, f=f: jnp.sum(jax.vmap(lambda xi, k: f(p, xi, k))(x, keys))))
-            c = g.lower(params).compile()
-            comp[name] = (c, _compiled_stats(c).get("xla_flops"), [])
-            jax.block_until_ready(c(params))  # warm-up
-        ref, got = comp["dense_jvp"][0](params), comp["placed_stem"][0](params)
-        gap = max(float(jnp.max(jnp.abs(a - r)) / jnp.max(jnp.abs(r))) for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)))
-        for _ in range(repeats):
-            for c, _, ts in comp.values():
-                t = time.perf_counter()
-                jax.block_until_ready(c(params))
-                ts.append(time.perf_counter() - t)
-        for name, (_, flops, ts) in comp.items():
-            rows.append(
-                {
-                    "bench": "resnet18_stem_shortcut",
-                    "variant": name,
-                    "size": size,
-                    "batch": b,
-                    "num_samples": num_samples,
-                    "xla_flops": flops,
-                    "min_s": float(np.min(ts)),
-                    "median_s": float(np.median(ts)),
-                    "calls": len(ts),
-                    "max_rel_diff_to_dense": gap,
-                }
-            )
-        d, s = rows[-2], rows[-1]
-        print(
-            f"ResNet-18 {size:3d}x{size:<3d} B={b} D'={num_samples} tangent loss + gradient: dense JVP {d['min_s'] * 1e3:7.0f} ms (median {d['median_s'] * 1e3:7.0f}),"
-            f" stem placed {s['min_s'] * 1e3:7.0f} ms (median {s['median_s'] * 1e3:7.0f}): saves {100 * (1 - s['min_s'] / d['min_s']):4.1f}% of the time (min),"
-            f" {100 * (1 - s['median_s'] / d['median_s']):4.1f}% (median), {100 * (1 - s['xla_flops'] / d['xla_flops']):4.1f}% of the XLA FLOPs; max rel. gradient gap {gap:.1e}",
-            flush=True,
-        )
-    return rows
 
 
 def bench_scaling(repeats: int, quick: bool) -> list[dict]:
@@ -643,7 +564,6 @@ def main(argv=None) -> None:
         rows = bench_resnet_steps(min(repeats, 3), peak["flop_per_s"], args.quick)
         windows = [r for size in ((32,) if args.quick else (64, 299)) for r in resnet18_tangent_windows(size)]
         rows += windows + print_tangent_windows(windows)
-        rows += bench_resnet_stem_shortcut([(32, 1)] if args.quick else [(64, 2), (299, 1)], 6 if args.quick else 18, min(repeats, 5))
         _write(args.out, {**info, "notes": RESNET_NOTES}, peak, rows)
         return
     rows = bench_margins(repeats, (64, 256), peak["flop_per_s"])

@@ -176,27 +176,6 @@ class Config:
 # The network: [0, 1] pixels in, normalised inside.
 
 
-@dataclasses.dataclass(frozen=True)
-class _Normalized:
-    """``apply(params, (x - mean) / std)``: hashable (tuples), so jit caches compile once per model."""
-
-    apply: Callable
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def __call__(self, params, x):
-        return self.apply(params, (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype))
-
-
-def pixel_network(net: lld_jax.Network, mean: Sequence[float], std: Sequence[float]) -> lld_jax.Network:
-    """``net`` behind a per-channel normalisation, so that it takes [0, 1] pixels (piecewise linear still)."""
-    return lld_jax.Network(
-        apply=_Normalized(net.apply, tuple(float(m) for m in mean), tuple(float(s) for s in std)),
-        input_shape=net.input_shape,
-        negative_slope=net.negative_slope,
-    )
-
-
 def build_model(config: Config, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> tuple[lld_jax.Network, Any]:
     """The ResNet of ``config`` on [0, 1] pixels, as ``(network, params)``."""
     model = lld_jax.ResNet((config.size, config.size, 3), config.widths, config.blocks, num_classes, stem="imagenet", rngs=nnx.Rngs(config.seed))
@@ -207,7 +186,7 @@ def build_model(config: Config, num_classes: int, mean: Sequence[float], std: Se
             )
         lld_jax.load_torch_resnet(model, config.torch_weights)
     net, params = lld_jax.from_nnx(model)
-    return pixel_network(net, mean, std), params
+    return lld_jax.normalized_inputs(net, mean, std), params
 
 
 # --------------------------------------------------------------------------

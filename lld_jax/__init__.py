@@ -15,7 +15,10 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
 * Gradient stability (paper Sec. 3.3, 4.4): :func:`input_gradient`,
   :func:`expected_gradient_distortion`, :func:`max_gradient_distortion`,
   :func:`integrated_gradients`.
-* Networks: :class:`Network`, :func:`as_network`, :func:`from_nnx` and the
+* Networks: :class:`Network`, :func:`as_network`, :func:`from_nnx`,
+  :func:`normalized_inputs`,
+  :class:`Stem` and :func:`conv_axis_tangent` (a conv net's first layer
+  split off for the sampled loss), and the
   built-in models :class:`MLP`, :class:`CNN`, :class:`ResNet`,
   :func:`resnet18`, :class:`RNN`, :class:`ScoRNN` (padded sequences: see
   :func:`lld_jax.data.pad_sequences`).
@@ -46,7 +49,7 @@ from lld_jax._src.margins import (
     margin_with_neuron,
 )
 from lld_jax._src.models import CNN, INITS, MLP, ResNet, reinitialize, resnet18
-from lld_jax._src.network import Network, as_network
+from lld_jax._src.network import Network, as_network, normalized_inputs
 from lld_jax._src.nnx_adapter import from_nnx
 from lld_jax._src.pooling import MaxConstraints, Maxout, MaxoutMLP, NeuronRecorder, max_constraints, max_pool
 from lld_jax._src.recurrent import RNN, ScoRNN, cayley_recurrent
@@ -61,6 +64,7 @@ from lld_jax._src.regions import (
 )
 from lld_jax._src.selfcheck import CertificateCheck, check_certificate
 from lld_jax._src.stability import stability_bounds
+from lld_jax._src.stem import Stem, conv_axis_tangent
 from lld_jax._src.torch_weights import load_torch_resnet
 
 __version__ = "0.2.0"
@@ -73,6 +77,8 @@ __all__ = [
     "expected_gradient_distortion",
     "GradientDistortion",
     "CNN",
+    "Stem",
+    "conv_axis_tangent",
     "CertificateCheck",
     "CheckError",
     "INITS",
@@ -90,6 +96,7 @@ __all__ = [
     "ScoRNN",
     "activation_pattern",
     "as_network",
+    "normalized_inputs",
     "batched",
     "cayley_recurrent",
     "check_certificate",

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 
 from lld_jax._src.gradients import linearize_preacts, mlp_tangent_rows, norms_kernel, pick_method
 from lld_jax._src.margins import margin_terms
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask, hidden_shapes, neuron_count
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask, flat_preacts, hidden_shapes, neuron_count
+from lld_jax._src.stem import check_stem, stem_columns
 
 Array = jax.Array
 GAMMAS = ("max", 25, 50, 75, 100)
@@ -235,38 +236,55 @@ def roll_penalty_sampled(
         z, cols = mlp_tangent_rows(net, params, x, net.dense_layers(params)[0][0][:, idx])
         cols = cols.T
     else:
-        z, lin = linearize_preacts(net, params, x)
-        tangents = jax.nn.one_hot(idx, dim, dtype=x.dtype) if estimator == "axes" else jax.random.normal(key, (num_samples, dim), x.dtype)
+        if estimator == "axes" and net.stem is not None:
+            # Conv net: the first layer's derivatives along e_k are its kernel placed; JVPs start after it.
+            check_stem(net, params, x)
+            columns, probes = (lambda p, t: stem_columns(net, p, x, t)), idx
+        else:
+            columns = lambda p, t: _jvp_columns(net, p, x, t)
+            probes = jax.nn.one_hot(idx, dim, dtype=x.dtype) if estimator == "axes" else jax.random.normal(key, (num_samples, dim), x.dtype)
         if chunk_size is not None and chunk_size < num_samples:
-            n = neuron_count(flat_mask(net, params, x), z.shape[0])
-            return (_chunked_squares(net, params, x, tangents, w, chunk_size) + C * jnp.sum(jax.nn.relu(1.0 - jnp.abs(z)))) / n
-        cols = jax.vmap(lin)(tangents)  # (D', N) directional derivatives
+            z = flat_preacts(net, params, x)[1]
+            return _sampled_value(net, params, x, z, _chunked_squares(columns, params, probes, w, chunk_size, x.dtype), C)
+        z, cols = columns(params, probes)  # (N,), (D', N) directional derivatives
+    return _sampled_value(net, params, x, z, jnp.sum(w[:, None] * cols * cols), C)
+
+
+def _jvp_columns(net: Network, params: PyTree, x: Array, probes: Array) -> tuple[Array, Array]:
+    """``(z (N,), cols (K, N))``: pre-activations and their derivatives along the input tangents ``probes`` (K, D)."""
+    z, lin = linearize_preacts(net, params, x)
+    return z, jax.vmap(lin)(probes)
+
+
+def _sampled_value(net: Network, params: PyTree, x: Array, z: Array, sq: Array, C: float) -> Array:
+    """Eq. 10 from the weighted squared derivatives ``sq`` and the pre-activations ``z`` (N,)."""
     # Masked neurons have zero columns and a zero hinge; only the count needs them excluded.
     n = neuron_count(flat_mask(net, params, x), z.shape[0])
-    return (jnp.sum(w[:, None] * cols * cols) + C * jnp.sum(jax.nn.relu(1.0 - jnp.abs(z)))) / n
+    return (sq + C * jnp.sum(jax.nn.relu(1.0 - jnp.abs(z)))) / n
 
 
-def _chunked_squares(net: Network, params: PyTree, x: Array, tangents: Array, w: Array, chunk: int) -> Array:
-    """``sum_k w_k ||J t_k||^2`` over the rows t_k of ``tangents``, ``chunk`` JVPs at a time.
+def _chunked_squares(columns, params: PyTree, probes: Array, w: Array, chunk: int, dtype) -> Array:
+    """``sum_k w_k ||cols_k||^2`` with ``(_, cols) = columns(params, block)``, ``chunk`` probes at a time.
 
-    Each chunk re-linearises the network inside ``jax.checkpoint``, so neither
-    the forward pass nor its reverse-mode gradient keeps more than one chunk's
-    tangent activations (the price: one extra forward pass per chunk).
+    ``probes`` are input tangents (K, D) or axis indices (K,). Each chunk
+    re-linearises the network inside ``jax.checkpoint``, so neither the
+    forward pass nor its reverse-mode gradient keeps more than one chunk's
+    tangent activations (the price: one extra forward pass per chunk). Padding
+    probes (zeros) get weight 0.
     """
-    k = tangents.shape[0]
+    k = probes.shape[0]
     n_chunks = -(-k // chunk)
     chunk = -(-k // n_chunks)  # balanced chunks: the last one is not mostly padding
     pad = n_chunks * chunk - k
-    tangents = jnp.concatenate([tangents, jnp.zeros((pad, tangents.shape[1]), tangents.dtype)]).reshape(n_chunks, chunk, -1)
+    probes = jnp.concatenate([probes, jnp.zeros((pad, *probes.shape[1:]), probes.dtype)]).reshape(n_chunks, chunk, *probes.shape[1:])
     w = jnp.concatenate([w, jnp.zeros((pad,), w.dtype)]).reshape(n_chunks, chunk)
 
     @jax.checkpoint
     def block(params, t, wb):
-        _, lin = linearize_preacts(net, params, x)
-        cols = jax.vmap(lin)(t)
+        cols = columns(params, t)[1]
         return jnp.sum(wb[:, None] * cols * cols)
 
     def step(acc, tw):
         return acc + block(params, *tw).astype(acc.dtype), None
 
-    return jax.lax.scan(step, jnp.zeros((), x.dtype), (tangents, w))[0]
+    return jax.lax.scan(step, jnp.zeros((), dtype), (probes, w))[0]

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lld_jax._src.pooling import max_pool
+from lld_jax._src.stem import Stem, conv_axis_tangent
 
 Array = jax.Array
 
@@ -252,8 +253,12 @@ def frozen_batchnorm(bn: nnx.BatchNorm, x: Array) -> Array:
     or initialised (0 and 1): the network is the same piecewise-linear function of
     each example in training and in certification (no batch statistics).
     """
-    mean, var = jax.lax.stop_gradient(bn.mean[...]), jax.lax.stop_gradient(bn.var[...])
-    return (x - mean) * (bn.scale[...] * jax.lax.rsqrt(var + bn.epsilon)) + bn.bias[...]
+    return (x - jax.lax.stop_gradient(bn.mean[...])) * batchnorm_scale(bn) + bn.bias[...]
+
+
+def batchnorm_scale(bn: nnx.BatchNorm) -> Array:
+    """The per-channel slope of :func:`frozen_batchnorm`: ``scale / sqrt(var + eps)``, statistics held constant."""
+    return bn.scale[...] * jax.lax.rsqrt(jax.lax.stop_gradient(bn.var[...]) + bn.epsilon)
 
 
 class BasicBlock(nnx.Module):
@@ -324,13 +329,34 @@ class ResNet(nnx.Module):
         self.head = nnx.Linear(c, out_features, rngs=rngs, param_dtype=param_dtype)
 
     def __call__(self, x: Array, slopes: Sequence[Array] | None = None):
-        act = _Act(self.negative_slope, slopes)
-        h = act(frozen_batchnorm(self.stem_bn, self.stem_conv(x)))
+        return self._from_stem(frozen_batchnorm(self.stem_bn, self.stem_conv(x)), _Act(self.negative_slope, slopes))
+
+    def _from_stem(self, z1: Array, act: _Act) -> tuple[Array, tuple[Array, ...]]:
+        h = act(z1)
         if self.stem_kind == "imagenet":  # torchvision's 3x3 stride-2 pad-1 pooling, averaged (zeros counted, as torch's default)
             h = nnx.avg_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), count_include_pad=True)
         for block in self.blocks:
             h = block(h, act)
         return self.head(jnp.mean(h, axis=(0, 1))), tuple(act.preacts)
+
+    def stem_split(self) -> Stem:
+        """The network split after the stem's pre-activation (conv, BatchNorm): :class:`lld_jax.Stem`.
+
+        Its derivative along an input axis is the stem kernel placed at the
+        pixel times BatchNorm's slope (:func:`lld_jax.conv_axis_tangent`).
+        """
+        conv = self.stem_conv
+        strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides)
+
+        def axis_tangent(k: Array) -> Array:
+            t = conv_axis_tangent(conv.kernel[...], k, self.input_shape, strides, conv.padding)
+            return t * batchnorm_scale(self.stem_bn)
+
+        def rest(z1: Array) -> tuple[Array, tuple[Array, ...]]:
+            out, pre = self._from_stem(z1, _Act(self.negative_slope, None))
+            return out, pre[1:]
+
+        return Stem(lambda x: frozen_batchnorm(self.stem_bn, conv(x)), axis_tangent, rest)
 
 
 def resnet18(out_features: int, *, input_shape: Sequence[int] = (224, 224, 3), rngs: nnx.Rngs, **kw) -> ResNet:

@@ -48,6 +48,12 @@ class Network:
         entries never bound a margin, never count in a loss's mean, and read
         as inactive in patterns, so a padded example gets exactly the results
         of the unpadded one.
+      stem: ``params -> Stem``: the network split after its first
+        pre-activation, with that layer's derivative along an input axis
+        computed directly (:class:`lld_jax.Stem`; a convolution's kernel
+        placed at the pixel). The sampled loss's axis estimator then runs
+        JVPs from the first pre-activation on (ResNet-18 at 299x299: about
+        a quarter less time per step on CPU).
     """
 
     apply: ApplyFn
@@ -56,6 +62,7 @@ class Network:
     dense_layers: Callable[[PyTree], list[tuple[Array, Array]]] | None = None
     negative_slope: float = 0.0
     neuron_mask: Callable[[PyTree, Array], tuple[Array, ...]] | None = None
+    stem: Callable[[PyTree], Any] | None = None
 
     def __call__(self, params: PyTree, x: Array) -> tuple[Array, tuple[Array, ...]]:
         return self.apply(params, x)
@@ -79,6 +86,74 @@ def as_network(apply_fn: ApplyFn | Network, *, input_shape: Sequence[int] | None
     if not callable(apply_fn):
         raise TypeError(f"apply_fn must be a callable (params, x) -> (output, preacts) or an lld_jax.Network, got {type(apply_fn).__name__}.")
     return Network(apply=apply_fn, input_shape=None if input_shape is None else tuple(input_shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Standardized:
+    """``fn(params, (x - mean) / std, *rest)``; hashable (tuples), so jit caches compile once per model."""
+
+    fn: Callable[..., Any]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, params: PyTree, x: Array, *rest: Any) -> Any:
+        return self.fn(params, (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype), *rest)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StandardizedStem:
+    """The stem of a network behind :func:`normalized_inputs`: tangents along raw input axes are divided by their channel's std."""
+
+    stem: Callable[[PyTree], Any]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, params: PyTree) -> Any:
+        st = self.stem(params)
+        std = jnp.asarray(self.std)
+
+        def first(x: Array) -> Array:
+            return st.first((x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype))
+
+        def axis_tangent(k: Array) -> Array:
+            t = st.axis_tangent(k)
+            return t / std[k % len(self.std)].astype(t.dtype)
+
+        return st._replace(first=first, axis_tangent=axis_tangent)
+
+
+def normalized_inputs(net: ApplyFn | Network, mean: Sequence[float], std: Sequence[float]) -> Network:
+    """``net`` behind a per-channel standardisation ``(x - mean) / std`` (channels on the last axis).
+
+    The result takes raw inputs (e.g. [0, 1] pixels), so margins, balls and
+    distortions are in raw units; it stays piecewise linear (an affine map
+    first). Keeps the frozen-pattern apply, the neuron mask and the stem;
+    drops ``dense_layers`` (the first layer's weights change).
+
+    Args:
+      net: the network on standardised inputs.
+      mean, std: per-channel statistics (one number each for a single channel).
+
+    Returns:
+      The :class:`Network` on raw inputs.
+    """
+    net = as_network(net)
+    mean, std = tuple(float(m) for m in np.ravel(mean)), tuple(float(s) for s in np.ravel(std))
+    if len(mean) != len(std) or not mean:
+        raise ValueError(f"mean and std need one number per channel each, got {len(mean)} and {len(std)}.")
+    if not all(s > 0 for s in std):
+        raise ValueError(f"std must be positive, got {std}.")
+    if net.input_shape is not None and len(mean) not in (1, net.input_shape[-1]):
+        raise ValueError(f"{len(mean)} channel statistics for inputs of shape {net.input_shape} (channels last).")
+    wrap = lambda f: None if f is None else _Standardized(f, mean, std)
+    return dataclasses.replace(
+        net,
+        apply=_Standardized(net.apply, mean, std),
+        apply_frozen=wrap(net.apply_frozen),
+        dense_layers=None,
+        neuron_mask=wrap(net.neuron_mask),
+        stem=None if net.stem is None else _StandardizedStem(net.stem, mean, std),
+    )
 
 
 def hidden_shapes(net: Network, params: PyTree, shape: tuple[int, ...], dtype: Any) -> tuple[tuple[int, ...], ...]:

@@ -52,6 +52,16 @@ class _NNXMask:
 
 
 @dataclasses.dataclass(frozen=True)
+class _NNXStem:
+    """``params -> Stem`` from a module's ``stem_split()`` method."""
+
+    graphdef: Any
+
+    def __call__(self, params: PyTree) -> Any:
+        return nnx.merge(self.graphdef, params).stem_split()
+
+
+@dataclasses.dataclass(frozen=True)
 class _NNXDense:
     graphdef: Any
 
@@ -70,7 +80,9 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
     method, modules with a ``dense_layers()`` method (MLPs) their dense
     chain, and modules with a ``neuron_mask(x)`` method (padded sequences,
     max-pooling and maxout) the :attr:`~lld_jax.Network.neuron_mask` that
-    marks the entries that are not neurons. Two optional module attributes,
+    marks the entries that are not neurons, and modules with a
+    ``stem_split()`` method (:class:`~lld_jax.ResNet`) the
+    :attr:`~lld_jax.Network.stem` of the sampled loss's fast path. Two optional module attributes,
     read here once, switch these off: ``supports_frozen_pattern = False``
     (no frozen-pattern apply even with a ``slopes`` keyword: max-pooling,
     whose pattern cannot be frozen) and ``has_neuron_mask = False`` (the
@@ -100,6 +112,7 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
         dense_layers=_NNXDense(graphdef) if hasattr(type(module), "dense_layers") else None,
         negative_slope=float(getattr(module, "negative_slope", 0.0)),
         neuron_mask=_NNXMask(graphdef) if has_mask else None,
+        stem=_NNXStem(graphdef) if hasattr(type(module), "stem_split") else None,
     )
     return net, params
 

@@ -1,0 +1,130 @@
+"""The split-off first layer (lld_jax.Stem): placed kernels against real convolutions, the sampled loss
+with and without the stem, and networks behind an input standardisation (float64)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import lld_jax as L
+from lld_jax._src.losses import roll_penalty_sampled
+
+
+def _conv(x, kernel, strides, padding):
+    return jax.lax.conv_general_dilated(x[None], kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+
+
+@pytest.mark.parametrize(
+    "shape,ksize,strides,padding",
+    [
+        ((9, 11, 3), (7, 7), (2, 2), ((3, 3), (3, 3))),  # the ImageNet stem
+        ((8, 8, 2), (3, 3), (1, 1), ((1, 1), (1, 1))),
+        ((10, 7, 1), (5, 3), (3, 2), ((0, 2), (1, 0))),  # asymmetric padding, unequal strides
+        ((6, 6, 2), (2, 2), (3, 3), ((0, 0), (0, 0))),  # stride > kernel: some pixels reach no output
+        ((4, 5, 1), (5, 5), (1, 1), ((2, 2), (2, 2))),  # fewer outputs than a pixel could reach
+    ],
+)
+def test_conv_axis_tangent_is_the_convolution_of_each_one_hot(shape, ksize, strides, padding):
+    rng = np.random.default_rng(0)
+    kernel = jnp.asarray(rng.normal(size=(*ksize, shape[-1], 4)))
+    d = int(np.prod(shape))
+    want = jax.vmap(lambda e: _conv(e.reshape(shape), kernel, strides, padding))(jnp.eye(d))
+    got = jax.jit(jax.vmap(lambda k: L.conv_axis_tangent(kernel, k, shape, strides, padding)))(jnp.arange(d))
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_conv_axis_tangent_refuses_mismatched_channels():
+    with pytest.raises(ValueError, match="channels"):
+        L.conv_axis_tangent(jnp.zeros((3, 3, 2, 4)), 0, (5, 5, 3), (1, 1), ((1, 1), (1, 1)))
+
+
+def _resnet(stem, size, seed=0):
+    model = L.ResNet((size, size, 3), (4, 8), (1, 1), 5, stem=stem, rngs=nnx.Rngs(seed), param_dtype=jnp.float64)
+    net, params = L.from_nnx(model)
+    # Non-trivial BatchNorm statistics, so the stem's slope is not the identity.
+    rng = np.random.default_rng(seed)
+    params["stem_bn"]["var"] = jnp.asarray(rng.uniform(0.5, 2.0, 4))
+    params["stem_bn"]["mean"] = jnp.asarray(rng.normal(size=4))
+    params["stem_bn"]["scale"] = jnp.asarray(rng.normal(size=4))
+    x = jnp.asarray(rng.uniform(size=(size, size, 3)))
+    return net, params, x
+
+
+@pytest.mark.parametrize("stem,size", [("imagenet", 19), ("small", 7)])
+def test_resnet_stem_splits_apply(stem, size):
+    net, params, x = _resnet(stem, size)
+    assert net.stem is not None
+    st = net.stem(params)
+    out, pre = net.apply(params, x)
+    z1 = st.first(x)
+    out2, rest = st.rest(z1)
+    np.testing.assert_allclose(z1, pre[0], rtol=1e-12)
+    np.testing.assert_allclose(out2, out, rtol=1e-12)
+    assert len(rest) == len(pre) - 1
+    # axis_tangent is first's Jacobian column, BatchNorm slope included.
+    jac = jax.jacfwd(st.first)(x).reshape(*z1.shape, -1)
+    cols = jax.vmap(st.axis_tangent)(jnp.arange(x.size))
+    np.testing.assert_allclose(cols, jnp.moveaxis(jac, -1, 0), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("stem,size,chunk,standardize", [("imagenet", 19, None, True), ("imagenet", 19, 4, False), ("small", 7, None, False)])
+def test_sampled_loss_with_stem_equals_dense_jvps(stem, size, chunk, standardize):
+    """Same axes, same value and parameter gradient, whether the first layer is placed or pushed through a JVP."""
+    net, params, x = _resnet(stem, size)
+    if standardize:
+        net = L.normalized_inputs(net, (0.4, 0.5, 0.6), (0.2, 0.3, 0.25))
+    dense = dataclasses.replace(net, stem=None)
+    key = jax.random.key(1)
+
+    def loss(p, n):
+        return roll_penalty_sampled(n, p, x, key, C=8.0, num_samples=12, stratify=True, chunk_size=chunk)
+
+    a, ga = jax.value_and_grad(loss)(params, net)
+    b, gb = jax.value_and_grad(loss)(params, dense)
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+    for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(v)) + 1))
+
+
+def test_stem_mismatch_is_refused():
+    net, params, x = _resnet("small", 7)
+
+    def short_stem(p):  # forgets the stem's own pre-activation in rest's count: apply has one more
+        st = net.stem(p)
+        return st._replace(rest=lambda z1: (st.rest(z1)[0], st.rest(z1)[1][1:]))
+
+    bad = dataclasses.replace(net, stem=short_stem)
+    with pytest.raises(ValueError, match="stem does not match"):
+        roll_penalty_sampled(bad, params, x, jax.random.key(0), C=1.0, num_samples=3, stratify=True)
+
+
+def test_normalized_inputs_is_the_network_on_standardized_inputs():
+    net, params, x = _resnet("small", 7)
+    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.3, 0.25])
+    raw = L.normalized_inputs(net, mean, std)
+    out, pre = raw.apply(params, x)
+    out2, pre2 = net.apply(params, (x - mean) / std)
+    np.testing.assert_allclose(out, out2, rtol=1e-12)
+    # Margins are in raw units: a standardisation by std scales each neuron's gradient by 1/std per channel.
+    z_raw, g_raw = L.neuron_gradients(raw, params, x)
+    z_std, g_std = L.neuron_gradients(net, params, (x - mean) / std)
+    np.testing.assert_allclose(z_raw, z_std, rtol=1e-12)
+    np.testing.assert_allclose(g_raw, g_std / np.tile(std, x.size // 3), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "mean,std,match",
+    [
+        ((0.5, 0.5), (0.2, 0.2, 0.2), "one number per channel"),
+        ((0.5,) * 3, (0.2, 0.0, 0.2), "positive"),
+        ((0.5,) * 2, (0.2,) * 2, "channel statistics"),
+    ],
+)
+def test_normalized_inputs_refuses_bad_statistics(mean, std, match):
+    net, _, _ = _resnet("small", 7)
+    with pytest.raises(ValueError, match=match):
+        L.normalized_inputs(net, mean, std)
