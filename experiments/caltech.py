@@ -9,6 +9,8 @@ Data: a folder with one sub-folder per class (``--data-dir``; here Caltech-101
 stands in for Caltech-256, which is not available offline), split per class
 as the paper (5 validation, 15 test, the rest training; seeded), decoded and
 resized on the fly (:class:`lld_jax.data.ImageBatches`: bounded memory).
+Optionally, ``--tfds caltech101`` reads a prepared TensorFlow Datasets copy
+instead (all its splits pooled, then split the same way; ``lld-jax[tfds]``).
 
 The network reads [0, 1] pixels and normalises them itself (an affine map, so
 it stays piecewise linear): the distortions' l_inf ball (eps = 8/256) and the
@@ -52,10 +54,11 @@ from flax import nnx
 
 import lld_jax
 from experiments import _cli, _figures
-from lld_jax.data import ImageBatches, channel_stats, load_image, scan_image_folder, split_per_class
+from lld_jax.data import ImageBatches, ImageRecords, channel_stats, load_image, scan_image_folder, split_per_class, tfds_image_source
 from lld_jax.evaluation import percentiles
 from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
 
+BACKGROUND = "BACKGROUND_Google"  # Caltech-101's clutter class, left out by default
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "caltech101", "101_ObjectCategories")
 MODELS = ("vanilla", "roll")
 PAPER_TABLE3 = {  # paper Table 3 (camera-ready Table 4), ResNet-18 on Caltech-256 at 299x299
@@ -97,12 +100,20 @@ class Config:
 
     out: str = dataclasses.field(default="runs/caltech", metadata={"help": "output directory: one run directory per model, table3.md, figures"})
     data_dir: str = dataclasses.field(default=DEFAULT_DATA, metadata={"help": "image folder with one sub-folder per class"})
+    tfds: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "read this TensorFlow Datasets data set (e.g. caltech101, prepared under $TFDS_DATA_DIR; needs lld-jax[tfds]) instead of --data-dir"
+        },
+    )
     preset: str = dataclasses.field(default="reduced", metadata={"help": "'reduced' (2-core CPU) or 'paper' (accelerator)"})
     model: str = dataclasses.field(default="both", metadata={"help": "'vanilla', 'roll' or 'both'"})
     size: int | None = dataclasses.field(default=None, metadata={"help": "side of the square inputs in pixels (paper: 299)"})
     classes: int | None = dataclasses.field(default=None, metadata={"help": "use the first K classes (sorted by name); None: all"})
     train_per_class: int | None = dataclasses.field(default=None, metadata={"help": "cap on training images per class (seeded); None: all"})
-    exclude: tuple[str, ...] = dataclasses.field(default=("BACKGROUND_Google",), metadata={"help": "class folders left out"})
+    exclude: tuple[str, ...] = dataclasses.field(
+        default=(BACKGROUND,), metadata={"help": "classes left out (with --tfds: case-insensitive, and the default may match none)"}
+    )
     num_val: int = 5
     num_test: int = 15
     widths: tuple[int, ...] = dataclasses.field(default=(64, 128, 256, 512), metadata={"help": "ResNet stage channels (ResNet-18: 64 128 256 512)"})
@@ -195,7 +206,10 @@ def build_model(config: Config, num_classes: int, mean: Sequence[float], std: Se
 
 @dataclasses.dataclass
 class ImageData:
-    """The split of the image folder: paths and labels of each part, class names, channel statistics."""
+    """The split of the images: paths (or record names) and labels of each part, class names, channel statistics.
+
+    ``records`` holds the images when they come from TFDS (``--tfds``); ``paths`` then names them.
+    """
 
     paths: np.ndarray
     labels: np.ndarray
@@ -205,32 +219,47 @@ class ImageData:
     test: np.ndarray
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    records: ImageRecords | None = None
 
     @classmethod
     def load(cls, config: Config) -> ImageData:
-        if not os.path.isdir(config.data_dir):
-            raise FileNotFoundError(f"image folder {config.data_dir} not found: pass --data-dir, a folder with one sub-folder per class.")
-        paths, labels, names = scan_image_folder(config.data_dir, exclude=config.exclude)
+        images: np.ndarray | ImageRecords
+        if config.tfds:
+            where = f"TFDS data set {config.tfds!r}"
+            images, labels, names = tfds_image_source(config.tfds)
+            keep, labels, names = _exclude_classes(labels, names, config.exclude, where)
+            images = images[keep]
+        else:
+            if not os.path.isdir(config.data_dir):
+                raise FileNotFoundError(f"image folder {config.data_dir} not found: pass --data-dir, a folder with one sub-folder per class.")
+            where = config.data_dir
+            paths, labels, names = scan_image_folder(config.data_dir, exclude=config.exclude)
+            images = np.asarray(paths)
         if config.classes is not None:
             if config.classes > len(names):
-                raise ValueError(f"--classes {config.classes} but {config.data_dir} has {len(names)} classes.")
+                raise ValueError(f"--classes {config.classes} but {where} has {len(names)} classes.")
             keep = labels < config.classes
-            paths, labels, names = [p for p, k in zip(paths, keep) if k], labels[keep], names[: config.classes]
+            images, labels, names = images[keep], labels[keep], names[: config.classes]
         train, val, test = split_per_class(labels, num_val=config.num_val, num_test=config.num_test, seed=config.seed, class_names=names)
         if config.train_per_class is not None:
             rng = np.random.default_rng(config.seed + 3)
             train = np.sort(np.concatenate([rng.permutation(train[labels[train] == k])[: config.train_per_class] for k in range(len(names))]))
-        paths = np.asarray(paths)
         if config.torch_weights:
             mean, std = lld_jax.data.IMAGENET_MEAN, lld_jax.data.IMAGENET_STD
         else:
-            mean, std = channel_stats(list(paths[train]), size=config.size, max_images=1000, seed=config.seed, workers=config.workers)
-        return cls(paths, labels, names, train, val, test, tuple(map(float, mean)), tuple(map(float, std)))
+            mean, std = channel_stats(images[train], size=config.size, max_images=1000, seed=config.seed, workers=config.workers)
+        records = images if isinstance(images, ImageRecords) else None
+        paths = np.asarray(records.names()) if records is not None else images
+        return cls(paths, labels, names, train, val, test, tuple(map(float, mean)), tuple(map(float, std)), records)
+
+    def images(self, idx: np.ndarray) -> np.ndarray | ImageRecords:
+        """The images ``idx``: file paths, or a lazy view of the TFDS records."""
+        return self.paths[idx] if self.records is None else self.records[idx]
 
     def batches(self, part: np.ndarray, config: Config, *, shuffle: bool, seed: int = 0) -> ImageBatches:
         """Streams a part as [0, 1] pixels (normalisation is inside the network)."""
         return ImageBatches(
-            list(self.paths[part]),
+            self.images(part),
             self.labels[part],
             batch_size=config.batch_size,
             size=config.size,
@@ -248,7 +277,25 @@ class ImageData:
         return np.sort(rng.choice(self.test, size=n, replace=False))
 
     def pixels(self, idx: np.ndarray, config: Config) -> np.ndarray:
-        return np.stack([load_image(str(p), config.size) for p in self.paths[idx]]).astype(np.float32) / 255.0
+        return np.stack([load_image(p, config.size) for p in self.images(idx)]).astype(np.float32) / 255.0
+
+
+def _exclude_classes(labels: np.ndarray, names: list[str], exclude: Sequence[str], where: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(kept example indices, labels renumbered 0..K-1, kept names)`` without the classes in ``exclude`` (case-insensitive).
+
+    TFDS names classes in lower case (Caltech-101's clutter class is ``background_google``); the
+    default ``exclude`` may match nothing (other data sets), a name given on the command line must match.
+    """
+    lower = [n.lower() for n in names]
+    unknown = [e for e in exclude if e.lower() not in lower and e != BACKGROUND]
+    if unknown:
+        raise ValueError(f"--exclude names classes that {where} does not hold: {unknown}; its classes include {names[:8]}.")
+    drop = {e.lower() for e in exclude}
+    kept = [k for k, n in enumerate(lower) if n not in drop]
+    relabel = np.full(len(names), -1, np.int64)
+    relabel[kept] = np.arange(len(kept))
+    idx = np.flatnonzero(relabel[labels] >= 0)
+    return idx, relabel[labels[idx]].astype(np.int32), [names[k] for k in kept]
 
 
 # --------------------------------------------------------------------------
@@ -355,7 +402,7 @@ def run_model(config: Config, data: ImageData, name: str) -> dict:
     cfg = config.train_config(lam)
     net, params = build_model(config, len(data.class_names), data.mean, data.std)
     experiment = {
-        "dataset": os.path.basename(os.path.normpath(config.data_dir)),
+        "dataset": f"tfds:{config.tfds}" if config.tfds else os.path.basename(os.path.normpath(config.data_dir)),
         "classes": len(data.class_names),
         "size": config.size,
         "train_size": len(data.train),

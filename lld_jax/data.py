@@ -1,4 +1,4 @@
-"""Local data loaders (no network needed): MNIST, Japanese Vowels, image folders; sequence padding."""
+"""Local data loaders (no network needed): MNIST, Japanese Vowels, image folders; sequence padding; optional TFDS image sources."""
 
 from lld_jax._src.data import MNIST, MNIST_MEAN, MNIST_STD, Split, load_mnist, read_idx
 from lld_jax._src.image_folder import (
@@ -13,6 +13,7 @@ from lld_jax._src.image_folder import (
     scan_image_folder,
     split_per_class,
 )
+from lld_jax._src.image_records import ImageRecords, tfds_image_source
 from lld_jax._src.sequences import Sequences, Vowels, load_japanese_vowels, pad_sequences, sequence_lengths
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "IMAGENET_STD",
     "ImageBatch",
     "ImageBatches",
+    "ImageRecords",
     "MNIST",
     "MNIST_MEAN",
     "MNIST_STD",
@@ -37,4 +39,5 @@ __all__ = [
     "scan_image_folder",
     "sequence_lengths",
     "split_per_class",
+    "tfds_image_source",
 ]

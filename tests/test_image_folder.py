@@ -1,8 +1,12 @@
-"""The streaming image-folder pipeline: scanning, the per-class split, decoding, normalisation, padded batches."""
+"""The streaming image pipeline: scanning, the per-class split, decoding, normalisation, padded batches; TFDS records (faked)."""
 
 import os
+import re
+import sys
 import threading
 import time
+import types
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +25,7 @@ from lld_jax._src.image_folder import (
     scan_image_folder,
     split_per_class,
 )
+from lld_jax._src.image_records import ImageRecords, tfds_image_source
 
 CALTECH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "caltech101", "101_ObjectCategories")
 CALTECH = os.path.normpath(os.environ.get("LLD_CALTECH101", CALTECH))
@@ -355,3 +360,278 @@ def test_fingerprint_follows_what_decides_the_batches():
         assert other.fingerprint() != fp
     with ImageBatches(paths[::-1], labels, **kw) as other:
         assert other.fingerprint() != fp
+
+
+# ---------------------------------------------------------------- TensorFlow Datasets, through a fake module (no network, no package)
+
+FAKE_NAME = "fake_images/1.0.0"
+
+
+def fake_tfds(splits: dict, class_names: list[str], *, prepared: bool = True, full_name: str = FAKE_NAME, features: dict | None = None):
+    """A stand-in ``tensorflow_datasets`` with what tfds_image_source calls: builder(), data_source(), decode.SkipDecoding.
+
+    ``splits`` maps a split name to its examples ``[(uint8 image, label), ...]``. Records are dicts built when read;
+    ``calls["decoded"]`` counts the records read with their image decoded (as TFDS decodes every feature of a record
+    unless told to skip one).
+    """
+    calls: dict = {"builder": [], "data_source": [], "decoded": 0}
+    state = {"prepared": prepared}
+
+    class SkipDecoding:
+        pass
+
+    class Source:
+        def __init__(self, examples, skip_image):
+            self.examples, self.skip_image = examples, skip_image
+
+        def __len__(self):
+            return len(self.examples)
+
+        def __getitem__(self, i):
+            image, label = self.examples[i]
+            if self.skip_image:
+                return {"image": b"still encoded", "label": np.int64(label)}
+            calls["decoded"] += 1
+            return {"image": image.copy(), "label": np.int64(label)}
+
+    def builder(name, *, data_dir=None):
+        calls["builder"].append((name, data_dir))
+        info = SimpleNamespace(
+            splits={s: SimpleNamespace(num_examples=len(v)) for s, v in splits.items()} if state["prepared"] else {},
+            features=features if features is not None else {"image": SimpleNamespace(), "label": SimpleNamespace(names=list(class_names))},
+            full_name=full_name,
+        )
+        return SimpleNamespace(is_prepared=lambda: state["prepared"], info=info, data_dir=f"{data_dir}/{full_name}")
+
+    def data_source(name, *, split=None, data_dir=None, download=True, decoders=None):
+        calls["data_source"].append({"name": name, "split": split, "data_dir": data_dir, "download": download, "decoders": decoders})
+        if download:
+            state["prepared"] = True  # "downloaded and prepared"
+        assert state["prepared"], "the real data_source fails on a data set that is not prepared"
+        skip = decoders is not None and isinstance(decoders.get("image"), SkipDecoding)
+        if split is None:
+            return {s: Source(v, skip) for s, v in splits.items()}
+        return [Source(splits[s], skip) for s in split]
+
+    module = types.ModuleType("tensorflow_datasets")
+    module.builder, module.data_source, module.decode = builder, data_source, SimpleNamespace(SkipDecoding=SkipDecoding)
+    return module, calls
+
+
+def random_examples(rng, labels: list[int]) -> list:
+    """One image per label, of varied sizes and the channel layouts TFDS stores: RGB (H, W, 3), grayscale (H, W, 1), RGBA."""
+    out = []
+    for i, y in enumerate(labels):
+        h, w = int(rng.integers(5, 14)), int(rng.integers(5, 14))
+        channels = (3, 1, 4)[i % 3]
+        out.append((rng.integers(0, 256, (h, w, channels), dtype=np.uint8), y))
+    return out
+
+
+def save_like_a_file(path, image: np.ndarray) -> str:
+    """The lossless PNG a user's image folder would hold for this TFDS image (grayscale as mode L)."""
+    return write_image(path, image[:, :, 0] if image.shape[2] == 1 else image)
+
+
+CLASSES = ["cat", "dog", "emu"]
+
+
+@pytest.fixture
+def tfds_world(tmp_path, monkeypatch):
+    """A fake TFDS data set (splits test: 7, train: 11) and the same images as a folder; ``paths[i]`` holds record ``i``."""
+    rng = np.random.default_rng(0)
+    splits = {"train": random_examples(rng, [0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 2]), "test": random_examples(rng, [2, 1, 0, 0, 1, 2, 1])}
+    module, calls = fake_tfds(splits, CLASSES)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", module)
+    ordered = splits["test"] + splits["train"]  # "all" pools the splits sorted by name
+    folder = tmp_path / "folder"
+    paths = [save_like_a_file(folder / CLASSES[y] / f"{i:03d}.png", image) for i, (image, y) in enumerate(ordered)]
+    return SimpleNamespace(splits=splits, ordered=ordered, paths=paths, folder=str(folder), calls=calls, data_dir=str(tmp_path / "tfds"))
+
+
+def test_tfds_records_are_the_folder_images_with_their_labels(tfds_world):
+    w = tfds_world
+    records, labels, names = tfds_image_source("fake_images", data_dir=w.data_dir)
+    assert names == CLASSES and labels.dtype == np.int32
+    assert labels.tolist() == [2, 1, 0, 0, 1, 2, 1] + [0, 1, 2, 0, 1, 2, 0, 0, 1, 2, 2]
+    assert w.calls["decoded"] == 0  # labels were read with the image left encoded; no image read yet
+    assert len(records) == 18 and w.calls["decoded"] == 0
+    # the folder holding the same files gives the same labels and class names
+    fpaths, flabels, fnames = scan_image_folder(w.folder)
+    ids = [int(os.path.basename(p)[:3]) for p in fpaths]
+    assert fnames == names and sorted(ids) == list(range(18)) and np.array_equal(flabels, labels[ids])
+    for i, (image, _) in enumerate(w.ordered):
+        record = records[i]
+        assert np.array_equal(record, image)  # the stored array, not resized
+        for resize, size in (("crop", 8), ("stretch", 6), ("crop", 17)):
+            assert np.array_equal(load_image(record, size, resize=resize), load_image(w.paths[i], size, resize=resize)), (i, resize)
+    assert w.calls["decoded"] == 18  # one read per access: nothing is cached
+    assert records.names()[:2] == [f"tfds:{FAKE_NAME}:test[0]", f"tfds:{FAKE_NAME}:test[1]"] and records.name_of(7) == f"tfds:{FAKE_NAME}:train[0]"
+    view = records[np.array([16, 3])]
+    assert len(view) == 2 and np.array_equal(view[0], w.ordered[16][0]) and np.array_equal(view[-1], w.ordered[3][0])
+    assert view.names() == [f"tfds:{FAKE_NAME}:train[9]", f"tfds:{FAKE_NAME}:test[3]"]
+    mask = labels == 1
+    assert [r.shape for r in records[mask]] == [w.ordered[i][0].shape for i in np.flatnonzero(mask)]
+    assert np.array_equal(records[5:7][1], w.ordered[6][0]) and len(list(records)) == 18
+    with pytest.raises(IndexError):
+        records[18]
+    # every call read TFDS's data folder given, and none asked for a download
+    assert all(d == w.data_dir for _, d in w.calls["builder"]) and all(c["data_dir"] == w.data_dir for c in w.calls["data_source"])
+    assert not any(c["download"] for c in w.calls["data_source"])
+
+
+def test_batches_over_tfds_records_equal_batches_over_the_folder(tfds_world):
+    w = tfds_world
+    records, labels, _ = tfds_image_source("fake_images", data_dir=w.data_dir)
+    part = np.array([0, 2, 3, 5, 8, 9, 10, 13, 14, 17])
+    kw = {"batch_size": 4, "size": 8, "seed": 3, "workers": 2, "prefetch": 1}
+    for extra in ({}, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}, {"resize": "stretch", "shuffle": False}):
+        with (
+            ImageBatches(records[part], labels[part], **kw, **extra) as from_records,
+            ImageBatches(np.asarray(w.paths)[part], labels[part], **kw, **extra) as from_folder,
+        ):
+            assert len(from_records) == len(from_folder) == 3
+            for epoch in (0, 1):
+                got, want = list(from_records.epoch(epoch)), list(from_folder.epoch(epoch))
+                for a, b in zip(got, want, strict=True):
+                    assert a.x.dtype == b.x.dtype and np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y) and np.array_equal(a.mask, b.mask)
+                assert got[-1].mask.tolist() == [True, True, False, False]
+    for max_images in (None, 5):
+        m1, s1 = channel_stats(records, size=8, max_images=max_images, seed=2, workers=2)
+        m2, s2 = channel_stats(w.paths, size=8, max_images=max_images, seed=2, workers=2)
+        assert np.array_equal(m1, m2) and np.array_equal(s1, s2)
+    # arrays in a plain list go the same way
+    arrays = [records[i] for i in part]
+    with ImageBatches(arrays, labels[part], **kw) as from_arrays, ImageBatches(records[part], labels[part], **kw) as from_records:
+        assert all(np.array_equal(a.x, b.x) for a, b in zip(from_arrays.epoch(1), from_records.epoch(1), strict=True))
+
+
+def test_tfds_splits_are_pooled_in_the_order_asked(tfds_world):
+    w = tfds_world
+    train_labels = [y for _, y in w.splits["train"]]
+    test_labels = [y for _, y in w.splits["test"]]
+    records, labels, _ = tfds_image_source("fake_images", split="train", data_dir=w.data_dir)
+    assert labels.tolist() == train_labels and len(records) == 11 and records.name_of(10) == f"tfds:{FAKE_NAME}:train[10]"
+    records, labels, _ = tfds_image_source("fake_images", split=["train", "test"], data_dir=w.data_dir)
+    assert labels.tolist() == train_labels + test_labels and len(records) == 18
+    assert np.array_equal(records[11], w.splits["test"][0][0]) and np.array_equal(records[10], w.splits["train"][10][0])
+    with pytest.raises(ValueError, match=r"has \['test', 'train'\]"):
+        tfds_image_source("fake_images", split="validation", data_dir=w.data_dir)
+    with pytest.raises(ValueError, match="distinct splits"):
+        tfds_image_source("fake_images", split=["train", "train"], data_dir=w.data_dir)
+
+
+def test_fingerprints_identify_records_arrays_and_paths(tfds_world):
+    w = tfds_world
+    records, labels, _ = tfds_image_source("fake_images", data_dir=w.data_dir)
+    again, _, _ = tfds_image_source("fake_images", data_dir=w.data_dir)
+    a, b = np.array([1, 4, 6]), np.array([1, 4, 7])
+    assert records.fingerprint() == again.fingerprint() and records[a].fingerprint() == again[a].fingerprint()
+    prints = {records.fingerprint(), records[a].fingerprint(), records[b].fingerprint(), records[a[::-1]].fingerprint()}
+    module, _ = fake_tfds(w.splits, CLASSES, full_name="fake_images/1.0.1")  # a new version of the data set
+    sys.modules["tensorflow_datasets"] = module
+    prints.add(tfds_image_source("fake_images")[0].fingerprint())
+    assert len(prints) == 5
+    kw = {"batch_size": 2, "size": 8, "seed": 1, "workers": 1}
+    with ImageBatches(records[a], labels[a], **kw) as x, ImageBatches(again[a], labels[a], **kw) as y, ImageBatches(records[b], labels[a], **kw) as z:
+        assert x.fingerprint() == y.fingerprint() != z.fingerprint()
+    # in-memory arrays: by content
+    images = [records[i] for i in a]
+    with ImageBatches(images, labels[a], **kw) as x, ImageBatches([im.copy() for im in images], labels[a], **kw) as y:
+        fp = x.fingerprint()
+        assert fp == y.fingerprint()
+    images[1] = images[1].copy()
+    images[1][0, 0, 0] ^= 1
+    with ImageBatches(images, labels[a], **kw) as x:
+        assert x.fingerprint() != fp
+    # file paths: the same values as before arrays and records were accepted (computed with that code)
+    with ImageBatches(["a.png", "b/c.jpg", "d.png"], np.array([0, 1, 1]), **kw) as x:
+        assert x.fingerprint() == "63b1f95772ec5def9f61fcef82e993f5bfbc3c26"
+    with ImageBatches(np.asarray(["a.png", "b/c.jpg"]), np.array([0, 1]), **kw, mean=IMAGENET_MEAN, std=IMAGENET_STD) as x:
+        assert x.fingerprint() == "da75a9cc19da329d8754e0538ac2191ce7b244c7"
+
+
+def test_tfds_missing_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail as if not installed
+    with pytest.raises(ImportError, match=re.escape('pip install "lld-jax[tfds]"')) as err:
+        tfds_image_source("caltech101")
+    assert "image folder" in str(err.value)
+
+
+def test_tfds_not_prepared_is_an_error_unless_downloading(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    module, calls = fake_tfds({"train": random_examples(rng, [0, 1, 1])}, ["a", "b"], prepared=False)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", module)
+    with pytest.raises(FileNotFoundError, match="not prepared") as err:
+        tfds_image_source("fake_images", data_dir=str(tmp_path))
+    msg = str(err.value)
+    assert "download=True" in msg and "--data-dir" in msg and str(tmp_path) in msg
+    assert calls["data_source"] == []  # nothing was downloaded
+    records, labels, names = tfds_image_source("fake_images", data_dir=str(tmp_path), download=True)
+    assert [c["download"] for c in calls["data_source"]] == [True, False, False]  # prepared once, then read
+    assert len(records) == 3 and labels.tolist() == [0, 1, 1] and names == ["a", "b"]
+
+
+def test_tfds_feature_and_record_errors(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    splits = {"train": random_examples(rng, [0, 1]) + [(np.zeros((4, 4, 3), np.float32), 1)]}
+    for features, match in (
+        ({"picture": SimpleNamespace(), "label": SimpleNamespace(names=["a", "b"])}, "features .*'picture'.*image_key"),
+        ({"image": SimpleNamespace(), "label": SimpleNamespace()}, "no class names"),
+    ):
+        monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake_tfds(splits, ["a", "b"], features=features)[0])
+        with pytest.raises(ValueError, match=match):
+            tfds_image_source("fake_images")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake_tfds(splits, ["a"])[0])
+    with pytest.raises(ValueError, match=r"outside \[0, 1\)"):
+        tfds_image_source("fake_images")
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake_tfds(splits, ["a", "b"])[0])
+    records, labels, _ = tfds_image_source("fake_images")
+    with ImageBatches(records, labels, batch_size=3, size=4, workers=1) as batches:
+        with pytest.raises(ValueError, match=re.escape(f"tfds:{FAKE_NAME}:train[2]") + ".*uint8"):
+            list(batches)
+    for bad in (np.zeros((4, 4, 2), np.uint8), np.zeros((0, 4, 3), np.uint8), np.zeros((4, 4), np.int16)):
+        with pytest.raises(ValueError, match="image array must be uint8"):
+            load_image(bad, 4)
+    with pytest.raises(ValueError, match="indices"):
+        ImageRecords({"x": [np.zeros((2, 2), np.uint8)]}, name="x", key=None, indices=np.array([1]))
+    with pytest.raises(ValueError, match="non-empty name"):
+        ImageRecords({"x": []}, name="")
+
+
+def test_caltech_with_tfds_matches_the_same_images_in_a_folder(tmp_path, monkeypatch):
+    from experiments import caltech
+
+    rng = np.random.default_rng(3)
+    counts = {"ant": 24, "bee": 23, "cow": 21}
+    objects = []
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            image = random_examples(rng, [c])[0][0]
+            save_like_a_file(tmp_path / "folder" / name / f"{i:03d}.png", image)
+            objects.append((image, [0, 2, 3][c]))  # TFDS's lower-case names sort the clutter class second
+    background = random_examples(rng, [1] * 4)
+    for i, (image, _) in enumerate(background):
+        save_like_a_file(tmp_path / "folder" / caltech.BACKGROUND / f"{i:03d}.png", image)
+    splits = {"test": background, "train": objects}  # pooled: test (the clutter class, left out), then train in folder order
+    module, calls = fake_tfds(splits, ["ant", "background_google", "bee", "cow"])
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", module)
+    flags = ["--classes", "2", "--train-per-class", "3", "--size", "8", "--workers", "2", "--no-progress"]
+    via_tfds = caltech.ImageData.load(caltech.parse(["--tfds", "fake_caltech", *flags]).resolved())
+    cfg = caltech.parse(["--data-dir", str(tmp_path / "folder"), *flags]).resolved()
+    via_folder = caltech.ImageData.load(cfg)
+    assert via_tfds.class_names == via_folder.class_names == ["ant", "bee"]
+    assert via_tfds.labels.tolist() == via_folder.labels.tolist() == [0] * 24 + [1] * 23
+    for part in ("train", "val", "test"):
+        assert np.array_equal(getattr(via_tfds, part), getattr(via_folder, part)), part
+    assert len(via_tfds.train) == 2 * 3 and len(via_tfds.val) == 2 * 5 and len(via_tfds.test) == 2 * 15
+    assert via_tfds.mean == via_folder.mean and via_tfds.std == via_folder.std
+    assert via_tfds.paths[0] == f"tfds:{FAKE_NAME}:train[0]" and via_folder.records is None and via_tfds.records is not None
+    assert np.array_equal(via_tfds.pixels(via_tfds.test[:4], cfg), via_folder.pixels(via_folder.test[:4], cfg))
+    with via_tfds.batches(via_tfds.train, cfg, shuffle=True, seed=1) as a, via_folder.batches(via_folder.train, cfg, shuffle=True, seed=1) as b:
+        for u, v in zip(a.epoch(0), b.epoch(0), strict=True):
+            assert np.array_equal(u.x, v.x) and np.array_equal(u.y, v.y)
+        assert a.fingerprint() != b.fingerprint()  # records are named, not hashed by pixels: another source
+    assert not any(c["download"] for c in calls["data_source"]) and all(c["data_dir"] is None for c in calls["data_source"])
+    with pytest.raises(ValueError, match=r"--exclude names classes that TFDS data set 'fake_caltech' does not hold: \['dgo'\]"):
+        caltech.ImageData.load(caltech.parse(["--tfds", "fake_caltech", "--exclude", "dgo", *flags]).resolved())

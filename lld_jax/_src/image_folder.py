@@ -10,6 +10,12 @@ consumer: the data set never sits in memory as a float array. Every batch has
 the same number of rows; the last, ragged one is padded and masked, never
 dropped, as :func:`lld_jax._src.loop.train_epoch` does with host arrays.
 
+Sources: the images are files on disk (:func:`scan_image_folder`) or uint8
+arrays from a random-access source (:class:`ImageRecords`), e.g. a TensorFlow
+Datasets data set read with :func:`tfds_image_source` (optional extra
+``lld-jax[tfds]``; the image folder needs no network and no extra package).
+Arrays go through the same RGB conversion and resizing as decoded files.
+
 Units: :func:`load_image` returns uint8 pixels; :func:`normalize` maps them to
 ``(x / 255 - mean) / std`` per channel. Margins and distortions are reported in
 [0, 1] pixel units; see :func:`normalize` and :func:`pixel_margin_scale` for
@@ -24,17 +30,19 @@ import os
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from lld_jax._src.host import epoch_order, pad_rows
+from lld_jax._src.image_records import ImageRecords
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 Resize = Literal["crop", "stretch"]
+ImageLike = str | os.PathLike | np.ndarray  # a file path, or a decoded uint8 image (H, W) or (H, W, C)
 
 
 def _pil():
@@ -151,14 +159,20 @@ def split_per_class(
     return train, val, test
 
 
-def load_image(path: str, size: int = 299, *, resize: Resize = "crop") -> np.ndarray:
-    """Decodes one image file to a square RGB uint8 array.
+def load_image(path: ImageLike, size: int = 299, *, resize: Resize = "crop") -> np.ndarray:
+    """Decodes one image file, or converts one decoded image array, to a square RGB uint8 array.
 
     Grayscale, bilevel, palette, CMYK and other 8-bit modes are converted to
     RGB (grayscale gives three equal channels); an alpha channel is dropped
     (the stored colours are kept, not composited); 16-bit grayscale is scaled
     to 8 bits. Only the first frame of an animated file is read, and EXIF
     orientation is not applied (as in torchvision's default pipeline).
+
+    An array (e.g. an item of :class:`ImageRecords`) is taken as already
+    decoded: uint8 of shape (H, W) or (H, W, 1) (grayscale), (H, W, 3) (RGB)
+    or (H, W, 4) (RGBA). It goes through the same conversion and resizing as a
+    decoded file, so a lossless file (PNG) and its pixel array give identical
+    outputs.
 
     Resizing (bilinear, antialiased when shrinking):
       - ``"crop"`` (default): the central square of side ``min(width, height)``
@@ -168,7 +182,7 @@ def load_image(path: str, size: int = 299, *, resize: Resize = "crop") -> np.nda
         aspect ratio changes.
 
     Args:
-      path: the image file.
+      path: the image file (str or path-like), or a uint8 image array as above.
       size: the side of the output, in pixels (paper: 299).
       resize: ``"crop"`` or ``"stretch"``, as above.
 
@@ -179,12 +193,15 @@ def load_image(path: str, size: int = 299, *, resize: Resize = "crop") -> np.nda
       FileNotFoundError: the file does not exist.
       ValueError: the file is not a readable image, or has an unsupported
         mode (32-bit integer or float pixels); the message names the file.
+        Or the array is not uint8 with one of the shapes above.
     """
     if resize not in ("crop", "stretch"):
         raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}.")
     if not (isinstance(size, (int, np.integer)) and size >= 1):
         raise ValueError(f"size must be a positive integer, got {size!r}.")
     Image = _pil()
+    if isinstance(path, np.ndarray):
+        return _square_rgb(_array_image(path), size, resize)
     try:
         with Image.open(path) as img:
             img.load()
@@ -192,21 +209,39 @@ def load_image(path: str, size: int = 299, *, resize: Resize = "crop") -> np.nda
                 img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8))
             elif img.mode in ("I", "F"):
                 raise ValueError(f"pixel mode {img.mode!r} (32-bit) is not supported; convert the file to 8-bit RGB or grayscale")
-            elif img.mode == "P" and "transparency" in img.info:
-                img = img.convert("RGBA")
-            if img.mode != "RGB":
-                img = img.convert("RGB")
-            w, h = img.size
-            box = (0.0, 0.0, float(w), float(h))
-            if resize == "crop":
-                s = min(w, h)
-                box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-            out = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
+            out = _square_rgb(img, size, resize)
     except FileNotFoundError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path} is not a readable image ({err}); re-download or remove it.") from err
     return out
+
+
+def _array_image(image: np.ndarray):
+    """A decoded uint8 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) as a Pillow image (modes L, L, RGB, RGBA)."""
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))) or 0 in a.shape[:2]:
+        raise ValueError(
+            f"an image array must be uint8 of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) with H, W >= 1; got dtype {a.dtype}, shape {a.shape}."
+        )
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return _pil().fromarray(np.ascontiguousarray(a))
+
+
+def _square_rgb(img: Any, size: int, resize: Resize) -> np.ndarray:
+    """The part of :func:`load_image` after decoding, shared by files and arrays: RGB conversion, then the crop or stretch resize."""
+    Image = _pil()
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    box = (0.0, 0.0, float(w), float(h))
+    if resize == "crop":
+        s = min(w, h)
+        box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box), dtype=np.uint8)
 
 
 def normalize(images: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
@@ -267,6 +302,20 @@ def _check_stats(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarra
     return m, s
 
 
+def _as_items(paths: Any) -> ImageRecords | list[Any]:
+    """An :class:`ImageRecords` as it is (lazy); anything else as a list of paths or arrays."""
+    return paths if isinstance(paths, ImageRecords) else list(paths)
+
+
+def _array_bytes(a: np.ndarray) -> bytes:
+    """Shape, dtype and contents of an array, for fingerprints."""
+    return repr((a.shape, a.dtype.str)).encode() + np.ascontiguousarray(a).tobytes()
+
+
+def _is_path(item: Any) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
 class ImageBatch(NamedTuple):
     """One batch from :class:`ImageBatches`; rows where ``mask`` is False are padding."""
 
@@ -290,8 +339,8 @@ class ImageBatches:
 
     Use it as a context manager (or call :meth:`close`) to stop its threads; an
     epoch iterator that is closed or garbage-collected early cancels its
-    pending work. A decoding error is raised, naming the file, when the batch
-    holding it is requested.
+    pending work. A decoding error is raised, naming the file (or record),
+    when the batch holding it is requested.
 
     Example::
 
@@ -301,7 +350,10 @@ class ImageBatches:
                     ...  # x: (32, 299, 299, 3) float32; y: (32,) int32; mask: (32,) bool
 
     Args:
-      paths: N image files.
+      paths: the N images: file paths, decoded uint8 arrays (see
+        :func:`load_image`), or an :class:`ImageRecords`, which is kept as it
+        is and read lazily by the decoding threads (any other iterable is
+        copied into a list).
       labels: int array of shape (N,).
       batch_size: rows per (global) batch.
       size: side of the square images, in pixels (paper: 299).
@@ -324,7 +376,7 @@ class ImageBatches:
 
     def __init__(
         self,
-        paths: Sequence[str],
+        paths: Sequence[ImageLike] | ImageRecords,
         labels: np.ndarray,
         *,
         batch_size: int,
@@ -339,12 +391,12 @@ class ImageBatches:
         shard_index: int = 0,
         num_shards: int = 1,
     ) -> None:
-        self.paths = list(paths)
+        self.paths = _as_items(paths)  # the N image sources: paths, arrays or a lazy ImageRecords
         self.labels = np.asarray(labels)
         n = len(self.paths)
         if n == 0 or self.labels.shape != (n,) or not np.issubdtype(self.labels.dtype, np.integer):
             raise ValueError(
-                f"ImageBatches needs at least one path and one integer label per path; got {n} paths, labels {self.labels.dtype}{self.labels.shape}."
+                f"ImageBatches needs at least one image (path or array) and one integer label per path; got {n} images, labels {self.labels.dtype}{self.labels.shape}."
             )
         self.labels = self.labels.astype(np.int32)
         workers = min(8, os.cpu_count() or 1) if workers is None else workers
@@ -382,13 +434,20 @@ class ImageBatches:
         return len(self.paths)
 
     def fingerprint(self) -> str:
-        """SHA-1 of what decides the batches' content: files, labels, size, resize, normalisation, seed.
+        """SHA-1 of what decides the batches' content: images, labels, size, resize, normalisation, seed.
 
-        Recorded by :func:`lld_jax.training.fit` so that a resumed run must see the same data.
+        Images count by file path (not content), by shape, dtype and pixels for
+        arrays, and by :meth:`ImageRecords.fingerprint` (name and positions)
+        for records. Recorded by :func:`lld_jax.training.fit` so that a resumed
+        run must see the same data.
         """
+        if isinstance(self.paths, ImageRecords):
+            images: list[Any] = [b"ImageRecords", self.paths.fingerprint()]
+        else:  # a path enters as its repr, as before arrays were accepted: fingerprints of path lists are unchanged
+            images = [_array_bytes(p) if isinstance(p, np.ndarray) else p for p in self.paths]
         h = hashlib.sha1()
         for part in (
-            *self.paths,
+            *images,
             self.labels.tobytes(),
             self.size,
             self.resize,
@@ -468,10 +527,17 @@ class ImageBatches:
             raise RuntimeError("this ImageBatches is closed; create a new one.")
         b, s = self.local_batch_size, self.size
         out = np.zeros((b, s, s, 3), self.dtype)
-        return idx, out, [self._pool.submit(self._decode_into, out, i, self.paths[j]) for i, j in enumerate(idx)]
+        return idx, out, [self._pool.submit(self._decode_into, out, i, j) for i, j in enumerate(idx)]
 
-    def _decode_into(self, out: np.ndarray, row: int, path: str) -> None:
-        img = load_image(path, self.size, resize=self.resize)
+    def _decode_into(self, out: np.ndarray, row: int, j: int) -> None:
+        item = self.paths[j]  # read here, in a decoding thread: a record's I/O and decoding overlap too
+        try:
+            img = load_image(item, self.size, resize=self.resize)
+        except ValueError as err:
+            if _is_path(item):
+                raise  # the message names the file
+            what = self.paths.name_of(j) if isinstance(self.paths, ImageRecords) else f"image array {j}"
+            raise ValueError(f"{what}: {err}") from err
         out[row] = img if self.stats is None else normalize(img, *self.stats)
 
     def _finish(self, idx: np.ndarray, out: np.ndarray) -> ImageBatch:
@@ -485,7 +551,13 @@ class ImageBatches:
 
 
 def channel_stats(
-    paths: Sequence[str], *, size: int = 299, resize: Resize = "crop", max_images: int | None = 1000, seed: int = 0, workers: int | None = None
+    paths: Sequence[ImageLike] | ImageRecords,
+    *,
+    size: int = 299,
+    resize: Resize = "crop",
+    max_images: int | None = 1000,
+    seed: int = 0,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation of decoded, resized images, in [0, 1] pixel units.
 
@@ -493,7 +565,7 @@ def channel_stats(
     exact integer sums, streaming: pass the training split's paths.
 
     Args:
-      paths: image files (e.g. the training split).
+      paths: image files, arrays or an :class:`ImageRecords` (e.g. the training split).
       size, resize: as in :func:`load_image` (use the values of the pipeline).
       max_images: use a random sample of this many images (None: all of them).
       seed: seed of the sample.
@@ -505,14 +577,14 @@ def channel_stats(
     Raises:
       ValueError: no paths, an invalid ``max_images``, or an unreadable image.
     """
-    paths = list(paths)
-    if not paths:
+    paths = _as_items(paths)
+    if not len(paths):
         raise ValueError("channel_stats needs at least one image path.")
     if max_images is not None and not (isinstance(max_images, (int, np.integer)) and max_images >= 1):
         raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}.")
     if max_images is not None and max_images < len(paths):
         pick = np.sort(np.random.default_rng(seed).choice(len(paths), max_images, replace=False))
-        paths = [paths[i] for i in pick]
+        paths = paths.take(pick) if isinstance(paths, ImageRecords) else [paths[i] for i in pick]
     total = np.zeros(3, np.uint64)
     squares = np.zeros(3, np.uint64)
     count = 0
