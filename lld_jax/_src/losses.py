@@ -214,7 +214,7 @@ def roll_penalty_sampled(
     on it beyond rounding. On CPU prefer None where memory allows: XLA:CPU
     runs a convolution's weight gradient inside a loop body on a slow path
     (jax-ml/jax#12868), so chunks make a conv net's step several times slower
-    there (ResNet-18, D' = 18 in chunks of 6: 3.4x at 64x64, 18x at
+    there (ResNet-18, D' = 18 in chunks of 6: 3.4x at 64x64, 23x at
     299x299; ``python -m benchmarks.run --only resnet``).
     """
     net = as_network(apply_fn)
