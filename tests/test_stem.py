@@ -67,7 +67,7 @@ def test_resnet_stem_splits_apply(stem, size):
     assert len(rest) == len(pre) - 1
     # axis_tangent is first's Jacobian column, BatchNorm slope included.
     jac = jax.jacfwd(st.first)(x).reshape(*z1.shape, -1)
-    cols = jax.vmap(st.axis_tangent)(jnp.arange(x.size))
+    cols = jax.vmap(lambda k: st.axis_tangent(k, x.shape))(jnp.arange(x.size))
     np.testing.assert_allclose(cols, jnp.moveaxis(jac, -1, 0), rtol=1e-12, atol=1e-14)
 
 
@@ -88,6 +88,44 @@ def test_sampled_loss_with_stem_equals_dense_jvps(stem, size, chunk, standardize
     np.testing.assert_allclose(a, b, rtol=1e-12)
     for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(v)) + 1))
+
+
+def _stem_vs_dense(net, params, x, rtol):
+    key = jax.random.key(2)
+    loss = lambda p, n: roll_penalty_sampled(n, p, x, key, C=8.0, num_samples=6, stratify=True)
+    a, ga = jax.value_and_grad(loss)(params, net)
+    b, gb = jax.value_and_grad(loss)(params, dataclasses.replace(net, stem=None))
+    np.testing.assert_allclose(a, b, rtol=rtol)
+    for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol * float(jnp.max(jnp.abs(v)) + 1))
+
+
+def test_stem_follows_the_input_size_not_the_built_one():
+    """ResNets take any image size (global average pooling): the placed kernels must follow x, not input_shape."""
+    net, params, _ = _resnet("imagenet", 19)
+    x = jnp.asarray(np.random.default_rng(5).uniform(size=(23, 21, 3)))
+    _stem_vs_dense(net, params, x, 1e-10)
+
+
+def test_stem_with_float32_weights_and_float64_inputs():
+    model = L.ResNet((11, 11, 3), (4, 8), (1, 1), 5, stem="imagenet", rngs=nnx.Rngs(0))
+    net, params = L.from_nnx(model)
+    x = jnp.asarray(np.random.default_rng(6).uniform(size=(11, 11, 3)))  # float64
+    _stem_vs_dense(net, params, x, 1e-5)
+
+
+def test_stem_with_masked_neurons():
+    """Masked entries are inert in the stem path as in the dense one (count, hinge and columns)."""
+    net, params, x = _resnet("small", 7)
+    pre = net.apply(params, x)[1]
+    rng = np.random.default_rng(7)
+    masks = tuple(jnp.asarray(rng.uniform(size=p.shape) < 0.7) for p in pre)
+    masked = dataclasses.replace(net, neuron_mask=lambda p, u: masks)
+    _stem_vs_dense(masked, params, x, 1e-10)
+    # and the mask matters: the unmasked penalty differs
+    key = jax.random.key(2)
+    loss = lambda n: roll_penalty_sampled(n, params, x, key, C=8.0, num_samples=6, stratify=True)
+    assert abs(float(loss(masked)) - float(loss(net))) > 1e-6 * abs(float(loss(net)))
 
 
 def test_stem_mismatch_is_refused():
@@ -114,6 +152,13 @@ def test_normalized_inputs_is_the_network_on_standardized_inputs():
     z_std, g_std = L.neuron_gradients(net, params, (x - mean) / std)
     np.testing.assert_allclose(z_raw, z_std, rtol=1e-12)
     np.testing.assert_allclose(g_raw, g_std / np.tile(std, x.size // 3), rtol=1e-10, atol=1e-14)
+
+
+def test_normalized_inputs_refuses_integer_pixels():
+    net, params, x = _resnet("small", 7)
+    raw = L.normalized_inputs(net, (0.5,) * 3, (0.25,) * 3)
+    with pytest.raises(TypeError, match="floating-point"):
+        raw.apply(params, (x * 255).astype(jnp.uint8))
 
 
 @pytest.mark.parametrize(

@@ -396,7 +396,7 @@ class ImageBatches:
         n = len(self.paths)
         if n == 0 or self.labels.shape != (n,) or not np.issubdtype(self.labels.dtype, np.integer):
             raise ValueError(
-                f"ImageBatches needs at least one image (path or array) and one integer label per path; got {n} images, labels {self.labels.dtype}{self.labels.shape}."
+                f"ImageBatches needs at least one image (path or array) and one integer label per image; got {n} images, labels {self.labels.dtype}{self.labels.shape}."
             )
         self.labels = self.labels.astype(np.int32)
         workers = min(8, os.cpu_count() or 1) if workers is None else workers

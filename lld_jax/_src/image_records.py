@@ -160,7 +160,9 @@ def tfds_image_source(
       name: the TFDS name, optionally with config and version
         (``"caltech101"``, ``"caltech101:3.0.2"``).
       split: a split name (TFDS slices such as ``"train[:50%]"`` pass
-        through), a list of them, or ``"all"`` (every split).
+        through), a list of them, or ``"all"`` (every split). Only
+        identical names are refused: overlapping slices of one split
+        (``["train[:60%]", "train[50%:]"]``) hold the shared records twice.
       data_dir: TFDS's data folder (None: ``$TFDS_DATA_DIR``, else
         ``~/tensorflow_datasets``).
       download: download and prepare the data set if it is not prepared in

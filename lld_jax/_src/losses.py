@@ -23,6 +23,7 @@ activation masks carry none.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -263,7 +264,9 @@ def _sampled_value(net: Network, params: PyTree, x: Array, z: Array, sq: Array, 
     return (sq + C * jnp.sum(jax.nn.relu(1.0 - jnp.abs(z)))) / n
 
 
-def _chunked_squares(columns, params: PyTree, probes: Array, w: Array, chunk: int, dtype) -> Array:
+def _chunked_squares(
+    columns: Callable[[PyTree, Array], tuple[Array, Array]], params: PyTree, probes: Array, w: Array, chunk: int, dtype: Any
+) -> Array:
     """``sum_k w_k ||cols_k||^2`` with ``(_, cols) = columns(params, block)``, ``chunk`` probes at a time.
 
     ``probes`` are input tangents (K, D) or axis indices (K,). Each chunk

@@ -348,8 +348,8 @@ class ResNet(nnx.Module):
         conv = self.stem_conv
         strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides)
 
-        def axis_tangent(k: Array) -> Array:
-            t = conv_axis_tangent(conv.kernel[...], k, self.input_shape, strides, conv.padding)
+        def axis_tangent(k: Array, input_shape: tuple[int, ...]) -> Array:
+            t = conv_axis_tangent(conv.kernel[...], k, input_shape, strides, conv.padding)
             return t * batchnorm_scale(self.stem_bn)
 
         def rest(z1: Array) -> tuple[Array, tuple[Array, ...]]:

@@ -97,7 +97,13 @@ class _Standardized:
     std: tuple[float, ...]
 
     def __call__(self, params: PyTree, x: Array, *rest: Any) -> Any:
-        return self.fn(params, (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype), *rest)
+        return self.fn(params, _standardize(x, self.mean, self.std), *rest)
+
+
+def _standardize(x: Array, mean: tuple[float, ...], std: tuple[float, ...]) -> Array:
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"normalized_inputs needs floating-point inputs (e.g. [0, 1] pixels as float32), got {x.dtype}; convert x first.")
+    return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,10 +119,10 @@ class _StandardizedStem:
         std = jnp.asarray(self.std)
 
         def first(x: Array) -> Array:
-            return st.first((x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype))
+            return st.first(_standardize(x, self.mean, self.std))
 
-        def axis_tangent(k: Array) -> Array:
-            t = st.axis_tangent(k)
+        def axis_tangent(k: Array, input_shape: tuple[int, ...]) -> Array:
+            t = st.axis_tangent(k, input_shape)
             return t / std[k % len(self.std)].astype(t.dtype)
 
         return st._replace(first=first, axis_tangent=axis_tangent)

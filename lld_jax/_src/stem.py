@@ -26,17 +26,22 @@ class Stem(NamedTuple):
     Attributes:
       first: ``x -> z1``, the first pre-activation ``preacts[0]``; it must be
         affine in ``x``.
-      axis_tangent: ``k -> dz1/dx_k`` for a flat input index ``k`` (int
-        scalar, traced), shape of ``z1``: ``first``'s derivative along the
+      axis_tangent: ``(k, input_shape) -> dz1/dx_k`` for a flat index ``k``
+        (int scalar, traced) into an input of ``input_shape`` (static: the
+        example's shape), shape of ``z1``: ``first``'s derivative along the
         input axis e_k, computed without a dense product
         (:func:`conv_axis_tangent`).
       rest: ``z1 -> (output, preacts[1:])``: the network from its first
         pre-activation on, so that ``apply(params, x)`` equals
         ``(rest(z1)[0], (z1, *rest(z1)[1]))`` with ``z1 = first(x)``.
+
+    Only shapes are checked when the loss uses a stem: a hand-written one
+    should be compared once with ``jax.jvp(first, (x,), (e_k,))`` (as
+    ``tests/test_stem.py`` does for :class:`~lld_jax.ResNet`).
     """
 
     first: Callable[[Array], Array]
-    axis_tangent: Callable[[Array], Array]
+    axis_tangent: Callable[[Array, tuple[int, ...]], Array]
     rest: Callable[[Array], tuple[Array, tuple[Array, ...]]]
 
 
@@ -98,7 +103,8 @@ def stem_columns(net: Network, params: PyTree, x: Array, idx: Array) -> tuple[Ar
         return jnp.concatenate([jnp.ravel(p) for p in stem.rest(u)[1]])
 
     z_rest, lin = jax.linearize(rest, z1)
-    t1 = jax.vmap(stem.axis_tangent)(idx)
+    # The parameters' dtype may be narrower than x's (float32 weights, float64 x): tangents follow z1.
+    t1 = jax.vmap(lambda k: stem.axis_tangent(k, tuple(x.shape)))(idx).astype(z1.dtype)
     cols = jnp.concatenate([t1.reshape(idx.shape[0], -1), jax.vmap(lin)(t1)], axis=1)
     z, cols_t = mask_neurons(flat_mask(net, params, x), jnp.concatenate([jnp.ravel(z1), z_rest]), cols.T)
     return z, cols_t.T
@@ -107,7 +113,8 @@ def stem_columns(net: Network, params: PyTree, x: Array, idx: Array) -> tuple[Ar
 def check_stem(net: Network, params: PyTree, x: Array) -> None:
     """Raises if ``net.stem`` disagrees in shapes with ``net.apply`` on ``x`` (trace-time only)."""
     _, pre = jax.eval_shape(net.apply, params, x)
-    stem = jax.eval_shape(lambda p, u: (lambda s: (s.first(u), s.axis_tangent(jnp.int32(0)), s.rest(s.first(u))[1]))(net.stem(p)), params, x)
+    shape = tuple(x.shape)
+    stem = jax.eval_shape(lambda p, u: (lambda s: (s.first(u), s.axis_tangent(jnp.int32(0), shape), s.rest(s.first(u))[1]))(net.stem(p)), params, x)
     want = [tuple(p.shape) for p in pre]
     got = [tuple(stem[0].shape)] + [tuple(p.shape) for p in stem[2]]
     if got != want or tuple(stem[1].shape) != want[0]:
