@@ -32,7 +32,7 @@ def test_tiny_run_writes_table_figures_and_resumes(tmp_path):
         # The GA's worst point lies in the eps-ball and the box, and its distortion is what the gradients say.
         assert (ev["x_worst"] >= 0).all() and (ev["x_worst"] <= 1).all()
         np.testing.assert_allclose(np.abs(ev["grad_worst"] - ev["grad"]).reshape(4, -1).sum(1), ev["distortion"], rtol=1e-4)
-    assert reports["roll"]["config"]["lam"] == 1e-3 and reports["vanilla"]["config"]["lam"] == 0.0
+    assert reports["roll"]["config"]["lam"] == 0.1 and reports["vanilla"]["config"]["lam"] == 0.0
     table = open(os.path.join(out, "table3.md")).read()
     assert "vanilla (ours)" in table and "roll (paper)" in table
     for fig in ("figure4.png", "figure5_6.png"):

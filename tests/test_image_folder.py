@@ -333,7 +333,7 @@ def test_prefetch_is_bounded_and_threads_stop(tmp_path, monkeypatch):
 
 
 def test_batches_argument_errors():
-    with pytest.raises(ValueError, match="one integer label per path"):
+    with pytest.raises(ValueError, match="one integer label per image"):
         ImageBatches(["a.png"], np.zeros(2, int), batch_size=1)
     with pytest.raises(ValueError, match="batch_size"):
         ImageBatches(["a.png"], np.zeros(1, int), batch_size=0)
