@@ -3,6 +3,7 @@
 One run::
 
     python -m experiments.mnist --lam 2 --C 0.25 --out runs/mnist/roll_c0.25
+    python -m experiments.mnist --lam 2 --C 0.25 --out runs/mnist/roll_c0.25 --interim   # while it trains: its best checkpoint so far
 
 Grid with the paper's selection rule and the Figure 2 plot::
 
@@ -33,7 +34,7 @@ import lld_jax
 from experiments import _cli, _figures
 from lld_jax.data import MNIST, MNIST_STD, load_mnist
 from lld_jax.evaluation import evaluate_model, table1_markdown
-from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
+from lld_jax.training import RunDir, TrainConfig, fit, load_best, maybe_initialize_distributed
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 MNIST_TRAIN, MNIST_TEST = 60000, 10000
@@ -66,6 +67,10 @@ class Config:
     grid_C: tuple[float, ...] = tuple(2.0**k for k in range(-2, 4))
     grid_gamma: tuple[str | float, ...] = ("max", 25.0, 50.0, 75.0, 100.0)
     grid_cross: bool = dataclasses.field(default=False, metadata={"help": "only the two slices Figure 2 plots"})
+    interim: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "evaluate the run in --out at its best checkpoint so far, without training (report_interim.json)"},
+    )
     progress: bool = True
 
     def train_config(self, lam: float, C: float, gamma: Any) -> TrainConfig:
@@ -112,6 +117,8 @@ class Config:
             raise ValueError(f"init must be one of {lld_jax.INITS}, got {self.init!r}.")
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"widths must be one or more positive layer widths, got {list(self.widths)}.")
+        if self.grid and self.interim:
+            raise ValueError("--interim evaluates one run: drop --grid.")
         if self.grid and not (self.grid_lam and self.grid_C and self.grid_gamma):
             raise ValueError("the grid needs at least one value of each of --grid-lam, --grid-C and --grid-gamma.")
         for lam, C, gamma in self.points():
@@ -130,11 +137,9 @@ def load(config: Config) -> MNIST:
     return load_mnist(config.data_dir, val_size=config.val_size, train_size=config.train_size, test_size=config.test_size)
 
 
-def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workdir: str) -> dict:
-    """Trains (or resumes) one model and writes report.json / report.md in ``workdir``."""
-    cfg = config.train_config(lam, C, gamma)
-    net, params = build_model(config.widths, config.seed, config.init)
-    experiment = {
+def _experiment(config: Config, data: MNIST) -> dict:
+    """What a run directory records about the data and the model besides the training config."""
+    return {
         "dataset": "mnist",
         "train_size": len(data.train.x),
         "val_size": len(data.val.x),
@@ -144,6 +149,13 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
         "init": config.init,
         "model_seed": config.seed,
     }
+
+
+def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workdir: str) -> dict:
+    """Trains (or resumes) one model and writes report.json / report.md in ``workdir``."""
+    cfg = config.train_config(lam, C, gamma)
+    net, params = build_model(config.widths, config.seed, config.init)
+    experiment = _experiment(config, data)
     t0 = time.time()
     params, history = fit(net, params, cfg, data.train, data.val, workdir, experiment=experiment, progress=config.progress)
     train_time = time.time() - t0
@@ -163,6 +175,41 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
         name = "Vanilla" if lam == 0 else f"ROLL (lam={lam:g}, gamma={gamma})"
         with open(rd.file("report.md"), "w") as fh:
             fh.write(table1_markdown([(name, "-" if lam == 0 else f"{C:g}", report)]) + "\n")
+    return report
+
+
+def interim_report(config: Config, data: MNIST, workdir: str) -> dict:
+    """An unfinished run's report at its best checkpoint so far, written to ``report_interim.json``; trains nothing.
+
+    ``interim`` says how far it got. The command line must name the run's
+    settings (as to resume it): a run directory holding another config is refused.
+    """
+    cfg = config.train_config(config.lam, config.C, config.gamma)
+    rd = RunDir(workdir, write=jax.process_index() == 0)
+    stored = rd.stored_config()
+    if stored is None:
+        raise FileNotFoundError(f"{workdir} holds no run (no config.json): start it without --interim first.")
+    want = json.loads(json.dumps({"train": dataclasses.asdict(cfg), "experiment": _experiment(config, data)}, default=str))
+    diffs = [
+        f"{part}.{k}: {stored.get(part, {}).get(k)!r} recorded, {v!r} asked"
+        for part, d in want.items()
+        for k, v in d.items()
+        if stored.get(part, {}).get(k) != v
+    ]
+    if diffs:
+        raise ValueError(f"{workdir} holds a run with other settings ({'; '.join(diffs)}): give --interim the run's own flags.")
+    history = rd.metrics()
+    net, params = build_model(config.widths, config.seed, config.init)
+    params = load_best(workdir, params)
+    report = {
+        "config": dataclasses.asdict(cfg),
+        "experiment": want["experiment"],
+        "interim": {"epochs_done": len(history), "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1)},
+        **evaluate_model(net, params, data.test.x, data.test.y, scale=MNIST_STD, progress=config.progress),
+        "val": evaluate_model(net, params, data.val.x, data.val.y, scale=MNIST_STD, ps=(2,), progress=config.progress),
+        "device": str(jax.devices()[0].device_kind),
+    }
+    rd.write_json("report_interim.json", report)
     return report
 
 
@@ -245,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.grid:
         run_grid(config, config.out)
         return
-    report = train_and_evaluate(config, config.out)
+    report = interim_report(config, load(config), config.out) if config.interim else train_and_evaluate(config, config.out)
     print(json.dumps({k: report[k] for k in ("accuracy", "num_patterns", "num_jacobians", "margin_l1", "margin_l2", "spearman_l1_l2")}, indent=2))
 
 

@@ -46,6 +46,15 @@ def test_mnist_report_matches_an_independent_evaluation(tmp_path):
     assert saved["num_patterns"] == len(np.unique(pats, axis=0))
     history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1] and saved["best_epoch"] == 1
+    # --interim evaluates the best checkpoint so far (here the final one) without training, and refuses other settings.
+    data = mnist.load(cfg)
+    interim = mnist.interim_report(cfg, data, str(tmp_path))
+    assert interim["interim"] == {"epochs_done": 1, "best_epoch": 1} and (tmp_path / "report_interim.json").exists()
+    assert interim["accuracy"] == saved["accuracy"] and interim["margin_l2"] == saved["margin_l2"]
+    with pytest.raises(ValueError, match="train.C: 1.0 recorded, 0.5 asked"):
+        mnist.interim_report(dataclasses.replace(cfg, C=0.5), data, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="holds no run"):
+        mnist.interim_report(cfg, data, str(tmp_path / "nothing"))
 
 
 @needs_mnist
