@@ -2,7 +2,7 @@
 
 Both models, then Table 3 and the figures::
 
-    python -m experiments.caltech --preset reduced --out runs/caltech_reduced   # ~1 h per model on a 2-core CPU
+    python -m experiments.caltech --preset reduced --out runs/caltech_reduced   # ~40 min (ROLL) and ~5 min (vanilla) on a 2-core CPU
     python -m experiments.caltech --preset paper --out runs/caltech_paper       # the paper's settings: an accelerator job
 
 Data: a folder with one sub-folder per class (``--data-dir``; here Caltech-101
@@ -38,7 +38,7 @@ Presets (every field is also a flag; a flag overrides its preset):
   (measured: README). Everything else as ``paper`` (20 epochs, lr decay
   after 10, C 8). Measured on this CPU: a batch-32 step of ResNet-18 at
   32x32 takes 0.35 s vanilla and 6.3 s with the D' = 18 loss (18x), so ROLL
-  trains in 20-30 min.
+  trains in 20-32 min.
 """
 
 from __future__ import annotations
