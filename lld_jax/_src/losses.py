@@ -227,7 +227,7 @@ def roll_penalty_sampled(
     x = jnp.asarray(x)
     shape = tuple(x.shape)
     dim = math.prod(shape)
-    hidden_shapes(net, params, shape, x.dtype)  # protocol and shape checks
+    hidden = hidden_shapes(net, params, shape, x.dtype)  # protocol and shape checks
     if estimator == "axes":
         idx, w = _sample_axes(key, shape, num_samples, stratify)
     else:
@@ -239,7 +239,7 @@ def roll_penalty_sampled(
     else:
         if estimator == "axes" and net.stem is not None:
             # Conv net: the first layer's derivatives along e_k are its kernel placed; JVPs start after it.
-            check_stem(net, params, x)
+            check_stem(net, params, x, hidden)
             columns, probes = (lambda p, t: stem_columns(net, p, x, t)), idx
         else:
             columns = lambda p, t: _jvp_columns(net, p, x, t)

@@ -110,12 +110,11 @@ def stem_columns(net: Network, params: PyTree, x: Array, idx: Array) -> tuple[Ar
     return z, cols_t.T
 
 
-def check_stem(net: Network, params: PyTree, x: Array) -> None:
-    """Raises if ``net.stem`` disagrees in shapes with ``net.apply`` on ``x`` (trace-time only)."""
-    _, pre = jax.eval_shape(net.apply, params, x)
+def check_stem(net: Network, params: PyTree, x: Array, hidden: Sequence[tuple[int, ...]]) -> None:
+    """Raises if ``net.stem`` disagrees with ``hidden``, the shapes of ``net.apply``'s pre-activations on ``x`` (trace-time only)."""
     shape = tuple(x.shape)
     stem = jax.eval_shape(lambda p, u: (lambda s: (s.first(u), s.axis_tangent(jnp.int32(0), shape), s.rest(s.first(u))[1]))(net.stem(p)), params, x)
-    want = [tuple(p.shape) for p in pre]
+    want = [tuple(h) for h in hidden]
     got = [tuple(stem[0].shape)] + [tuple(p.shape) for p in stem[2]]
     if got != want or tuple(stem[1].shape) != want[0]:
         raise ValueError(
