@@ -98,6 +98,32 @@ def _stem_vs_dense(net, params, x, rtol, num_samples=6, chunk=None):
     return float(a)
 
 
+@pytest.mark.parametrize("downsample,shape", [("avg", (8, 8, 3)), ("stride", (7, 9, 2))])
+def test_cnn_stem_splits_apply_and_gives_the_dense_loss(downsample, shape):
+    """The CNN's first conv ("SAME" padding, odd sizes with stride 2: asymmetric pads; a bias) placed per pixel."""
+    model = L.CNN(shape, (3, 4), (6,), 5, downsample=downsample, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
+    net, params = L.from_nnx(model)
+    assert net.stem is not None
+    x = jnp.asarray(np.random.default_rng(8).uniform(size=shape))
+    st = net.stem(params)
+    out, pre = net.apply(params, x)
+    out2, rest = st.rest(st.first(x))
+    np.testing.assert_allclose(st.first(x), pre[0], rtol=1e-12)
+    np.testing.assert_allclose(out2, out, rtol=1e-12)
+    assert len(rest) == len(pre) - 1
+    jac = jax.jacfwd(st.first)(x).reshape(*pre[0].shape, -1)
+    cols = jax.vmap(lambda k: st.axis_tangent(k, x.shape))(jnp.arange(x.size))
+    np.testing.assert_allclose(cols, jnp.moveaxis(jac, -1, 0), rtol=1e-12, atol=1e-14)
+    _stem_vs_dense(net, params, x, 1e-10)
+
+
+def test_max_pooling_cnn_has_no_stem():
+    model = L.CNN((8, 8, 1), (3,), (4,), 3, downsample="max", rngs=nnx.Rngs(0))
+    assert L.from_nnx(model)[0].stem is None
+    with pytest.raises(ValueError, match="no stem split"):
+        model.stem_split()
+
+
 def test_stem_follows_the_input_size_not_the_built_one():
     """ResNets take any image size (global average pooling): the placed kernels must follow x, not input_shape."""
     net, params, _ = _resnet("imagenet", 19)

@@ -173,6 +173,8 @@ class CNN(nnx.Module):
         # Read by from_nnx: max pooling has no frozen-pattern apply, and only it masks neurons (the arg-max entries).
         self.supports_frozen_pattern = downsample != "max"
         self.has_neuron_mask = downsample == "max"
+        # Read by from_nnx: the stem split needs preacts[0] to be the first conv's output, which max pooling replaces.
+        self.has_stem = downsample != "max"
         if downsample == "max":
             h, w = self.input_shape[:2]
             for i in range(len(channels)):
@@ -216,22 +218,49 @@ class CNN(nnx.Module):
             raise ValueError(
                 "a max-pooling CNN has no frozen-pattern apply (freezing needs each window's arg-max); use method='forward' or 'reverse'."
             )
-        act = _Act(self.negative_slope, slopes)
+        return self._from_first_conv(self.convs[0](x), _Act(self.negative_slope, slopes))
+
+    def _from_first_conv(self, z1: Array, act: _Act) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
         masks = {}  # position in act.preacts -> mask, for the max-pool constraints
-        h = x
-        for conv in self.convs:
+        h = None
+        for i, conv in enumerate(self.convs):
+            z = z1 if i == 0 else conv(h)
             if self.downsample == "max":
-                pool = max_pool(conv(h), (2, 2))
+                pool = max_pool(z, (2, 2))
                 masks[len(act.preacts)] = pool.mask
                 act.preacts.append(pool.constraints)
                 h = act(pool.output)
             else:
-                h = _pool(act(conv(h)), self.downsample)
+                h = _pool(act(z), self.downsample)
         h = h.reshape(-1)
         for layer in self.dense[:-1]:
             h = act(layer(h))
         preacts = tuple(act.preacts)
         return self.dense[-1](h), preacts, tuple(masks.get(i, jnp.ones(p.shape, bool)) for i, p in enumerate(preacts))
+
+    def stem_split(self) -> Stem:
+        """The network split after the first conv's pre-activation: :class:`lld_jax.Stem` (not with max pooling).
+
+        Its derivative along an input axis is the first 3x3 kernel placed at
+        the pixel (:func:`lld_jax.conv_axis_tangent`; the bias drops out).
+        With ``downsample="max"`` the first pre-activation is the pool's
+        switching constraints, which depend on the arg-max at ``x``, so there
+        is no stem (and :func:`lld_jax.from_nnx` sets none).
+        """
+        if not self.has_stem:
+            raise ValueError("a max-pooling CNN has no stem split: its first pre-activation is the pool's constraints, not the conv's output.")
+        conv = self.convs[0]
+        strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides)
+
+        def axis_tangent(k: Array, input_shape: tuple[int, ...]) -> Array:
+            pads = jax.lax.padtype_to_pads(input_shape[:2], conv.kernel_size, strides, conv.padding)
+            return conv_axis_tangent(conv.kernel[...], k, input_shape, strides, pads)
+
+        def rest(z1: Array) -> tuple[Array, tuple[Array, ...]]:
+            out, pre, _ = self._from_first_conv(z1, _Act(self.negative_slope, None))
+            return out, pre[1:]
+
+        return Stem(conv, axis_tangent, rest)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, param_dtype) -> nnx.Conv:

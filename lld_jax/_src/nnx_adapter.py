@@ -81,12 +81,13 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
     chain, and modules with a ``neuron_mask(x)`` method (padded sequences,
     max-pooling and maxout) the :attr:`~lld_jax.Network.neuron_mask` that
     marks the entries that are not neurons, and modules with a
-    ``stem_split()`` method (:class:`~lld_jax.ResNet`) the
-    :attr:`~lld_jax.Network.stem` of the sampled loss's fast path. Two optional module attributes,
+    ``stem_split()`` method (:class:`~lld_jax.ResNet`, :class:`~lld_jax.CNN`) the
+    :attr:`~lld_jax.Network.stem` of the sampled loss's fast path. Three optional module attributes,
     read here once, switch these off: ``supports_frozen_pattern = False``
     (no frozen-pattern apply even with a ``slopes`` keyword: max-pooling,
-    whose pattern cannot be frozen) and ``has_neuron_mask = False`` (the
-    ``neuron_mask`` method is ignored: every entry is a neuron).
+    whose pattern cannot be frozen), ``has_neuron_mask = False`` (the
+    ``neuron_mask`` method is ignored: every entry is a neuron) and
+    ``has_stem = False`` (the ``stem_split`` method is ignored).
 
     Args:
       module: the NNX module.
@@ -112,7 +113,7 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
         dense_layers=_NNXDense(graphdef) if hasattr(type(module), "dense_layers") else None,
         negative_slope=float(getattr(module, "negative_slope", 0.0)),
         neuron_mask=_NNXMask(graphdef) if has_mask else None,
-        stem=_NNXStem(graphdef) if hasattr(type(module), "stem_split") else None,
+        stem=_NNXStem(graphdef) if hasattr(type(module), "stem_split") and getattr(module, "has_stem", True) else None,
     )
     return net, params
 
