@@ -33,7 +33,7 @@ from flax import nnx
 
 import lld_jax
 from lld_jax.losses import roll_penalty_sampled
-from lld_jax.training import TrainConfig, Trainer, data_mesh, task_losses
+from lld_jax.training import RunDir, TrainConfig, Trainer, data_mesh, task_losses
 
 
 def margin_fn(net, **kw):
@@ -571,9 +571,12 @@ def main(argv=None) -> None:
         rows += windows + print_tangent_windows(windows)
         _write(args.out, {**info, "notes": RESNET_NOTES}, peak, rows)
         return
+    # The JSON is rewritten after each group: a run cut short (a time limit) keeps what it measured.
     rows = bench_margins(repeats, (64, 256), peak["flop_per_s"])
+    _write(args.out, info, peak, rows)
     if args.only != "margins":
         rows += bench_train_steps(repeats)
+        _write(args.out, info, peak, rows)
     if args.torch:
         from benchmarks.torch_baseline import run as torch_run
 
@@ -597,17 +600,22 @@ def main(argv=None) -> None:
                     f"torch train step {r['variant']:22s} min {r['min_s'] * 1e3:9.2f} ms -> lld_jax is {r['speedup_of_lld_jax']:.1f}x faster",
                     flush=True,
                 )
-    if args.only != "margins":
-        rows += bench_rnn_steps(min(repeats, 3), peak["flop_per_s"], args.quick)
-        rows += bench_scaling(repeats, args.quick)
-        rows += bench_slices(args.quick)
     _write(args.out, info, peak, rows)
+    if args.only != "margins":
+        for group in (
+            lambda: bench_rnn_steps(min(repeats, 3), peak["flop_per_s"], args.quick),
+            lambda: bench_scaling(repeats, args.quick),
+            lambda: bench_slices(args.quick),
+        ):
+            rows += group()
+            _write(args.out, info, peak, rows)
 
 
 def _write(path: str, info: dict, peak: dict, rows: list[dict]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
-        json.dump({"info": info, "matmul_peak": peak, "results": rows}, fh, indent=2)
+    """Writes the results JSON atomically (a run killed mid-write keeps the previous group's file)."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    RunDir(os.path.dirname(path)).write_json(os.path.basename(path), {"info": info, "matmul_peak": peak, "results": rows})
     print(f"wrote {path}")
 
 

@@ -1,0 +1,21 @@
+"""The accelerator session's prepared check runs end to end here (tiny sizes), so it cannot rot before a GPU is lent."""
+
+import json
+import os
+
+import pytest
+
+from benchmarks import accelerator
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
+
+
+@pytest.mark.skipif(not os.path.isdir(DATA), reason="shared MNIST data not present")
+def test_accelerator_check_writes_precision_and_timings(tmp_path):
+    out = tmp_path / "acc.json"
+    accelerator.main(["--data-dir", DATA, "--out", str(out), "--test-size", "16", "--precision-examples", "8", "--repeats", "1"])
+    res = json.loads(out.read_text())
+    # On CPU float32 products are exact-rounded: the library's norms are float32-accurate, as an accelerator's must be.
+    assert res["precision"]["library_float32_rel_err"]["max"] < 1e-5
+    for p in ("2", "1", "inf"):
+        assert res[f"margin_l{p}_test_set"]["examples"] == 16 and res[f"margin_l{p}_test_set"]["min_s"] > 0
