@@ -467,8 +467,10 @@ def bench_input_scaling(repeats: int, quick: bool) -> list[dict]:
     """A small CNN (conv 8, conv 16, avg-pool, dense 64) on H x W x 3 inputs up to 224 x 224 x 3.
 
     Exact l2 margins stream over chunks of 16 input axes (memory ~ chunk x N,
-    time ~ D forward passes: timed only where it takes seconds); one
-    approximate-ROLL (D'=3) and one vanilla parameter gradient at batch 8.
+    time ~ D forward passes: timed only where it takes seconds); the
+    approximate-ROLL (D'=3) parameter gradient at batch 8 with the first conv
+    placed per pixel (``CNN.stem_split``) and pushed through a dense JVP, and
+    the vanilla one.
     """
     rows = []
     timed_exact = 32 if quick else 64
@@ -611,12 +613,16 @@ def main(argv=None) -> None:
             _write(args.out, info, peak, rows)
 
 
-def _write(path: str, info: dict, peak: dict, rows: list[dict]) -> None:
-    """Writes the results JSON atomically (a run killed mid-write keeps the previous group's file)."""
+def write_json(path: str, obj) -> None:
+    """Writes ``obj`` as JSON atomically (a run killed mid-write keeps the previous file), creating the folder."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    RunDir(os.path.dirname(path)).write_json(os.path.basename(path), {"info": info, "matmul_peak": peak, "results": rows})
-    print(f"wrote {path}")
+    RunDir(os.path.dirname(path)).write_json(os.path.basename(path), obj)
+    print(f"wrote {path}", flush=True)
+
+
+def _write(path: str, info: dict, peak: dict, rows: list[dict]) -> None:
+    write_json(path, {"info": info, "matmul_peak": peak, "results": rows})
 
 
 if __name__ == "__main__":

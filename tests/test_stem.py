@@ -98,9 +98,9 @@ def _stem_vs_dense(net, params, x, rtol, num_samples=6, chunk=None):
     return float(a)
 
 
-@pytest.mark.parametrize("downsample,shape", [("avg", (8, 8, 3)), ("stride", (7, 9, 2))])
+@pytest.mark.parametrize("downsample,shape", [("avg", (7, 7, 3)), ("stride", (8, 9, 2))])
 def test_cnn_stem_splits_apply_and_gives_the_dense_loss(downsample, shape):
-    """The CNN's first conv ("SAME" padding, odd sizes with stride 2: asymmetric pads; a bias) placed per pixel."""
+    """The CNN's first conv ("SAME" padding; stride 2 on an even side pads (0, 1), on an odd one (1, 1); a bias) placed per pixel."""
     model = L.CNN(shape, (3, 4), (6,), 5, downsample=downsample, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
     net, params = L.from_nnx(model)
     assert net.stem is not None
@@ -117,11 +117,15 @@ def test_cnn_stem_splits_apply_and_gives_the_dense_loss(downsample, shape):
     _stem_vs_dense(net, params, x, 1e-10)
 
 
-def test_max_pooling_cnn_has_no_stem():
-    model = L.CNN((8, 8, 1), (3,), (4,), 3, downsample="max", rngs=nnx.Rngs(0))
-    assert L.from_nnx(model)[0].stem is None
-    with pytest.raises(ValueError, match="no stem split"):
-        model.stem_split()
+def test_cnns_without_a_first_conv_output_have_no_stem():
+    """Max pooling (preacts[0] is the pool's constraints) and no convolution at all: no stem, a named error."""
+    for channels, downsample in (((3,), "max"), ((), "avg")):
+        model = L.CNN((6, 6, 1), channels, (4,), 3, downsample=downsample, rngs=nnx.Rngs(0))
+        net, params = L.from_nnx(model)
+        assert net.stem is None
+        with pytest.raises(ValueError, match="no stem split"):
+            model.stem_split()
+    assert net.apply(params, jnp.ones((6, 6, 1)))[0].shape == (3,)  # a conv-less CNN is a dense net on the pixels
 
 
 def test_stem_follows_the_input_size_not_the_built_one():

@@ -138,7 +138,8 @@ class CNN(nnx.Module):
     ``neuron_mask(x)`` marks their arg-max entries, and there is no
     frozen-pattern apply (``method="template"`` is unavailable). With "avg"
     and "stride" ``neuron_mask`` is all True and :func:`lld_jax.from_nnx` sets
-    no mask.
+    no mask, and :meth:`stem_split` lets the sampled loss place the first
+    conv's kernel per input pixel instead of a JVP through it (``has_stem``).
 
     Args:
       input_shape: (H, W, C) of one example.
@@ -174,7 +175,7 @@ class CNN(nnx.Module):
         self.supports_frozen_pattern = downsample != "max"
         self.has_neuron_mask = downsample == "max"
         # Read by from_nnx: the stem split needs preacts[0] to be the first conv's output, which max pooling replaces.
-        self.has_stem = downsample != "max"
+        self.has_stem = downsample != "max" and len(channels) > 0
         if downsample == "max":
             h, w = self.input_shape[:2]
             for i in range(len(channels)):
@@ -218,11 +219,12 @@ class CNN(nnx.Module):
             raise ValueError(
                 "a max-pooling CNN has no frozen-pattern apply (freezing needs each window's arg-max); use method='forward' or 'reverse'."
             )
-        return self._from_first_conv(self.convs[0](x), _Act(self.negative_slope, slopes))
+        return self._from_first_conv(self.convs[0](x) if len(self.convs) else x, _Act(self.negative_slope, slopes))
 
     def _from_first_conv(self, z1: Array, act: _Act) -> tuple[Array, tuple[Array, ...], tuple[Array, ...]]:
+        """The network from the first conv's output ``z1`` on (from ``x`` itself when there is no conv)."""
         masks = {}  # position in act.preacts -> mask, for the max-pool constraints
-        h = None
+        h = z1
         for i, conv in enumerate(self.convs):
             z = z1 if i == 0 else conv(h)
             if self.downsample == "max":
@@ -248,9 +250,12 @@ class CNN(nnx.Module):
         is no stem (and :func:`lld_jax.from_nnx` sets none).
         """
         if not self.has_stem:
-            raise ValueError("a max-pooling CNN has no stem split: its first pre-activation is the pool's constraints, not the conv's output.")
+            raise ValueError(
+                "this CNN has no stem split: with max pooling its first pre-activation is the pool's constraints, "
+                "and without convolutions there is no first conv."
+            )
         conv = self.convs[0]
-        strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides)
+        strides = _strides(conv)
 
         def axis_tangent(k: Array, input_shape: tuple[int, ...]) -> Array:
             pads = jax.lax.padtype_to_pads(input_shape[:2], conv.kernel_size, strides, conv.padding)
@@ -261,6 +266,10 @@ class CNN(nnx.Module):
             return out, pre[1:]
 
         return Stem(conv, axis_tangent, rest)
+
+
+def _strides(conv: nnx.Conv) -> tuple[int, int]:
+    return (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, param_dtype) -> nnx.Conv:
@@ -375,7 +384,7 @@ class ResNet(nnx.Module):
         pixel times BatchNorm's slope (:func:`lld_jax.conv_axis_tangent`).
         """
         conv = self.stem_conv
-        strides = (conv.strides,) * 2 if isinstance(conv.strides, int) else tuple(conv.strides)
+        strides = _strides(conv)
 
         def axis_tangent(k: Array, input_shape: tuple[int, ...]) -> Array:
             t = conv_axis_tangent(conv.kernel[...], k, input_shape, strides, conv.padding)

@@ -37,7 +37,7 @@ class Stem(NamedTuple):
 
     Only shapes are checked when the loss uses a stem: a hand-written one
     should be compared once with ``jax.jvp(first, (x,), (e_k,))`` (as
-    ``tests/test_stem.py`` does for :class:`~lld_jax.ResNet`).
+    ``tests/test_stem.py`` does for :class:`~lld_jax.ResNet` and :class:`~lld_jax.CNN`).
     """
 
     first: Callable[[Array], Array]
