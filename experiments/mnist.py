@@ -151,6 +151,21 @@ def _experiment(config: Config, data: MNIST) -> dict:
     }
 
 
+def _best_epoch(history: list[dict]) -> int:
+    """The epoch (1-based) fit keeps: the lowest validation loss."""
+    return int(np.argmin([h["val_loss"] for h in history]) + 1)
+
+
+def _evaluation(config: Config, net: lld_jax.Network, params: Any, data: MNIST) -> dict:
+    """A report's measured part: the test-set evaluation, the validation one (``val``) and the device."""
+    return {
+        **evaluate_model(net, params, data.test.x, data.test.y, scale=MNIST_STD, progress=config.progress),
+        # Selection needs validation accuracy and l2 margins only: skip the costlier l1 margins.
+        "val": evaluate_model(net, params, data.val.x, data.val.y, scale=MNIST_STD, ps=(2,), progress=config.progress),
+        "device": str(jax.devices()[0].device_kind),
+    }
+
+
 def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workdir: str) -> dict:
     """Trains (or resumes) one model and writes report.json / report.md in ``workdir``."""
     cfg = config.train_config(lam, C, gamma)
@@ -163,11 +178,8 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
         "config": dataclasses.asdict(cfg),
         "experiment": experiment,
         "train_time_s": train_time,
-        "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1),
-        **evaluate_model(net, params, data.test.x, data.test.y, scale=MNIST_STD, progress=config.progress),
-        # Selection needs validation accuracy and l2 margins only: skip the costlier l1 margins.
-        "val": evaluate_model(net, params, data.val.x, data.val.y, scale=MNIST_STD, ps=(2,), progress=config.progress),
-        "device": str(jax.devices()[0].device_kind),
+        "best_epoch": _best_epoch(history),
+        **_evaluation(config, net, params, data),
     }
     rd = RunDir(workdir, write=jax.process_index() == 0)
     rd.write_json("report.json", report)
@@ -204,10 +216,8 @@ def interim_report(config: Config, data: MNIST, workdir: str) -> dict:
     report = {
         "config": dataclasses.asdict(cfg),
         "experiment": want["experiment"],
-        "interim": {"epochs_done": len(history), "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1)},
-        **evaluate_model(net, params, data.test.x, data.test.y, scale=MNIST_STD, progress=config.progress),
-        "val": evaluate_model(net, params, data.val.x, data.val.y, scale=MNIST_STD, ps=(2,), progress=config.progress),
-        "device": str(jax.devices()[0].device_kind),
+        "interim": {"epochs_done": len(history), "best_epoch": _best_epoch(history)},
+        **_evaluation(config, net, params, data),
     }
     rd.write_json("report_interim.json", report)
     return report
