@@ -33,7 +33,8 @@ from flax import nnx
 
 import lld_jax
 from lld_jax.losses import roll_penalty_sampled
-from lld_jax.training import RunDir, TrainConfig, Trainer, data_mesh, task_losses
+from lld_jax.training import TrainConfig, Trainer, data_mesh, task_losses
+from lld_jax.training import write_json as _atomic_write_json
 
 
 def margin_fn(net, **kw):
@@ -617,7 +618,7 @@ def write_json(path: str, obj) -> None:
     """Writes ``obj`` as JSON atomically (a run killed mid-write keeps the previous file), creating the folder."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    RunDir(os.path.dirname(path)).write_json(os.path.basename(path), obj)
+    _atomic_write_json(path, obj)
     print(f"wrote {path}", flush=True)
 
 

@@ -198,16 +198,10 @@ def interim_report(config: Config, data: MNIST, workdir: str) -> dict:
     """
     cfg = config.train_config(config.lam, config.C, config.gamma)
     rd = RunDir(workdir, write=jax.process_index() == 0)
-    stored = rd.stored_config()
-    if stored is None:
+    if rd.stored_config() is None:
         raise FileNotFoundError(f"{workdir} holds no run (no config.json): start it without --interim first.")
-    want = json.loads(json.dumps({"train": dataclasses.asdict(cfg), "experiment": _experiment(config, data)}, default=str))
-    diffs = [
-        f"{part}.{k}: {stored.get(part, {}).get(k)!r} recorded, {v!r} asked"
-        for part, d in want.items()
-        for k, v in d.items()
-        if stored.get(part, {}).get(k) != v
-    ]
+    want = {"train": dataclasses.asdict(cfg), "experiment": _experiment(config, data)}
+    diffs = rd.differences(want, defaults=TrainConfig.record_defaults(), parts=True)
     if diffs:
         raise ValueError(f"{workdir} holds a run with other settings ({'; '.join(diffs)}): give --interim the run's own flags.")
     history = rd.metrics()

@@ -8,6 +8,7 @@ feeds its own slice of every global batch and only process 0 writes files.
 """
 
 from lld_jax._src.checkpoints import Checkpoints, load_best
+from lld_jax._src.host import write_json
 from lld_jax._src.loop import check_data, fit, train_epoch
 from lld_jax._src.rundir import RunDir
 from lld_jax._src.training import (
@@ -40,4 +41,5 @@ __all__ = [
     "maybe_initialize_distributed",
     "task_losses",
     "train_epoch",
+    "write_json",
 ]

@@ -51,7 +51,7 @@ def test_mnist_report_matches_an_independent_evaluation(tmp_path):
     interim = mnist.interim_report(cfg, data, str(tmp_path))
     assert interim["interim"] == {"epochs_done": 1, "best_epoch": 1} and (tmp_path / "report_interim.json").exists()
     assert interim["accuracy"] == saved["accuracy"] and interim["margin_l2"] == saved["margin_l2"]
-    with pytest.raises(ValueError, match="train.C: 1.0 recorded, 0.5 asked"):
+    with pytest.raises(ValueError, match="train.C: 1.0 -> 0.5"):
         mnist.interim_report(dataclasses.replace(cfg, C=0.5), data, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="holds no run"):
         mnist.interim_report(cfg, data, str(tmp_path / "nothing"))

@@ -19,7 +19,7 @@ from flax import nnx
 
 import lld_jax as L
 from lld_jax.data import load_mnist, read_idx
-from lld_jax.training import TrainConfig, Trainer, data_mesh, fit, lr_schedule, make_optimizer
+from lld_jax.training import RunDir, TrainConfig, Trainer, data_mesh, fit, lr_schedule, make_optimizer
 
 MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
@@ -388,3 +388,18 @@ def test_run_recorded_before_a_new_config_field_resumes(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="lr_decay_epochs"):
         fit(net, params, dataclasses.replace(cfg, epochs=3), (x, y), (x, y), str(tmp_path), progress=False)
+
+
+def test_rundir_differences_compares_the_parts_asked(tmp_path):
+    rd = RunDir(str(tmp_path))
+    assert rd.differences({"train": {"lr": 0.1}}) == []  # no run yet
+    rd.claim({"train": {"lr": 0.1, "epochs": 2}, "run": {"data": "abc"}})
+    assert rd.differences({"train": {"lr": 0.1, "epochs": 2}}, parts=True) == []  # "run" not compared
+    assert rd.differences({"train": {"lr": 0.1, "epochs": 2}}) == ["run: {'data': 'abc'} -> '<missing>'"]
+    assert rd.differences({"train": {"lr": 0.2, "epochs": 3}}, parts=True, mutable=("train.epochs",)) == ["train.lr: 0.1 -> 0.2"]
+    # a key the record lacks stands for its default only
+    asked = {"train": {"lr": 0.1, "epochs": 2, "lr_decay": 0.1}}
+    assert rd.differences(asked, parts=True, defaults=TrainConfig.record_defaults()) == []
+    assert rd.differences(asked | {"train": asked["train"] | {"lr_decay": 0.5}}, parts=True, defaults=TrainConfig.record_defaults()) == [
+        "train.lr_decay: 0.1 -> 0.5"
+    ]

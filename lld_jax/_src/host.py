@@ -38,7 +38,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def write_json(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON, atomically."""
+    """Writes ``obj`` to ``path`` as indented JSON (``str`` for what JSON lacks), atomically: a crash leaves the old file or the new one."""
     atomic_write_text(path, json.dumps(obj, indent=2, default=str))
 
 

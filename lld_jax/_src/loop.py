@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from typing import Any
 
 import jax
@@ -204,9 +203,7 @@ def fit(
     if cfg.epochs < done:
         raise ValueError(f"{run_dir} has trained {done} epochs already; epochs={cfg.epochs} cannot shorten it (use a fresh run directory).")
     record = {"train": dataclasses.asdict(cfg), "experiment": experiment or {}, "run": describe_run(params, train, val)}
-    # A run recorded before a TrainConfig field existed ran with that field's (behaviour-preserving) default.
-    defaults = {f"train.{f.name}": json.loads(json.dumps(f.default)) for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    rd.claim(record, mutable=("train.epochs",), defaults=defaults)
+    rd.claim(record, mutable=("train.epochs",), defaults=TrainConfig.record_defaults())
 
     steps = len(train) if is_source(train) else -(-len(train[0]) // cfg.batch_size)
     trainer = Trainer(net, cfg, steps_per_epoch=steps)

@@ -48,25 +48,40 @@ class RunDir:
         """The recorded config, or None for a new run."""
         return read_json(self.file(CONFIG)) if os.path.exists(self.file(CONFIG)) else None
 
+    def differences(self, config: dict, *, mutable: tuple[str, ...] = (), defaults: dict[str, Any] | None = None, parts: bool = False) -> list[str]:
+        """How ``config`` (JSON-able) differs from the recorded one: ``"key.path: recorded -> new"`` lines.
+
+        ``defaults`` (dotted key -> value) stand in for keys the recorded config
+        lacks (written before the key existed); ``mutable`` keys are not
+        compared. ``parts=True`` compares only the top-level parts ``config``
+        has (to check some settings against a run without rebuilding all of
+        its record). No recorded config: no differences.
+        """
+        new = json.loads(json.dumps(config, default=str))
+        old = self.stored_config()
+        if old is None:
+            return []
+        if parts:
+            old = {k: old.get(k, {}) for k in new}
+        return [d for d in _diff(old, new, defaults=defaults) if d.split(":")[0] not in mutable]
+
     def claim(self, config: dict, *, mutable: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> dict | None:
         """Records ``config`` (JSON-able) or checks it against the recorded one; returns the old one.
 
-        ``defaults`` (dotted key -> value) stand in for keys the recorded config
-        lacks (written before the key existed).
+        ``mutable`` and ``defaults`` as in :meth:`differences`.
 
         Raises:
           ValueError: the directory holds a run with another config (other
             than in ``mutable`` keys); the message lists the differences.
         """
+        diffs = self.differences(config, mutable=mutable, defaults=defaults)
+        if diffs:
+            raise ValueError(
+                f"{self.path} holds a run with a different config ({'; '.join(diffs)}). "
+                "Use a fresh run directory, or rerun with the recorded settings to resume it."
+            )
         new = json.loads(json.dumps(config, default=str))
         old = self.stored_config()
-        if old is not None:
-            diffs = [d for d in _diff(old, new, defaults=defaults) if d.split(":")[0] not in mutable]
-            if diffs:
-                raise ValueError(
-                    f"{self.path} holds a run with a different config ({'; '.join(diffs)}). "
-                    "Use a fresh run directory, or rerun with the recorded settings to resume it."
-                )
         if self.write and old != new:
             os.makedirs(self.path, exist_ok=True)
             write_json(self.file(CONFIG), new)

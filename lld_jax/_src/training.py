@@ -11,6 +11,7 @@ writes files.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -55,6 +56,12 @@ class TrainConfig:
     task_loss: str = "softmax"  # "softmax" cross-entropy or "sigmoid" (one logit, labels 0/1)
     seed: int = 1
     eval_batch_size: int = 1000
+
+    @classmethod
+    def record_defaults(cls, prefix: str = "train.") -> dict[str, Any]:
+        """Each field's default (JSON form) under ``prefix + name``: what a run recorded before the field existed ran with
+        (new fields keep the old behaviour at their default); the ``defaults`` of :meth:`RunDir.claim`."""
+        return {f"{prefix}{f.name}": json.loads(json.dumps(f.default)) for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
     def validate(self) -> TrainConfig:
         check_hyper(C=self.C, lam=self.lam, num_samples=self.num_samples if self.regularizer == "sampled" else None)
