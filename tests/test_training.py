@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -144,7 +145,13 @@ def test_bad_data_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-EIGHT_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}  # the same mesh as this process
+def _xla_flags(devices: int) -> str:
+    """This process's XLA flags (conftest's compile settings) with ``devices`` fake CPU devices, for workers."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    return f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+
+
+EIGHT_DEVICES = {"XLA_FLAGS": _xla_flags(8)}  # the same mesh as this process
 
 
 def _worker(script, args, env_extra=None):
@@ -152,7 +159,7 @@ def _worker(script, args, env_extra=None):
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "XLA_FLAGS": _xla_flags(1),
         "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]),
         **(env_extra or {}),
     }
@@ -275,7 +282,7 @@ def test_multiprocess_fit_equals_single_process(tmp_path):
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(pid),
             "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "XLA_FLAGS": _xla_flags(2),
             "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]),
         }
         procs.append(
