@@ -10,6 +10,7 @@ from flax import nnx
 from nets import make
 
 import lld_jax as L
+from lld_jax.training import TrainConfig, fit
 
 PER_EXAMPLE = {
     "margin_l1": (lambda net, p, x: L.margin(net, p, x, p=1), lambda net, p, x: L.batched.margin(net, p, x, p=1)),
@@ -142,3 +143,46 @@ def test_geometry_is_traced_at_full_matmul_precision():
         dots = [line for line in text.splitlines() if "dot_general" in line]
         assert dots, name
         assert all("HIGHEST" in line for line in dots), f"{name}: a matmul below full precision"
+
+
+class _BatchNormDropout(nnx.Module):
+    def __init__(self, rngs):
+        self.a, self.bn = nnx.Linear(6, 8, rngs=rngs), nnx.BatchNorm(8, rngs=rngs)
+        self.drop, self.c = nnx.Dropout(0.5, rngs=rngs), nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        z = self.bn(self.a(x))
+        return self.c(self.drop(nnx.relu(z))), (z,)
+
+
+def test_from_nnx_refuses_training_mode_and_holds_batchnorm_statistics(tmp_path):
+    model = _BatchNormDropout(nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"_BatchNormDropout.bn is a BatchNorm in training mode.*module.eval\(\)"):
+        L.from_nnx(model)
+    model.bn.use_running_average = True
+    with pytest.raises(ValueError, match=r"_BatchNormDropout.drop is a Dropout in training mode"):
+        L.from_nnx(model)
+    model.eval()
+    model.bn.mean[...] = jnp.linspace(-0.5, 0.5, 8, dtype=jnp.float32)
+    model.bn.var[...] = jnp.linspace(0.5, 2.0, 8, dtype=jnp.float32)
+    net, params = L.from_nnx(model)
+    assert "drop" not in params  # the RNG stream stays in the network: params are all floats
+    # The same network written by hand (eval-mode BatchNorm), an independent margin.
+    p = params
+
+    def plain(q, x):
+        bn = p["bn"]
+        z = (x @ q["a"]["kernel"] + q["a"]["bias"] - bn["mean"]) / jnp.sqrt(bn["var"] + model.bn.epsilon) * bn["scale"] + bn["bias"]
+        return jax.nn.relu(z) @ q["c"]["kernel"] + q["c"]["bias"], (z,)
+
+    xs = jax.random.normal(jax.random.key(1), (5, 6))
+    np.testing.assert_allclose(L.batched.margin(net, params, xs), L.batched.margin(plain, params, xs), rtol=1e-5)
+    # Training moves the parameters, never the statistics.
+    g = jax.grad(lambda q: L.roll_penalty(net, q, xs[0], C=1.0) + jnp.sum(net(q, xs[0])[0]))(params)
+    assert not np.any(g["bn"]["mean"]) and not np.any(g["bn"]["var"]) and np.any(g["bn"]["scale"])
+    y = np.arange(16) % 3
+    x = np.asarray(jax.random.normal(jax.random.key(2), (16, 6)))
+    best, _ = fit(net, params, TrainConfig(epochs=1, batch_size=8, lr=0.1, lam=1.0, C=1.0), (x, y), (x, y), str(tmp_path), progress=False)
+    np.testing.assert_array_equal(best["bn"]["mean"], params["bn"]["mean"])
+    np.testing.assert_array_equal(best["bn"]["var"], params["bn"]["var"])
+    assert not np.allclose(best["a"]["kernel"], params["a"]["kernel"])

@@ -8,25 +8,41 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 from flax import nnx
 
 from lld_jax._src.network import Array, Network, PyTree
 
 
 @dataclasses.dataclass(frozen=True)
-class _NNXApply:
-    """``(params, x[, slopes]) -> (output, preacts)`` of an NNX module.
+class _Merged:
+    """Rebuilds the module from ``params``: the non-``nnx.Param`` leaves (``held``, e.g. BatchNorm statistics)
+    behind ``stop_gradient``, so losses and optimisers never move them; the RNG streams (unused in
+    inference mode, and not differentiable) come from ``rngs``, kept out of ``params``.
 
-    Compares by graph definition, so two ``from_nnx`` calls on models of the
-    same structure give equal networks and share ``jax.jit`` caches.
+    Compares by graph definition and ``held`` (not by the RNG values), so two ``from_nnx`` calls on
+    models of the same structure give equal networks and share ``jax.jit`` caches.
     """
 
     graphdef: Any
-    name: str
+    held: tuple[tuple[Any, ...], ...] = ()
+    rngs: Any = dataclasses.field(default=None, compare=False)
+
+    def module(self, params: PyTree) -> nnx.Module:
+        if self.held:
+            params = _stop_gradient_at(params, self.held)
+        return nnx.merge(self.graphdef, self.rngs or {}, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class _NNXApply(_Merged):
+    """``(params, x[, slopes]) -> (output, preacts)`` of an NNX module."""
+
+    name: str = ""
     frozen: bool = False
 
     def __call__(self, params: PyTree, x: Array, slopes: Sequence[Array] | None = None):
-        model = nnx.merge(self.graphdef, params)
+        model = self.module(params)
         kw = {} if not self.frozen else {"slopes": slopes}
         res, captured = nnx.capture(model, nnx.Intermediate)(x, **kw)
         if isinstance(res, tuple) and len(res) == 2 and isinstance(res[1], (tuple, list)):
@@ -34,39 +50,57 @@ class _NNXApply:
         sown = _sown(captured)
         if not sown:
             raise ValueError(
-                f"{self.name} returned a single output and sowed no nnx.Intermediate: "
-                "return (output, preacts) or sow each hidden pre-activation with "
-                "self.sow(nnx.Intermediate, name, z)."
+                f"{self.name} returned a single output and sowed no nnx.Intermediate, so it has no hidden pre-activations "
+                "to certify: return (output, preacts) from __call__, or sow each hidden pre-activation with "
+                "self.sow(nnx.Intermediate, name, z) in depth order."
             )
         return res, sown
 
 
 @dataclasses.dataclass(frozen=True)
-class _NNXMask:
+class _NNXMask(_Merged):
     """``(params, x) -> masks`` from a module's ``neuron_mask(x)`` method."""
 
-    graphdef: Any
-
     def __call__(self, params: PyTree, x: Array) -> tuple[Array, ...]:
-        return tuple(nnx.merge(self.graphdef, params).neuron_mask(x))
+        return tuple(self.module(params).neuron_mask(x))
 
 
 @dataclasses.dataclass(frozen=True)
-class _NNXStem:
+class _NNXStem(_Merged):
     """``params -> Stem`` from a module's ``stem_split()`` method."""
 
-    graphdef: Any
-
     def __call__(self, params: PyTree) -> Any:
-        return nnx.merge(self.graphdef, params).stem_split()
+        return self.module(params).stem_split()
 
 
 @dataclasses.dataclass(frozen=True)
-class _NNXDense:
-    graphdef: Any
-
+class _NNXDense(_Merged):
     def __call__(self, params: PyTree) -> list[tuple[Array, Array]]:
-        return nnx.merge(self.graphdef, params).dense_layers()
+        return self.module(params).dense_layers()
+
+
+def _stop_gradient_at(params: PyTree, paths: tuple[tuple[Any, ...], ...]) -> PyTree:
+    out = dict(params)
+    for path in paths:
+        node = out
+        for k in path[:-1]:
+            node[k] = dict(node[k])
+            node = node[k]
+        node[path[-1]] = jax.lax.stop_gradient(node[path[-1]])
+    return out
+
+
+def _check_inference_mode(module: nnx.Module, name: str) -> None:
+    """Refuses a module whose BatchNorm or Dropout is in training mode: not one fixed piecewise-linear function."""
+    for path, sub in nnx.iter_modules(module):
+        where = ".".join(map(str, (name, *path)))
+        if isinstance(sub, nnx.BatchNorm) and not sub.use_running_average:
+            raise ValueError(
+                f"{where} is a BatchNorm in training mode: it would normalise each example by its own statistics, "
+                "which is not the network you trained. Call module.eval() (or build it with use_running_average=True) before from_nnx."
+            )
+        if isinstance(sub, nnx.Dropout) and not sub.deterministic and sub.rate > 0:
+            raise ValueError(f"{where} is a Dropout in training mode (random): call module.eval() (or set deterministic=True) before from_nnx.")
 
 
 def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) -> tuple[Network, PyTree]:
@@ -95,25 +129,35 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
         the module has one).
 
     Returns:
-      ``(network, params)``; ``params`` is the module's whole state
-      (parameters and BatchNorm statistics) as a plain nested dict, friendly
-      to optax, Orbax and users. Networks of modules with the same structure
-      compare equal, so calling ``from_nnx`` again does not recompile.
+      ``(network, params)``; ``params`` is the module's state (parameters
+      and BatchNorm statistics) as a plain nested dict, friendly to optax,
+      Orbax and users. Everything that is not an ``nnx.Param`` (BatchNorm
+      statistics) is held constant: no gradient reaches it, so training moves
+      only the parameters. RNG streams (e.g. a Dropout's) stay in the network,
+      out of ``params``. Networks of modules with the same structure compare
+      equal, so calling ``from_nnx`` again does not recompile.
+
+    Raises:
+      ValueError: a BatchNorm or Dropout of the module is in training mode
+        (call ``module.eval()`` first).
     """
-    graphdef, state = nnx.split(module)
-    params = nnx.to_pure_dict(state)
     name = type(module).__name__
+    _check_inference_mode(module, name)
+    graphdef, rng_state, state = nnx.split(module, nnx.RngState, ...)
+    params = nnx.to_pure_dict(state)
+    held = tuple(tuple(path) for path, var in nnx.to_flat_state(state) if not isinstance(var, nnx.Param))
+    merged = {"graphdef": graphdef, "held": held, "rngs": nnx.to_pure_dict(rng_state) or None}
     has_slopes = "slopes" in inspect.signature(type(module).__call__).parameters and getattr(module, "supports_frozen_pattern", True)
     has_mask = hasattr(type(module), "neuron_mask") and getattr(module, "has_neuron_mask", True)
     shape = input_shape if input_shape is not None else getattr(module, "input_shape", None)
     net = Network(
-        apply=_NNXApply(graphdef, name),
+        apply=_NNXApply(**merged, name=name),
         input_shape=None if shape is None else tuple(shape),
-        apply_frozen=_NNXApply(graphdef, name, frozen=True) if has_slopes else None,
-        dense_layers=_NNXDense(graphdef) if hasattr(type(module), "dense_layers") else None,
+        apply_frozen=_NNXApply(**merged, name=name, frozen=True) if has_slopes else None,
+        dense_layers=_NNXDense(**merged) if hasattr(type(module), "dense_layers") else None,
         negative_slope=float(getattr(module, "negative_slope", 0.0)),
-        neuron_mask=_NNXMask(graphdef) if has_mask else None,
-        stem=_NNXStem(graphdef) if hasattr(type(module), "stem_split") and getattr(module, "has_stem", True) else None,
+        neuron_mask=_NNXMask(**merged) if has_mask else None,
+        stem=_NNXStem(**merged) if hasattr(type(module), "stem_split") and getattr(module, "has_stem", True) else None,
     )
     return net, params
 
