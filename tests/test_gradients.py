@@ -121,6 +121,15 @@ def test_rowspace_refuses_networks_that_read_x_beyond_the_first_layer():
             L.batched.margin(f, params, x, p=2, method="rowspace", check=check)
     with pytest.raises(ValueError, match="only computes l2 norms"):
         L.batched.margin(f, params, x, p=1, method="rowspace")
+    # A faint skip on one neuron whose gradient is nothing else (float32): small against the other
+    # gradients, but all of that neuron's gradient, so its margin would be wrong; caught per neuron.
+    k = jax.random.split(jax.random.key(0), 4)
+    w1, w2 = jax.random.normal(k[0], (8, 20), jnp.float32) / 4, (jax.random.normal(k[1], (8, 8), jnp.float32) / 4).at[0].set(0.0)
+    skip = jnp.zeros((8, 20), jnp.float32).at[0].set(1e-5 * jax.random.normal(k[2], (20,), jnp.float32))
+    faint = lambda p, u: (p[2] @ jax.nn.relu(p[1] @ jax.nn.relu(p[0] @ u) + skip @ u), (p[0] @ u, p[1] @ jax.nn.relu(p[0] @ u) + skip @ u))
+    fp, fx = (w1, w2, jax.random.normal(k[3], (3, 8), jnp.float32)), jax.random.normal(jax.random.key(1), (2, 20), jnp.float32)
+    with pytest.raises(ValueError, match="feed-forward"):
+        L.batched.margin(faint, fp, fx, p=2)  # auto takes the row-space path here
     # A recurrent net reports all its steps as ONE preact: its row space holds every gradient, so the
     # method is exact there (the check passes for the right reason).
     rnet, rparams = L.from_nnx(L.RNN(6, 2, 2, negative_slope=0.1, length=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64))

@@ -234,14 +234,19 @@ def _rowspace(net: Network, params, x, chunk: int, keep: bool, squared: bool):
         return z, ((sq, mx, ab), None)
     v = jax.random.normal(jax.random.key(0), (x.size,), x.dtype)
     v = v - q @ (q.T @ v)
-    leak = jnp.max(jnp.abs(lin(v / jnp.linalg.norm(v))))
-    biggest = jnp.max(mx)  # the largest |dz_j / dq_i|: the scale of the gradients
-    bad = leak > jnp.sqrt(jnp.finfo(x.dtype).eps) * jnp.maximum(biggest, jnp.finfo(x.dtype).tiny)
+    leak = jnp.abs(lin(v / jnp.linalg.norm(v)))  # per neuron: rounding noise (~eps n_j) in a feed-forward net
+    n = jnp.sqrt(sq) if squared else mx * jnp.sqrt(sq)
+    eps = jnp.finfo(x.dtype).eps
+    biggest = jnp.maximum(jnp.max(mx), jnp.finfo(x.dtype).tiny)  # the largest |dz_j / dq_i|: the scale of the gradients
+    # Per neuron, so that a small gradient with a large share outside the basis is caught too (a global
+    # threshold missed a 1e-5 input skip that made a margin 37% too large); the floor covers dead neurons.
+    bad = jnp.any(leak > jnp.sqrt(eps) * n + 4 * eps * biggest)
     z = error_if(
         z,
         bad,
-        "method='rowspace' needs a feed-forward network (every neuron depends on x only through the first hidden "
-        "pre-activation), but a direction the first layer ignores moves another neuron{where}: use method='forward' or 'reverse'.",
+        "method='rowspace' needs a feed-forward network whose first pre-activation is its first hidden layer (every "
+        "neuron depends on x only through it; preacts in depth order, NNX sow names in natural order), but a direction "
+        "that layer ignores moves another neuron{where}: use method='forward' or 'reverse'.",
     )
     nan = jnp.where(bad, jnp.nan, 0).astype(sq.dtype)
     return z, ((sq + nan, mx + nan, ab + nan), None)
