@@ -44,7 +44,7 @@ def test_empty_batch_and_scalar(mlp):
         L.batched.margin(net, params, jnp.float64(1.0))
 
 
-@pytest.mark.parametrize("p", [0, 3, -1, "two", None])
+@pytest.mark.parametrize("p", [0, 3, -1, "two", None, True])
 def test_bad_p(mlp, p):
     net, params, x = mlp
     with pytest.raises(ValueError, match="norm order must be 1, 2 or inf"):
@@ -87,8 +87,12 @@ def test_bad_method_and_chunk(mlp):
         L.batched.margin(net, params, x, p=1, method="gram")
     with pytest.raises(ValueError, match="norms only"):
         L.batched.neuron_gradients(net, params, x, method="gram")
-    with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
-        L.batched.margin(net, params, x, chunk_size=0)
+    for bad in (0, True, 2.0):  # a bool or a float is a mistake, not a size
+        with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
+            L.batched.margin(net, params, x, chunk_size=bad)
+    np.testing.assert_array_equal(L.batched.margin(net, params, x, chunk_size=np.int64(3)), L.batched.margin(net, params, x, chunk_size=3))
+    with pytest.raises(ValueError, match="gamma must be"):
+        L.roll_penalty(net, params, x[0], C=1.0, gamma=True)
     plain = lambda p, u: net.apply(p, u)
     with pytest.raises(ValueError, match="frozen-pattern apply"):
         L.batched.margin(plain, params, x, method="template")
@@ -141,3 +145,30 @@ def test_nnx_module_that_sows_preacts():
     net2, params2 = L.from_nnx(Silent(nnx.Rngs(0)), input_shape=(3,))
     with pytest.raises(ValueError, match="sowed no nnx.Intermediate"):
         L.batched.margin(net2, params2, x)
+
+
+def test_traced_hyper_parameters_are_not_checked_but_work(mlp):
+    net, params, x = mlp
+    swept = jax.jit(lambda c, lam: lam * L.roll_penalty(net, params, x[0], C=c))(0.5, 2.0)
+    np.testing.assert_allclose(swept, 2.0 * L.roll_penalty(net, params, x[0], C=0.5), rtol=1e-12)
+    with pytest.raises(ValueError, match="C \\(hinge weight\\) must be >= 0"):
+        L.roll_penalty(net, params, x[0], C=-1.0)
+
+
+def test_fit_refuses_bad_labels_and_sizes_before_writing_anything(mlp, tmp_path):
+    from lld_jax.training import TrainConfig, fit
+
+    net, params, x = mlp
+    x = np.asarray(x)
+    y = np.arange(len(x)) % 2
+    run = tmp_path / "run"
+    for bad_y in (y[:, None], np.eye(2, dtype=np.int64)[y]):  # a column, one-hot
+        with pytest.raises(ValueError, match="labels must be a 1-D array of class indices"):
+            fit(net, params, TrainConfig(epochs=1, batch_size=4), (x, bad_y), (x, y), str(run), progress=False)
+    for field, bad in (("batch_size", 4.0), ("epochs", True), ("eval_batch_size", 0)):
+        with pytest.raises(ValueError, match=f"{field} must be a positive integer"):
+            fit(net, params, TrainConfig(**{"epochs": 1, "batch_size": 4, field: bad}), (x, y), (x, y), str(run), progress=False)
+    assert not run.exists()
+    # lists are arrays too, and NumPy integers are integers
+    _, hist = fit(net, params, TrainConfig(epochs=1, batch_size=np.int64(4)), (x.tolist(), y.tolist()), (x, y), str(run), progress=False)
+    assert len(hist) == 1

@@ -132,9 +132,9 @@ def test_integer_inputs_are_promoted_and_non_float_refused():
 
 
 def test_models_refuse_empty_layers():
-    with pytest.raises(ValueError, match="widths must be positive integers"):
+    with pytest.raises(ValueError, match="every entry of widths must be a positive integer"):
         L.MLP(4, [0], 2, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="channels must be positive integers"):
+    with pytest.raises(ValueError, match="every entry of channels must be a positive integer"):
         L.CNN((4, 4, 1), (0,), (3,), 2, rngs=nnx.Rngs(0))
 
 

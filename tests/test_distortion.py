@@ -237,7 +237,7 @@ def test_integrated_gradients_completeness():
         (dict(y=jnp.array([0, 3])), r"label outside \[0, 2\) at example\(s\) 1"),
         (dict(y=jnp.array([-1, 0])), "label outside"),
         (dict(y=jnp.array([0])), "y must have shape"),
-        (dict(chunk_size=0), "chunk_size must be an integer >= 1"),
+        (dict(chunk_size=0), "chunk_size must be a positive integer"),
         (dict(x=jnp.array([[0.1, jnp.nan], [0.5, 0.5]])), "x contains NaN or Inf"),
     ],
 )
@@ -253,7 +253,7 @@ def test_bad_input_of_the_other_functions():
     x, y, p = jnp.array([[1.5, 0.5]]), jnp.array([0]), (0.02, 0.42, 0.03)
     with pytest.raises(ValueError, match="box=None for unbounded inputs"):
         expected_gradient_distortion(_corner_net, p, x, y, eps=0.1, num_samples=4, key=KEY)
-    with pytest.raises(ValueError, match="num_samples must be an integer >= 1"):
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
         expected_gradient_distortion(_corner_net, p, x, y, eps=0.1, num_samples=0, key=KEY, box=None)
     with pytest.raises(TypeError, match="integer class labels"):
         input_gradient(_corner_net, p, x, jnp.array([0.0]))

@@ -128,7 +128,7 @@ def test_invalid_hyper_parameters_refused():
         roll_penalty(net, params, x[0], C=1.0, gamma=0)
     with pytest.raises(ValueError, match="gamma must be"):
         roll_penalty(net, params, x[0], C=1.0, gamma=150)
-    with pytest.raises(ValueError, match="D' must be an integer >= 1"):
+    with pytest.raises(ValueError, match="D' \\(num_samples\\) must be a positive integer"):
         roll_penalty_sampled(net, params, x[0], jax.random.key(0), C=1.0, num_samples=0)
     from lld_jax.training import TrainConfig
 

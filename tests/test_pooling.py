@@ -179,9 +179,9 @@ def test_bad_input_raises_clear_value_errors():
         L.max_pool(x, 2, strides=(1, -1))
     with pytest.raises(ValueError, match=r"ONE example of shape \(H, W, C\)"):
         L.max_pool(jnp.zeros((1, 4, 4, 1)), 2)
-    with pytest.raises(ValueError, match="k >= 2"):
+    with pytest.raises(ValueError, match=r"k \(affine pieces per maxout unit\) must be an integer >= 2"):
         L.MaxoutMLP(4, [3], 2, k=1, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="widths must be positive"):
+    with pytest.raises(ValueError, match="every entry of widths must be a positive integer"):
         L.MaxoutMLP(4, [3, 0], 2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="too small for 2 2x2 max-pools"):
         L.CNN((3, 3, 1), (2, 2), (4,), 2, downsample="max", rngs=nnx.Rngs(0))

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import error_if, example_shape, not_finite, reraise, working_dtype
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network
 
@@ -235,12 +236,6 @@ def _integrated(net, params, x, y, baseline, *, steps, chunk):
 # Validation shared by the public functions.
 
 
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 class _Checked(NamedTuple):
     net: Network
     x: Array
@@ -304,7 +299,7 @@ def _prepare(apply_fn, params, x, y, chunk_size, *, eps=None, box: Box = None, b
     if chunk_size is None:
         chunk = max(1, _EVAL_ELEMENTS // max(1, math.prod(shape)))
     else:
-        chunk = _positive_int(chunk_size, "chunk_size")
+        chunk = positive_int(chunk_size, "chunk_size")
     lo, hi = _box_arrays(box, shape, x.dtype)
     try:
         e = jnp.broadcast_to(jnp.asarray(0 if eps is None else eps, x.dtype), x.shape[:1])
@@ -387,7 +382,7 @@ def sample_linf_ball(key: Array, x: Array, eps: float | Array, num_samples: int,
     Returns:
       Samples, shape ``(num_samples, *x.shape)``.
     """
-    num_samples = _positive_int(num_samples, "num_samples")
+    num_samples = positive_int(num_samples, "num_samples")
     one = lambda p, u: (jnp.zeros((1,), u.dtype), ())
     c = _prepare(one, None, jnp.asarray(x)[None], jnp.zeros((1,), jnp.int32), None, eps=eps, box=box)
     return _run(_samples, key, c.x[0], c.eps[0], c.lo, c.hi, num_samples=num_samples)
@@ -425,7 +420,7 @@ def expected_gradient_distortion(
     Returns:
       The estimates, shape ``(B,)``, in units of the gradient (logit per input unit) times input dimensions.
     """
-    num_samples = _positive_int(num_samples, "num_samples")
+    num_samples = positive_int(num_samples, "num_samples")
     c = _prepare(apply_fn, params, x, y, chunk_size, eps=eps, box=box)
     keys = _keys(key, c.x.shape[0])
     return _run(_expected, c.net, params, c.x, c.y, keys, c.eps, c.lo, c.hi, num_samples=num_samples, chunk=c.chunk)
@@ -483,8 +478,8 @@ def max_gradient_distortion(
       >>> float(res.distortion[0]), bool(res.prediction_changed[0]), bool(res.x_worst[0, 0] <= 0.5)
       (1.0, True, True)
     """
-    population = _positive_int(population, "population", 2)
-    generations = _positive_int(generations, "generations", 0)
+    population = positive_int(population, "population", minimum=2)
+    generations = positive_int(generations, "generations", minimum=0)
     if isinstance(keep, bool) or not isinstance(keep, numbers.Real) or not 0 < keep <= 1:
         raise ValueError(f"keep must be a fraction in (0, 1] (the share of the population that survives selection), got {keep!r}.")
     num_keep = min(population, max(1, round(keep * population)))
@@ -523,6 +518,6 @@ def integrated_gradients(
     Returns:
       Attributions, shape ``(B, *input_shape)``, in units of the logit.
     """
-    steps = _positive_int(steps, "steps")
+    steps = positive_int(steps, "steps")
     c = _prepare(apply_fn, params, x, y, chunk_size, baseline=jnp.zeros(jnp.shape(x)[1:]) if baseline is None else baseline)
     return _run(_integrated, c.net, params, c.x, c.y, c.baseline, steps=steps, chunk=c.chunk)

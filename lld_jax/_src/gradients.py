@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import check_values, error_if, prepare, run_checked
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask, flat_preacts, mask_neurons, pattern_slopes
 
@@ -342,8 +343,7 @@ def pick_method(
     check_method(net, method, ord)
     if method == "auto":
         method = choose_method(net, ord, dim, hidden)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    chunk_size = positive_int(chunk_size, "chunk_size", allow_none=True)
     chunk = chunk_size or (default_chunk(n, dim) if method == "reverse" else default_chunk(dim, n))
     return method, chunk
 
@@ -460,6 +460,8 @@ def canonical_ord(ord: Any) -> float:
     """Validates a norm order; returns 1, 2 or ``np.inf``."""
     if isinstance(ord, str) and ord.lower() in ("inf", "infinity"):
         return np.inf
+    if isinstance(ord, bool):  # float(True) is 1: a flag passed by mistake, not an order
+        raise ValueError(f"norm order must be 1, 2 or inf, got {ord!r}.")
     try:
         value = float(ord)
     except (TypeError, ValueError):

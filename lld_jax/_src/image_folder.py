@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.host import epoch_order, pad_rows
 from lld_jax._src.image_records import ImageRecords
 
@@ -197,8 +198,7 @@ def load_image(path: ImageLike, size: int = 299, *, resize: Resize = "crop") -> 
     """
     if resize not in ("crop", "stretch"):
         raise ValueError(f"resize must be 'crop' or 'stretch', got {resize!r}.")
-    if not (isinstance(size, (int, np.integer)) and size >= 1):
-        raise ValueError(f"size must be a positive integer, got {size!r}.")
+    size = positive_int(size, "size")
     Image = _pil()
     if isinstance(path, np.ndarray):
         return _square_rgb(_array_image(path), size, resize)
@@ -407,8 +407,7 @@ class ImageBatches:
             ("prefetch", prefetch, 0),
             ("num_shards", num_shards, 1),
         ):
-            if not (isinstance(v, (int, np.integer)) and v >= lo):
-                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}.")
+            positive_int(v, name, minimum=lo)
         if batch_size % num_shards:
             raise ValueError(f"batch_size={batch_size} must be a multiple of num_shards={num_shards}.")
         if not (isinstance(shard_index, (int, np.integer)) and 0 <= shard_index < num_shards):
@@ -580,8 +579,7 @@ def channel_stats(
     paths = _as_items(paths)
     if not len(paths):
         raise ValueError("channel_stats needs at least one image path.")
-    if max_images is not None and not (isinstance(max_images, (int, np.integer)) and max_images >= 1):
-        raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}.")
+    max_images = positive_int(max_images, "max_images", allow_none=True)
     if max_images is not None and max_images < len(paths):
         pick = np.sort(np.random.default_rng(seed).choice(len(paths), max_images, replace=False))
         paths = paths.take(pick) if isinstance(paths, ImageRecords) else [paths[i] for i in pick]

@@ -53,6 +53,12 @@ def describe_run(params: PyTree, train: Split, val: Split) -> dict[str, Any]:
 
 def check_data(net: Network, params: PyTree, cfg: TrainConfig, name: str, x: np.ndarray, y: np.ndarray) -> None:
     """Refuses a split the network cannot train on, before anything is written or computed."""
+    x, y = np.asarray(x), np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(
+            f"the {name} labels must be a 1-D array of class indices, shape ({len(x)},); got shape {y.shape} "
+            "(one-hot labels: y.argmax(-1); a column of labels: y.ravel())."
+        )
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"the {name} split must hold as many labels as examples, and at least one; got {len(x)} examples, {len(y)} labels.")
     shape = tuple(x.shape[1:])
@@ -192,6 +198,7 @@ def fit(
       FloatingPointError: a non-finite loss; the last good checkpoint is kept.
     """
     cfg.validate()
+    train, val = (split if is_source(split) else tuple(np.asarray(a) for a in split) for split in (train, val))
     shape = _check_split(net, params, cfg, "training", train)
     _check_split(net, params, cfg, "validation", val)
     dim = int(np.prod(shape))

@@ -23,12 +23,14 @@ activation masks carry none.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.gradients import linearize_preacts, mlp_tangent_rows, norms_kernel, pick_method
 from lld_jax._src.margins import margin_terms
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask, flat_preacts, hidden_shapes, neuron_count
@@ -44,19 +46,18 @@ def check_gamma(gamma: Any) -> Any:
         if gamma.lower() == "max":
             return "max"
         raise ValueError(f"gamma must be 'max' or a percentage in (0, 100], got {gamma!r}.")
-    if not (isinstance(gamma, (int, float)) and 0 < gamma <= 100):
+    if isinstance(gamma, bool) or not (isinstance(gamma, numbers.Real) and 0 < gamma <= 100):
         raise ValueError(f"gamma must be 'max' or a percentage in (0, 100], got {gamma!r}.")
     return float(gamma)
 
 
 def check_hyper(*, C: float | None = None, lam: float | None = None, num_samples: int | None = None) -> None:
-    """Refuses invalid ROLL hyper-parameters with a message naming them."""
-    if C is not None and not C >= 0:
-        raise ValueError(f"C (hinge weight) must be >= 0, got {C}.")
-    if lam is not None and not lam >= 0:
-        raise ValueError(f"lambda (regularisation weight) must be >= 0, got {lam}.")
-    if num_samples is not None and (not isinstance(num_samples, int) or num_samples < 1):
-        raise ValueError(f"the number of sampled axes D' must be an integer >= 1, got {num_samples!r}.")
+    """Refuses invalid ROLL hyper-parameters with a message naming them; traced values (C or lambda swept
+    under ``jit``/``vmap``) cannot be checked and pass."""
+    for value, name in ((C, "C (hinge weight)"), (lam, "lambda (regularisation weight)")):
+        if value is not None and not isinstance(value, jax.core.Tracer) and not value >= 0:
+            raise ValueError(f"{name} must be >= 0, got {value}.")
+    positive_int(num_samples, "the number of sampled axes D' (num_samples)", allow_none=True)
 
 
 def tsvm_terms(z: Array, sq_norms: Array, C: float) -> Array:

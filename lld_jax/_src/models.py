@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.pooling import max_pool
 from lld_jax._src.stem import Stem, conv_axis_tangent
 
@@ -114,8 +115,8 @@ def reinitialize(module: nnx.Module, init: str, rngs: nnx.Rngs) -> None:
 
 
 def _check_sizes(name: str, sizes: Sequence[int]) -> None:
-    if any(not isinstance(n, int) or n < 1 for n in sizes):
-        raise ValueError(f"{name} must be positive integers, got {list(sizes)}.")
+    for n in sizes:
+        positive_int(n, f"every entry of {name}")
 
 
 DOWNSAMPLES = ("avg", "stride", "max")

@@ -34,6 +34,7 @@ functions and no systematic ties; :class:`lld_jax.CNN` with
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -41,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.network import MASKED_PREACT
 
 Array = jax.Array
@@ -92,10 +94,10 @@ def max_constraints(u: Array) -> MaxConstraints:
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value) if isinstance(value, Sequence) else ()
+    if len(pair) != 2:
         raise ValueError(f"{name} must be a positive integer or a pair of them, got {value!r}.")
-    return pair
+    return positive_int(pair[0], name), positive_int(pair[1], name)
 
 
 def pool_output_shape(shape: Sequence[int], window: int | Sequence[int], strides: int | Sequence[int] | None = None) -> tuple[int, int, int]:
@@ -233,10 +235,8 @@ class Maxout(nnx.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, k: int = 2, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-            raise ValueError(f"a maxout unit needs k >= 2 affine pieces (an integer), got {k!r}.")
-        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in (in_features, out_features)):
-            raise ValueError(f"in_features and out_features must be positive integers, got {in_features!r} and {out_features!r}.")
+        k = positive_int(k, "k (affine pieces per maxout unit)", minimum=2)
+        in_features, out_features = positive_int(in_features, "in_features"), positive_int(out_features, "out_features")
         self.out_features, self.k = out_features, k
         self.linear = nnx.Linear(in_features, out_features * k, rngs=rngs, param_dtype=param_dtype)
 
@@ -284,8 +284,7 @@ class MaxoutMLP(nnx.Module):
         shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
         if not widths:
             raise ValueError("a MaxoutMLP needs at least one hidden layer (widths is empty).")
-        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in widths):
-            raise ValueError(f"widths must be positive integers, got {list(widths)}.")
+        widths = [positive_int(n, "every entry of widths") for n in widths]
         self.input_shape = shape
         self.k = k
         sizes = [math.prod(shape), *widths]

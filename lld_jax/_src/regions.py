@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import CheckError, check_finite_array, check_values, prepare, run_checked, working_dtype
 from lld_jax._src.host import pad_rows
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts
@@ -66,8 +67,7 @@ def membership_call(apply_fn, params, x, other, *, kind, chunk_size, check, batc
         if kind == "hull" and (other.ndim != x.ndim + 1 or other.shape[:lead] != x.shape[:lead] or other.shape[lead + 1 :] != x.shape[lead:]):
             want = f"({x.shape[0]}, K, *{x.shape[1:]})" if batched else f"(K, *{x.shape})"
             raise ValueError(f"vertices must have shape {want}; got {other.shape}.")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    chunk_size = positive_int(chunk_size, "chunk_size")
     extras = {} if other is None else {"y" if kind == "same" else "vertices": other}
     return run_checked(_membership, net, params, x, other, kind=kind, chunk=chunk_size, check=check, batched=batched, extras=extras)
 
@@ -178,8 +178,7 @@ def count_regions(
       :class:`RegionCounts` ``(num_patterns, num_jacobians)``.
     """
     net = as_network(apply_fn)
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    batch_size = positive_int(batch_size, "batch_size")
     n = len(xs)
     if n == 0:
         raise ValueError("xs is empty; pass at least one example.")

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import MARK, CheckError, check_values, poison, prepare, run_checked
 from lld_jax._src.gradients import CPU_EXAMPLE_BLOCK, canonical_ord, norms_kernel, resolve_method
 from lld_jax._src.margins import dual_exponent, margin_terms
@@ -245,8 +246,7 @@ def certificate_call(apply_fn, params, x, *, p, num_samples, key, rtol, method, 
     """Shared body of :func:`check_certificate` and its batched form."""
     net = as_network(apply_fn)
     p = canonical_ord(p)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    num_samples = positive_int(num_samples, "num_samples")
     if rtol is not None and not (isinstance(rtol, (int, float)) and not isinstance(rtol, bool) and 0 < rtol < float("inf")):
         raise ValueError(f"rtol must be a positive finite number (or None: sqrt of the dtype's epsilon), got {rtol!r}.")
     x, hidden = prepare(net, params, x, batched=batched)

@@ -15,6 +15,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import check_values, poison, prepare, run_checked
 from lld_jax._src.gradients import default_chunk, linearize_preacts, map_examples
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network
@@ -57,8 +58,7 @@ def stability_call(apply_fn, params, x, *, chunk_size, check, batched) -> tuple[
     x, hidden = prepare(net, params, x, batched=batched)
     dim = x[0].size if batched else x.size
     n = sum(math.prod(s) for s in hidden)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    chunk_size = positive_int(chunk_size, "chunk_size", allow_none=True)
     return run_checked(_stability, net, params, x, chunk=chunk_size or default_chunk(dim, n), check=check, batched=batched)
 
 

@@ -23,6 +23,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.gradients import METHODS
 from lld_jax._src.host import pad_rows, round_up
 from lld_jax._src.losses import check_gamma, check_hyper, distance_penalty, roll_penalty, roll_penalty_sampled
@@ -70,9 +71,8 @@ class TrainConfig:
             raise ValueError(f"regularizer must be 'roll', 'distance' or 'sampled', got {self.regularizer!r}.")
         if self.regularizer == "sampled" and self.gamma != 100:
             raise ValueError("the sampled ROLL estimator (Eq. 10) exists only for gamma=100.")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("epochs", "batch_size", "eval_batch_size", "num_samples"):
+            setattr(self, name, positive_int(getattr(self, name), name))
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}.")
         self.lr_decay_epochs = tuple(self.lr_decay_epochs)
@@ -86,8 +86,7 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd', 'adam' or 'amsgrad', got {self.optimizer!r}.")
         if self.task_loss not in ("softmax", "sigmoid"):
             raise ValueError(f"task_loss must be 'softmax' or 'sigmoid', got {self.task_loss!r}.")
-        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1):
-            raise ValueError(f"chunk_size must be a positive integer or None, got {self.chunk_size!r}.")
+        self.chunk_size = positive_int(self.chunk_size, "chunk_size", allow_none=True)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
         if self.estimator not in ("axes", "gaussian"):
