@@ -29,6 +29,11 @@ def test_wrong_shape(mlp):
     net, params, x = mlp
     with pytest.raises(ValueError, match="input shape mismatch"):
         L.batched.margin(net, params, x[:, :4])
+    one = rf"x has shape \({x.shape[1]},\), read as a batch \(batch axis first\); for one example pass x\[None\]"
+    with pytest.raises(ValueError, match=one):
+        L.count_regions(net, params, x[0])  # names x's own shape, not that of its first row
+    with pytest.raises(ValueError, match=one):
+        L.expected_gradient_distortion(net, params, x[0], jnp.zeros((), jnp.int32), eps=0.1, num_samples=2, key=jax.random.key(0), box=None)
     plain = lambda p, u: net.apply(p, u)
     with pytest.raises(ValueError, match="could not be applied to one example"):
         L.batched.margin(plain, params, x[:, :4])
@@ -143,8 +148,9 @@ def test_nnx_module_that_sows_preacts():
             return self.l(x)
 
     net2, params2 = L.from_nnx(Silent(nnx.Rngs(0)), input_shape=(3,))
-    with pytest.raises(ValueError, match="sowed no nnx.Intermediate"):
+    with pytest.raises(ValueError, match="sowed no nnx.Intermediate") as err:
         L.batched.margin(net2, params2, x)
+    assert "shape" not in str(err.value)  # the protocol is the problem, not the input's shape
 
 
 def test_traced_hyper_parameters_are_not_checked_but_work(mlp):

@@ -110,12 +110,11 @@ def example_shape(net: Network, x: Array, *, batched: bool) -> tuple[int, ...]:
             raise ValueError(f"x is an empty batch (shape {x.shape}); pass at least one example.")
     shape = tuple(x.shape[1:]) if batched else tuple(x.shape)
     if net.input_shape is not None and shape != tuple(net.input_shape):
-        what = "x has shape {} (batch axis first)" if batched else "x has shape {} (one example, no batch axis)"
-        raise ValueError(
-            f"input shape mismatch: the network takes examples of shape {tuple(net.input_shape)}, but "
-            + what.format(x.shape)
-            + ". Use lld_jax.batched.* for batches and lld_jax.* for one example."
-        )
+        if batched:
+            what = f"x has shape {x.shape}, read as a batch (batch axis first); for one example pass x[None]"
+        else:
+            what = f"x has shape {x.shape}, read as ONE example (no batch axis); for a batch use lld_jax.batched.*"
+        raise ValueError(f"input shape mismatch: the network takes examples of shape {tuple(net.input_shape)}, but {what}.")
     return shape
 
 

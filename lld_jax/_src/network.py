@@ -162,21 +162,28 @@ def normalized_inputs(net: ApplyFn | Network, mean: Sequence[float], std: Sequen
     )
 
 
+class ProtocolError(TypeError, ValueError):
+    """A network that does not follow the ``(params, x) -> (output, preacts)`` protocol (both a
+    ``TypeError`` and a ``ValueError``, as such errors were before they had their own class)."""
+
+
 def hidden_shapes(net: Network, params: PyTree, shape: tuple[int, ...], dtype: Any) -> tuple[tuple[int, ...], ...]:
     """Shapes of the pre-activations of one example; validates the protocol (trace-time only)."""
     try:
         out = jax.eval_shape(net.apply, params, jax.ShapeDtypeStruct(shape, dtype))
+    except ProtocolError:
+        raise  # says what the network returned; the shape is not the problem
     except Exception as err:  # re-raised with context, never swallowed
         raise ValueError(
-            f"the network could not be applied to one example of shape {shape}: {err}. Check that x "
+            f"the network could not be applied to one example of shape {shape}: {str(err).rstrip('.')}. Check that x "
             "has the shape of one example (batched functions: a leading batch axis) and that it is "
             "the shape the network expects."
         ) from err
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
-        raise TypeError("apply_fn must return a pair (output, preacts) for one example.")
+        raise ProtocolError("apply_fn must return a pair (output, preacts) for one example.")
     preacts = out[1]
     if not isinstance(preacts, (tuple, list)):
-        raise TypeError("apply_fn must return preacts as a tuple of arrays (one per hidden layer).")
+        raise ProtocolError("apply_fn must return preacts as a tuple of arrays (one per hidden layer).")
     if sum(math.prod(p.shape) for p in preacts) == 0:
         raise ValueError("the network has no hidden neurons (preacts is empty): its region is the whole input space and margins are undefined.")
     return tuple(tuple(p.shape) for p in preacts)

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 from flax import nnx
 
-from lld_jax._src.network import Array, Network, PyTree
+from lld_jax._src.network import Array, Network, ProtocolError, PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ class _NNXApply(_Merged):
             return res[0], tuple(res[1])
         sown = _sown(captured)
         if not sown:
-            raise ValueError(
+            raise ProtocolError(
                 f"{self.name} returned a single output and sowed no nnx.Intermediate, so it has no hidden pre-activations "
                 "to certify: return (output, preacts) from __call__, or sow each hidden pre-activation with "
                 "self.sow(nnx.Intermediate, name, z) in depth order."

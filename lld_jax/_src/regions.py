@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import CheckError, check_finite_array, check_values, prepare, run_checked, working_dtype
+from lld_jax._src.checks import CheckError, check_finite_array, check_values, example_shape, prepare, run_checked, working_dtype
 from lld_jax._src.host import pad_rows
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts
 
@@ -182,6 +182,7 @@ def count_regions(
     n = len(xs)
     if n == 0:
         raise ValueError("xs is empty; pass at least one example.")
+    example_shape(net, jax.ShapeDtypeStruct(np.shape(xs), np.float32), batched=True)  # names xs's own shape
     first, _ = prepare(net, params, np.asarray(xs[:1]), batched=True)
     patterns, jacobians = set(), set()
     it = range(0, n, batch_size)
