@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -546,6 +547,8 @@ def main(argv=None) -> None:
     ap.add_argument("--torch", action="store_true", help="also run the PyTorch template baseline (needs the torch extra)")
     ap.add_argument("--only", choices=("slices", "scaling", "rnn", "margins", "resnet"), default=None, help="run one group only")
     args = ap.parse_args(argv)
+    if args.torch and importlib.util.find_spec("torch") is None:  # fail now, not after the JAX benchmarks
+        ap.error('--torch needs PyTorch: pip install -e ".[torch]" (or leave --torch out).')
     repeats = args.repeats or (3 if args.quick else 10)
     if args.out is None:
         args.out = "benchmarks/results.json" if args.only is None else f"benchmarks/results_{args.only}.json"

@@ -43,8 +43,14 @@ def _converter(tp: Any) -> Callable[[str], Any]:
     raise TypeError(f"no command-line conversion for {tp}")
 
 
-def config_parser(cls: type, description: str, *, positional: Sequence[str] = ()) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per field of the dataclass ``cls`` (defaults from ``cls()``)."""
+def config_parser(
+    cls: type, description: str, *, positional: Sequence[str] = (), presets: dict[str, dict[str, Any]] | None = None
+) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of the dataclass ``cls`` (defaults from ``cls()``).
+
+    ``presets`` (name -> field values) are shown as the default of the fields
+    they fill (left at None on the command line).
+    """
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(cls)
     defaults = cls()
@@ -54,7 +60,12 @@ def config_parser(cls: type, description: str, *, positional: Sequence[str] = ()
         tp, optional = _optional(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f.metadata.get("help", "") + f" (default: {default})"
+        filled = {name: values[f.name] for name, values in (presets or {}).items() if f.name in values}
+        if default is None and filled:
+            shown = ", ".join(f"{name} {value}" for name, value in filled.items())
+            help_text = f.metadata.get("help", "") + f" (default: the preset's: {shown})"
+        else:
+            help_text = f.metadata.get("help", "") + f" (default: {default})"
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(tp) is tuple:

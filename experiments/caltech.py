@@ -2,7 +2,7 @@
 
 Both models, then Table 3 and the figures::
 
-    python -m experiments.caltech --preset reduced --out runs/caltech_reduced   # ~40 min (ROLL) and ~5 min (vanilla) on a 2-core CPU
+    python -m experiments.caltech --preset reduced --out runs/caltech_reduced   # ~35 min (ROLL) and ~6 min (vanilla) on a 2-core CPU, evaluation included
     python -m experiments.caltech --preset paper --out runs/caltech_paper       # the paper's settings: an accelerator job
 
 Data: a folder with one sub-folder per class (``--data-dir``; here Caltech-101
@@ -552,7 +552,7 @@ def run(config: Config) -> dict[str, dict]:
 
 def parse(argv: Sequence[str] | None = None) -> Config:
     """The :class:`Config` of a command line."""
-    args = _cli.config_parser(Config, __doc__).parse_args(argv)
+    args = _cli.config_parser(Config, __doc__, presets=PRESETS).parse_args(argv)
     return _cli.config_from_args(Config, args)
 
 

@@ -38,12 +38,13 @@ def load_run(run: str):
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dflt = " (default: %(default)s)"
     ap.add_argument("runs", nargs="+", help="run directories written by experiments.mnist")
-    ap.add_argument("--data-dir", default=DEFAULT_DATA)
-    ap.add_argument("--digits", type=int, nargs=3, default=[0, 1, 2], help="indices of three test images")
-    ap.add_argument("--max-regions", type=int, default=300_000)
-    ap.add_argument("--out", default="runs/mnist_slice")
-    ap.add_argument("--debug", action="store_true")
+    ap.add_argument("--data-dir", default=DEFAULT_DATA, help="MNIST idx files" + dflt)
+    ap.add_argument("--digits", type=int, nargs=3, default=[0, 1, 2], help="indices of three test images" + dflt)
+    ap.add_argument("--max-regions", type=int, default=300_000, help="stop enumerating a slice beyond this many regions" + dflt)
+    ap.add_argument("--out", default="runs/mnist_slice", help="output directory (figure and mnist_slice.json)" + dflt)
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)  # exact geometry on the slice
     test = load_mnist(args.data_dir).test

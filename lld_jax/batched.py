@@ -4,7 +4,9 @@ Each takes ``x`` with a leading batch axis, ``(B, *input_shape)``, and
 returns the per-example results stacked along it. They are thin wrappers over
 the per-example functions: one ``jax.jit`` per configuration, the batch
 evaluated in cache-sized blocks on CPU and whole on accelerators, value checks
-on every example (``check=True``) raised as ``ValueError``.
+on every example (``check=True``) raised as ``ValueError`` (as a
+``jax.errors.JaxRuntimeError`` holding the same message when called inside a
+user's ``jax.jit``).
 
 Example:
   >>> import jax, jax.numpy as jnp, lld_jax
@@ -27,6 +29,7 @@ from lld_jax._src.margins import margin_call as _margin_call
 from lld_jax._src.network import ApplyFn as _ApplyFn
 from lld_jax._src.network import Network as _Network
 from lld_jax._src.network import PyTree as _PyTree
+from lld_jax._src.regions import check_radius as _check_radius
 from lld_jax._src.regions import l1_ball_vertices as _l1_vertices
 from lld_jax._src.regions import membership_call as _membership_call
 from lld_jax._src.selfcheck import CertificateCheck as _CertificateCheck
@@ -133,6 +136,7 @@ def l1_ball_in_region(
     apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, eps: _jax.Array | float, *, chunk_size: int = 64, check: bool = True
 ) -> _jax.Array:
     """``(B,)`` bool: is the l1 ball of radius ``eps`` (scalar or ``(B,)``) around ``x[i]`` inside its region?"""
+    _check_radius(eps)
     x = _jnp.asarray(x)
     x = x.astype(_working_dtype(params, x))  # the ball in the precision of the margins
     eps = _jnp.broadcast_to(_jnp.asarray(eps, x.dtype), x.shape[:1])

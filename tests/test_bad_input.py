@@ -178,3 +178,13 @@ def test_fit_refuses_bad_labels_and_sizes_before_writing_anything(mlp, tmp_path)
     # lists are arrays too, and NumPy integers are integers
     _, hist = fit(net, params, TrainConfig(epochs=1, batch_size=np.int64(4)), (x.tolist(), y.tolist()), (x, y), str(run), progress=False)
     assert len(hist) == 1
+
+
+def test_ball_radius_must_be_a_finite_non_negative_number(mlp):
+    net, params, x = mlp
+    for bad in (-0.1, jnp.nan, jnp.inf):
+        with pytest.raises(ValueError, match="eps must be a finite radius >= 0"):
+            L.l1_ball_in_region(net, params, x[0], bad)
+    with pytest.raises(ValueError, match="eps must be a finite radius >= 0"):
+        L.batched.l1_ball_in_region(net, params, x, jnp.array([0.1] * (len(x) - 1) + [-0.1]))
+    assert bool(L.l1_ball_in_region(net, params, x[0], 0.0))

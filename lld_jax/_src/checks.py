@@ -11,7 +11,8 @@ Two layers make a wrong certificate impossible to miss:
   traced computation the check becomes one device-side reduction and one
   host callback that raises when it fails (the error then surfaces as a
   ``jax.errors.JaxRuntimeError`` whose message holds the same text; the
-  batched functions re-raise it as ``ValueError``).
+  batched functions, called outside ``jit``, re-raise it as ``ValueError``;
+  inside a user's ``jit`` it stays a ``JaxRuntimeError``).
 
 Shape, dtype and protocol checks are static: they run at trace time, always.
 """

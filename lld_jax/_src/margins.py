@@ -35,8 +35,10 @@ class Margin(NamedTuple):
 
     Attributes:
       radius: the margin.
-      layer: index of the bounding neuron's layer in ``preacts``.
-      neuron: its index within that layer's flattened pre-activation.
+      layer: index of the bounding neuron's layer in ``preacts`` (int32; -1
+        when the margin is infinite: no neuron bounds it).
+      neuron: its index within that layer's flattened pre-activation (int32; -1
+        for an infinite margin).
     """
 
     radius: Array
@@ -77,7 +79,9 @@ def _margin(net, params, x, *, q, method, chunk, hidden, check, batched):
         return poison(terms[j], xi, params), j
 
     r, j = map_examples(one, x) if batched else one(x)
-    return Margin(r, *neuron_location(hidden, j))
+    layer, neuron = neuron_location(hidden, j)
+    unbounded = jnp.isinf(r)  # no neuron bounds an infinite margin
+    return Margin(r, jnp.where(unbounded, -1, layer).astype(jnp.int32), jnp.where(unbounded, -1, neuron).astype(jnp.int32))
 
 
 def margin_call(apply_fn, params, x, *, p, method, chunk_size, check, batched) -> Margin:

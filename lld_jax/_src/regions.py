@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -114,10 +114,20 @@ def l1_ball_vertices(x: Array, eps: Array | float) -> Array:
     return x[None] + jnp.asarray(eps, x.dtype) * basis
 
 
+def check_radius(eps: Any) -> None:
+    """Refuses a concrete negative, NaN or infinite ball radius (a traced one cannot be checked and passes)."""
+    if isinstance(eps, jax.core.Tracer):
+        return
+    e = np.asarray(eps)
+    if not (np.all(np.isfinite(e)) and np.all(e >= 0)):
+        raise ValueError(f"eps must be a finite radius >= 0 (scalar or one per example), got {eps!r}.")
+
+
 def l1_ball_in_region(
     apply_fn: ApplyFn | Network, params: PyTree, x: Array, eps: Array | float, *, chunk_size: int = 64, check: bool = True
 ) -> Array:
     """Scalar bool: does the l1 ball of radius ``eps`` around ONE example lie in its region (Prop. 5)?"""
+    check_radius(eps)
     x = jnp.asarray(x)
     x = x.astype(working_dtype(params, x))  # the ball in the precision of the margins, never rounded below it
     return hull_in_region(apply_fn, params, x, l1_ball_vertices(x, eps), chunk_size=chunk_size, check=check)

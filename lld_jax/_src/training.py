@@ -257,7 +257,7 @@ class Trainer:
         else:
             if len(x) == 0:
                 raise ValueError("cannot evaluate on an empty split.")
-            bs = round_up(self.cfg.eval_batch_size, jax.device_count())
+            bs = round_up(min(self.cfg.eval_batch_size, len(x)), jax.device_count())  # a small split: no padding to 1000
             batches = ((xb, yb, self.padded_batch(xb, yb, bs)) for xb, yb in ((x[lo : lo + bs], y[lo : lo + bs]) for lo in range(0, len(x), bs)))
         totals, count = None, None
         for _, _, batch in batches:
