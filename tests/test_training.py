@@ -227,6 +227,14 @@ def test_config_change_in_existing_run_dir_refused(tmp_path):
     fit(net, params, TrainConfig(epochs=1, batch_size=10), (x, y), (x, y), str(tmp_path), progress=False)
     with pytest.raises(ValueError, match="different config"):
         fit(net, params, TrainConfig(epochs=1, batch_size=10, lam=1.0, C=1.0), (x, y), (x, y), str(tmp_path), progress=False)
+    other = y.astype(np.int64 if y.dtype == np.int32 else np.int32)  # same labels, another dtype
+    with pytest.raises(ValueError, match="other training or validation data.*int64 and int32 labels differ"):
+        fit(net, params, TrainConfig(epochs=1, batch_size=10), (x, other), (x, y), str(tmp_path), progress=False)
+    fit(net, params, TrainConfig(epochs=2, batch_size=10), (x, y), (x, y), str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="other training or validation data"):  # not "cannot shorten": the data is the problem
+        fit(net, params, TrainConfig(epochs=1, batch_size=10), (x[::-1], y), (x, y), str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="cannot shorten"):
+        fit(net, params, TrainConfig(epochs=1, batch_size=10), (x, y), (x, y), str(tmp_path), progress=False)
 
 
 def test_training_reduces_loss_and_roll_enlarges_margins(tmp_path):

@@ -207,10 +207,17 @@ def fit(
     main = jax.process_index() == 0
     rd = RunDir(run_dir, write=main)
     done = Checkpoints.latest_step(run_dir)
-    if cfg.epochs < done:
-        raise ValueError(f"{run_dir} has trained {done} epochs already; epochs={cfg.epochs} cannot shorten it (use a fresh run directory).")
     record = {"train": dataclasses.asdict(cfg), "experiment": experiment or {}, "run": describe_run(params, train, val)}
-    rd.claim(record, mutable=("train.epochs",), defaults=TrainConfig.record_defaults())
+    claim = {"mutable": ("train.epochs",), "defaults": TrainConfig.record_defaults()}
+    diffs = rd.differences(record, **claim)
+    if any(d.startswith(("run.train_sha1", "run.val_sha1")) for d in diffs):
+        raise ValueError(
+            f"{run_dir} holds a run with a different config ({'; '.join(diffs)}): other training or validation data. The fingerprints cover each split's "
+            "values, shapes and dtypes (int64 and int32 labels differ): pass the same arrays to resume, or use a fresh run directory."
+        )
+    if cfg.epochs < done and not diffs:
+        raise ValueError(f"{run_dir} has trained {done} epochs already; epochs={cfg.epochs} cannot shorten it (use a fresh run directory).")
+    rd.claim(record, **claim)  # raises on another config, before anything is written
 
     steps = len(train) if is_source(train) else -(-len(train[0]) // cfg.batch_size)
     trainer = Trainer(net, cfg, steps_per_epoch=steps)
