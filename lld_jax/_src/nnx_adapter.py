@@ -92,7 +92,8 @@ def _stop_gradient_at(params: PyTree, paths: tuple[tuple[Any, ...], ...]) -> PyT
 
 def _check_inference_mode(module: nnx.Module, name: str) -> None:
     """Refuses a module whose BatchNorm or Dropout is in training mode: not one fixed piecewise-linear function."""
-    for path, sub in nnx.iter_modules(module):
+    walk = getattr(nnx, "iter_modules", None)  # newer Flax; older ones have the method only
+    for path, sub in walk(module) if walk is not None else module.iter_modules():
         where = ".".join(map(str, (name, *path)))
         if isinstance(sub, nnx.BatchNorm) and not sub.use_running_average:
             raise ValueError(
