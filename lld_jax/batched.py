@@ -135,7 +135,11 @@ def hull_in_region(
 def l1_ball_in_region(
     apply_fn: _ApplyFn | _Network, params: _PyTree, x: _jax.Array, eps: _jax.Array | float, *, chunk_size: int = 64, check: bool = True
 ) -> _jax.Array:
-    """``(B,)`` bool: is the l1 ball of radius ``eps`` (scalar or ``(B,)``) around ``x[i]`` inside its region?"""
+    """``(B,)`` bool: is the l1 ball of radius ``eps`` (scalar or ``(B,)``) around ``x[i]`` inside its region?
+
+    Raises:
+      ValueError: a concrete ``eps`` that is negative, NaN or infinite.
+    """
     _check_radius(eps)
     x = _jnp.asarray(x)
     x = x.astype(_working_dtype(params, x))  # the ball in the precision of the margins

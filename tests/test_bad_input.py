@@ -174,6 +174,9 @@ def test_fit_refuses_bad_labels_and_sizes_before_writing_anything(mlp, tmp_path)
     for field, bad in (("batch_size", 4.0), ("epochs", True), ("eval_batch_size", 0)):
         with pytest.raises(ValueError, match=f"{field} must be a positive integer"):
             fit(net, params, TrainConfig(**{"epochs": 1, "batch_size": 4, field: bad}), (x, y), (x, y), str(run), progress=False)
+    plain = L.as_network(lambda p, u: net.apply(p, u), input_shape=x.shape[1:])  # no frozen-pattern apply
+    with pytest.raises(ValueError, match="method='template' needs a network with a frozen-pattern apply"):
+        fit(plain, params, TrainConfig(epochs=1, batch_size=4, lam=1.0, C=1.0, method="template"), (x, y), (x, y), str(run), progress=False)
     assert not run.exists()
     # lists are arrays too, and NumPy integers are integers
     _, hist = fit(net, params, TrainConfig(epochs=1, batch_size=np.int64(4)), (x.tolist(), y.tolist()), (x, y), str(run), progress=False)

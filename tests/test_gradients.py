@@ -130,6 +130,12 @@ def test_rowspace_refuses_networks_that_read_x_beyond_the_first_layer():
     fp, fx = (w1, w2, jax.random.normal(k[3], (3, 8), jnp.float32)), jax.random.normal(jax.random.key(1), (2, 20), jnp.float32)
     with pytest.raises(ValueError, match="feed-forward"):
         L.batched.margin(faint, fp, fx, p=2)  # auto takes the row-space path here
+    # No false alarm where neurons cancel: two almost equal first-layer rows read with weights +s and -s give
+    # a tiny gradient next to a larger rounding leak; the tolerance follows sigma_min of the first layer.
+    a = w1.at[1].set(w1[0] + 1e-6 * jax.random.normal(k[2], (20,), jnp.float32))
+    cancel = lambda p, u: (p[2] @ jax.nn.relu(p[1] @ jax.nn.relu(p[0] @ u + 5.0) + 1.0), (p[0] @ u + 5.0, p[1] @ jax.nn.relu(p[0] @ u + 5.0) + 1.0))
+    cp = (a, w2.at[0, 0].set(1e4).at[0, 1].set(-1e4), fp[2])
+    np.testing.assert_allclose(L.batched.margin(cancel, cp, fx, p=2), L.batched.margin(cancel, cp, fx, p=2, method="forward"), rtol=1e-5)
     # A recurrent net reports all its steps as ONE preact: its row space holds every gradient, so the
     # method is exact there (the check passes for the right reason).
     rnet, rparams = L.from_nnx(L.RNN(6, 2, 2, negative_slope=0.1, length=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64))

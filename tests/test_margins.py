@@ -166,6 +166,8 @@ def test_zero_gradient_neuron_never_bounds_and_zero_preact_gives_zero():
     res = L.batched.margin_with_neuron(fn, params, x)
     assert np.isinf(float(res.radius[0])) and int(res.layer[0]) == int(res.neuron[0]) == -1  # nothing bounds it
     assert res.layer.dtype == res.neuron.dtype == jnp.int32
+    chk = L.batched.check_certificate(fn, params, x)  # the same bounding neuron, as its docstring says
+    assert np.isinf(float(chk.radius[0])) and int(chk.layer[0]) == int(chk.neuron[0]) == -1
     params = {"w": jnp.array([[1.0, 0.0]]), "b": jnp.array([-2.0])}  # z = 0 exactly
     assert float(L.batched.margin(fn, params, x)[0]) == 0.0
     params = {"w": jnp.array([[0.0, 0.0]]), "b": jnp.array([0.0])}  # z = 0 and zero gradient

@@ -199,18 +199,19 @@ def mlp_tangent_rows(net: Network, params, x, f1: Array) -> tuple[Array, Array]:
     return mask_neurons(flat_mask(net, params, x), z, jnp.concatenate(rows))
 
 
-def first_layer_basis(net: Network, params, x: Array) -> Array:
-    """``Q`` (D, N_1): an orthonormal basis containing the row space of the first pre-activation's Jacobian.
+def first_layer_basis(net: Network, params, x: Array) -> tuple[Array, Array]:
+    """``(Q (D, N_1), R (N_1, N_1))``: the reduced QR of A^T, A the first pre-activation's Jacobian.
 
-    From N_1 VJPs through the first layer only, and a QR. For an affine first
-    layer (every feed-forward net) the result does not depend on ``x``, so
-    under ``vmap`` it is computed once per batch.
+    Q is an orthonormal basis containing A's row space. From N_1 VJPs through
+    the first layer only. For an affine first layer (every feed-forward net)
+    the result does not depend on ``x``, so under ``vmap`` it is computed once
+    per batch.
     """
     shape = x.shape
     f1 = lambda u: jnp.ravel(net.apply(params, u.reshape(shape))[1][0])
     z1, vjp1 = jax.vjp(f1, x.reshape(-1))
     a_t = jax.vmap(vjp1)(jnp.eye(z1.shape[0], dtype=z1.dtype))[0].T  # (D, N_1) = A^T
-    return jnp.linalg.qr(a_t, mode="reduced")[0]
+    return jnp.linalg.qr(a_t, mode="reduced")
 
 
 def _rowspace(net: Network, params, x, chunk: int, keep: bool, squared: bool):
@@ -226,7 +227,7 @@ def _rowspace(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     recurrent net reporting all its steps as one preact).
     """
     del keep
-    q = first_layer_basis(net, params, x)
+    q, r = first_layer_basis(net, params, x)
     z, lin = linearize_preacts(net, params, x)
     tangents = q.T  # (r, D)
     acc, _ = _tangent_scan(jax.vmap(lin), tangents, chunk, z.shape[0], x.dtype, squared=squared)
@@ -235,13 +236,22 @@ def _rowspace(net: Network, params, x, chunk: int, keep: bool, squared: bool):
         return z, ((sq, mx, ab), None)
     v = jax.random.normal(jax.random.key(0), (x.size,), x.dtype)
     v = v - q @ (q.T @ v)
-    leak = jnp.abs(lin(v / jnp.linalg.norm(v)))  # per neuron: rounding noise (~eps n_j) in a feed-forward net
-    n = jnp.sqrt(sq) if squared else mx * jnp.sqrt(sq)
-    eps = jnp.finfo(x.dtype).eps
-    biggest = jnp.maximum(jnp.max(mx), jnp.finfo(x.dtype).tiny)  # the largest |dz_j / dq_i|: the scale of the gradients
-    # Per neuron, so that a small gradient with a large share outside the basis is caught too (a global
-    # threshold missed a 1e-5 input skip that made a margin 37% too large); the floor covers dead neurons.
-    bad = jnp.any(leak > jnp.sqrt(eps) * n + 4 * eps * biggest)
+    tangent = lin(v / jnp.linalg.norm(v))
+    leak = jnp.abs(tangent)
+    # The tolerance is per neuron, so that a small gradient with a large share outside the basis is
+    # caught too (one global threshold missed a 1e-5 input skip that made a margin 37% too large).
+    # In a feed-forward net the leak is rounding only: leak_j = |u_j . t1| with t1 the first layer's
+    # computed tangent (exactly 0 without rounding) and u_j = dz_j / dz_1, ||u_j|| <= n_j / sigma_min(A);
+    # so leak_j <= n_j ||t1|| / sigma_min(A), which stays valid when neurons cancel each other.
+    n = _l2_from_acc(sq, mx, squared)
+    n = jnp.sqrt(n) if squared else n
+    eps, tiny = jnp.finfo(x.dtype).eps, jnp.finfo(x.dtype).tiny
+    t1 = jnp.linalg.norm(tangent[: q.shape[1]])  # preacts[0] comes first in the flat order
+    sigma_min = jnp.min(jnp.abs(jnp.linalg.svd(r, compute_uv=False)))
+    biggest = jnp.maximum(jnp.max(mx), tiny)  # the largest |dz_j / dq_i|: the scale of the gradients
+    per_neuron = n * (jnp.sqrt(eps) + 2 * t1 / jnp.maximum(sigma_min, tiny))
+    # Capped by the old global test's sqrt(eps) x largest gradient entry (so it catches all that caught), plus a floor.
+    bad = jnp.any(leak > jnp.minimum(per_neuron, jnp.sqrt(eps) * biggest) + 4 * eps * biggest)
     z = error_if(
         z,
         bad,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.checkpoints import Checkpoints
+from lld_jax._src.gradients import check_method
 from lld_jax._src.host import epoch_order, round_up
 from lld_jax._src.network import Network, PyTree
 from lld_jax._src.rundir import RunDir
@@ -204,6 +205,8 @@ def fit(
     dim = int(np.prod(shape))
     if cfg.lam > 0 and cfg.regularizer == "sampled" and cfg.estimator == "axes" and cfg.num_samples > dim:
         raise ValueError(f"num_samples={cfg.num_samples} exceeds the input dimension {dim}.")
+    if cfg.lam > 0 and cfg.regularizer != "sampled":
+        check_method(net, cfg.method, 2)  # the exact losses differentiate l2 norms; refused here, not at the first step
     main = jax.process_index() == 0
     rd = RunDir(run_dir, write=main)
     done = Checkpoints.latest_step(run_dir)

@@ -223,8 +223,7 @@ def roll_penalty_sampled(
     check_hyper(C=C, num_samples=num_samples)
     if estimator not in ("axes", "gaussian"):
         raise ValueError(f"estimator must be 'axes' or 'gaussian', got {estimator!r}.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer (tangents at once) or None, got {chunk_size!r}.")
+    chunk_size = positive_int(chunk_size, "chunk_size", allow_none=True)
     x = jnp.asarray(x)
     shape = tuple(x.shape)
     dim = math.prod(shape)

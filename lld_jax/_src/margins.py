@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import check_finite_array, check_values, poison, prepare, run_checked
 from lld_jax._src.gradients import canonical_ord, map_examples, norms_kernel, resolve_method
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts, neuron_location
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, bounding_neuron, flat_preacts
 
 Array = jax.Array
 
@@ -79,9 +80,7 @@ def _margin(net, params, x, *, q, method, chunk, hidden, check, batched):
         return poison(terms[j], xi, params), j
 
     r, j = map_examples(one, x) if batched else one(x)
-    layer, neuron = neuron_location(hidden, j)
-    unbounded = jnp.isinf(r)  # no neuron bounds an infinite margin
-    return Margin(r, jnp.where(unbounded, -1, layer).astype(jnp.int32), jnp.where(unbounded, -1, neuron).astype(jnp.int32))
+    return Margin(r, *bounding_neuron(hidden, j, r))
 
 
 def margin_call(apply_fn, params, x, *, p, method, chunk_size, check, batched) -> Margin:
@@ -205,8 +204,7 @@ def directional_call(apply_fn, params, x, direction, *, kind, t_max, steps, chec
     d = direction_like(x, direction, batched=batched)
     if not (0 < t_max < float("inf")):
         raise ValueError(f"t_max must be positive and finite, got {t_max}.")
-    if not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    steps = positive_int(steps, "steps")
     t_max = jnp.asarray(t_max, x.dtype)
     return run_checked(_directional, net, params, x, d, t_max, kind=kind, steps=steps, check=check, batched=batched, extras={"direction": d})
 

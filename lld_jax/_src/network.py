@@ -227,6 +227,13 @@ def pattern_slopes(net: Network, preacts: Sequence[Array]) -> tuple[Array, ...]:
     return tuple(jnp.where(p > 0, jnp.ones_like(p), jnp.full_like(p, a)) for p in preacts)
 
 
+def bounding_neuron(hidden: Sequence[tuple[int, ...]], flat_index: Array, radius: Array) -> tuple[Array, Array]:
+    """``(layer, neuron)`` (int32) of the neuron bounding a margin ``radius``; -1 for an infinite one (nothing bounds it)."""
+    layer, neuron = neuron_location(hidden, flat_index)
+    unbounded = jnp.isinf(radius)
+    return jnp.where(unbounded, -1, layer).astype(jnp.int32), jnp.where(unbounded, -1, neuron).astype(jnp.int32)
+
+
 def neuron_location(hidden: Sequence[tuple[int, ...]], flat_index: Array) -> tuple[Array, Array]:
     """Maps a flat neuron index to ``(layer, index within that layer's flattened preact)``."""
     sizes = np.array([math.prod(s) for s in hidden])

@@ -126,7 +126,11 @@ def check_radius(eps: Any) -> None:
 def l1_ball_in_region(
     apply_fn: ApplyFn | Network, params: PyTree, x: Array, eps: Array | float, *, chunk_size: int = 64, check: bool = True
 ) -> Array:
-    """Scalar bool: does the l1 ball of radius ``eps`` around ONE example lie in its region (Prop. 5)?"""
+    """Scalar bool: does the l1 ball of radius ``eps`` around ONE example lie in its region (Prop. 5)?
+
+    Raises:
+      ValueError: a concrete ``eps`` that is negative, NaN or infinite.
+    """
     check_radius(eps)
     x = jnp.asarray(x)
     x = x.astype(working_dtype(params, x))  # the ball in the precision of the margins, never rounded below it

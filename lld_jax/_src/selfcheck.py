@@ -50,7 +50,7 @@ from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import MARK, CheckError, check_values, poison, prepare, run_checked
 from lld_jax._src.gradients import CPU_EXAMPLE_BLOCK, canonical_ord, norms_kernel, resolve_method
 from lld_jax._src.margins import dual_exponent, margin_terms
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts, neuron_location
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, bounding_neuron, flat_preacts
 
 Array = jax.Array
 # Sample points evaluated together: bounds the memory of the (points, network) block.
@@ -64,8 +64,8 @@ class CertificateCheck(NamedTuple):
 
     Attributes:
       radius: the margin that was checked, as :func:`lld_jax.margin` returns it.
-      layer: index of the bounding neuron's layer in ``preacts``.
-      neuron: its index within that layer's flattened pre-activation.
+      layer: index of the bounding neuron's layer in ``preacts`` (int32; -1 for an infinite margin).
+      neuron: its index within that layer's flattened pre-activation (int32; -1 for an infinite margin).
       ball_error: the largest deviation of the output from its first-order
         expansion at x over the ball points, relative to the output scale
         (rounding level when the check passes).
@@ -239,7 +239,7 @@ def _selfcheck(net, params, x, key, *, p, method, chunk, num_samples, rtol, hidd
     raise_ = functools.partial(_host_raise, p=p, rtol=rtol, num_samples=num_samples)
     flag = jax.pure_callback(raise_, jax.ShapeDtypeStruct(bad.shape, jnp.bool_), bad, r, *stats, vmap_method="broadcast_all")
     r = jnp.where(jnp.any(flag), jnp.nan, r)  # ties the callback to the result: never dead-code eliminated
-    return CertificateCheck(r, *neuron_location(hidden, j), stats[0], stats[1], stats[2] + stats[3])
+    return CertificateCheck(r, *bounding_neuron(hidden, j, r), stats[0], stats[1], stats[2] + stats[3])
 
 
 def certificate_call(apply_fn, params, x, *, p, num_samples, key, rtol, method, chunk_size, check, batched) -> CertificateCheck:

@@ -71,7 +71,7 @@ class TrainConfig:
             raise ValueError(f"regularizer must be 'roll', 'distance' or 'sampled', got {self.regularizer!r}.")
         if self.regularizer == "sampled" and self.gamma != 100:
             raise ValueError("the sampled ROLL estimator (Eq. 10) exists only for gamma=100.")
-        for name in ("epochs", "batch_size", "eval_batch_size", "num_samples"):
+        for name in ("epochs", "batch_size", "eval_batch_size"):
             setattr(self, name, positive_int(getattr(self, name), name))
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}.")
