@@ -186,3 +186,23 @@ def test_from_nnx_refuses_training_mode_and_holds_batchnorm_statistics(tmp_path)
     np.testing.assert_array_equal(best["bn"]["mean"], params["bn"]["mean"])
     np.testing.assert_array_equal(best["bn"]["var"], params["bn"]["var"])
     assert not np.allclose(best["a"]["kernel"], params["a"]["kernel"])
+
+
+class _Sows(nnx.Module):
+    def __init__(self, rngs):
+        self.a, self.b = nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+        z = self.a(x)
+        self.sow(nnx.Intermediate, "z1", z)
+        return self.b(nnx.relu(z))
+
+
+@pytest.mark.filterwarnings("ignore:Using 'Module.sow\\(\\)' outside:DeprecationWarning")  # the earlier call is the point
+def test_values_sown_by_an_earlier_call_are_not_parameters():
+    model = _Sows(nnx.Rngs(0))
+    model(jnp.ones(3, jnp.float32))  # leaves z1 in the module
+    net, params = L.from_nnx(model, input_shape=(3,))
+    assert sorted(params) == ["a", "b"]
+    _, pre = net(params, jnp.ones(3, jnp.float32))
+    assert [p.shape for p in pre] == [(4,)]

@@ -18,7 +18,7 @@ from lld_jax._src.network import Array, Network, ProtocolError, PyTree
 class _Merged:
     """Rebuilds the module from ``params``: the non-``nnx.Param`` leaves (``held``, e.g. BatchNorm statistics)
     behind ``stop_gradient``, so losses and optimisers never move them; the RNG streams (unused in
-    inference mode, and not differentiable) come from ``rngs``, kept out of ``params``.
+    inference mode, and not differentiable) and leftover sown values come from ``rngs``, kept out of ``params``.
 
     Compares by graph definition and ``held`` (not by the RNG values), so two ``from_nnx`` calls on
     models of the same structure give equal networks and share ``jax.jit`` caches.
@@ -144,10 +144,11 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
     """
     name = type(module).__name__
     _check_inference_mode(module, name)
-    graphdef, rng_state, state = nnx.split(module, nnx.RngState, ...)
+    # RNG streams and values sown by an earlier plain call are not parameters: they stay in the network.
+    graphdef, aside, state = nnx.split(module, nnx.Any(nnx.RngState, nnx.Intermediate), ...)
     params = nnx.to_pure_dict(state)
     held = tuple(tuple(path) for path, var in nnx.to_flat_state(state) if not isinstance(var, nnx.Param))
-    merged = {"graphdef": graphdef, "held": held, "rngs": nnx.to_pure_dict(rng_state) or None}
+    merged = {"graphdef": graphdef, "held": held, "rngs": nnx.to_pure_dict(aside) or None}
     has_slopes = "slopes" in inspect.signature(type(module).__call__).parameters and getattr(module, "supports_frozen_pattern", True)
     has_mask = hasattr(type(module), "neuron_mask") and getattr(module, "has_neuron_mask", True)
     shape = input_shape if input_shape is not None else getattr(module, "input_shape", None)
