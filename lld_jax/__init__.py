@@ -1,7 +1,8 @@
 """lld_jax: robust, locally linear deep networks in JAX (Lee, Alvarez-Melis, Jaakkola, ICLR 2019).
 
-The functions here act on ONE example and compose with ``jax.vmap``,
-``jax.jit`` and ``jax.grad``; :mod:`lld_jax.batched` holds the same functions
+The geometry and learning functions here act on ONE example and compose
+with ``jax.vmap``, ``jax.jit`` and ``jax.grad`` (the gradient-stability
+functions take a batch, :func:`count_regions` a data set); :mod:`lld_jax.batched` holds the same functions
 for batches (fast CPU blocking, value errors raised as ``ValueError``).
 
 * Geometry: :func:`margin`, :func:`margin_with_neuron`,
@@ -12,7 +13,7 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
 * Learning: :func:`roll_penalty`, :func:`roll_penalty_sampled`,
   :func:`distance_penalty` (more in :mod:`lld_jax.losses`); the training loop
   is in :mod:`lld_jax.training`.
-* Gradient stability (paper Sec. 3.3, 4.4): :func:`input_gradient`,
+* Gradient stability (paper Sec. 5.3): :func:`input_gradient`,
   :func:`expected_gradient_distortion`, :func:`max_gradient_distortion`,
   :func:`integrated_gradients`.
 * Networks: :class:`Network`, :func:`as_network`, :func:`from_nnx`,

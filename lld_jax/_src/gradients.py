@@ -1,6 +1,6 @@
-"""Exact input gradients of every hidden neuron (paper Sec. 3.1, App. C, D).
+"""Exact input gradients of every hidden neuron (paper Sec. 4.1, App. C, D).
 
-Four interchangeable methods, all exact at the activation pattern of ``x``:
+Interchangeable methods, all exact at the activation pattern of ``x``:
 
 * ``"forward"``: forward-mode AD, one JVP per input axis (the paper's
   "perturbation" algorithm phrased as AD); cost ~ D forward passes.
@@ -416,7 +416,7 @@ def neuron_gradients(
         (``"gram"`` and ``"rowspace"`` give l2 norms only: use :func:`neuron_gradient_norms`).
       chunk_size: input axes (forward, template) or neurons (reverse) per
         chunk; bounds memory. Default keeps chunk * N around 2^18.
-      check: run the value checks (see :mod:`lld_jax`'s "Checks").
+      check: run the value checks (README: "What is checked, and when").
 
     Returns:
       ``(z, grads)``: ``z`` of shape ``(N,)`` holds all N hidden

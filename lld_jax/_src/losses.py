@@ -1,4 +1,4 @@
-"""Regularisers that enlarge linear regions (paper Sec. 2, Eq. 4, 7, 9, 10).
+"""Regularisers that enlarge linear regions (paper Eq. 4, 7, 9, 10; Sec. 4.2).
 
 Every penalty is a function of ONE example returning a scalar; ``jax.vmap``
 it over a batch, average, and add it to the task loss with weight lambda:

@@ -1,7 +1,7 @@
 """Margins: the largest l_p ball, or segment along a direction, inside x's region.
 
 For the polytope S(x) of x's activation pattern (paper Lemma 2), the l_p margin
-is (Prop. 6 and its dual-norm generalisation, paper Sec. 1.6)
+is (paper Prop. 6 and its dual-norm generalisation)
 
     eps_hat(x, p) = min_j |z_j| / ||grad_x z_j||_q,   1/p + 1/q = 1,
 

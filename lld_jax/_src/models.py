@@ -4,7 +4,7 @@ Every model acts on ONE example (callers vmap) and its ``__call__(x, slopes=None
 returns ``(output, preacts)``: the tuple of every hidden pre-activation in
 depth order. With ``slopes`` given (same structure as ``preacts``) each
 activation ``act(z)`` becomes ``slopes[i] * z``: the paper's linearised
-network at a frozen pattern (Sec. 3.1), used by the ``template`` method.
+network at a frozen pattern (paper Sec. 4.1), used by the ``template`` method.
 
 Use :func:`lld_jax.from_nnx` to get ``(network, params)`` from a model.
 """

@@ -2,7 +2,7 @@
 
 A network is any function ``apply(params, x) -> (output, preacts)`` for ONE
 example ``x``, where ``preacts`` is the tuple of every hidden pre-activation
-(the inputs of each ReLU-like unit) in depth order (paper Sec. 1.1, 4.3).
+(the inputs of each ReLU-like unit) in depth order (paper Sec. 4.3).
 :class:`Network` wraps such a function with optional extras that unlock the
 faster gradient methods.
 
@@ -36,7 +36,7 @@ class Network:
       apply_frozen: ``(params, x, slopes) -> (output, preacts)`` with each
         activation ``a = act(z)`` replaced by ``a = slopes[i] * z``; ``slopes``
         has the structure of ``preacts`` (the linearised net g_theta of paper
-        Sec. 3.1; needed by ``method="template"``).
+        Sec. 4.1; needed by ``method="template"``).
       dense_layers: ``params -> [(W, b), ...]`` for an MLP, ``W`` of shape
         ``(fan_out, fan_in)``, hidden layers first, output layer last
         (``method="gram"`` and the sampled loss's fast path).

@@ -131,7 +131,7 @@ def _cayley_init(key: Array, hidden: int, dtype) -> Array:
 
 
 class ScoRNN(nnx.Module):
-    """Scaled Cayley orthogonal RNN (scoRNN, Helfrich et al. 2018), the paper's Japanese Vowel model (Sec. 4.3, App. H).
+    """Scaled Cayley orthogonal RNN (scoRNN, Helfrich et al. 2018), the paper's Japanese Vowel model (paper Sec. 5.2, App. H).
 
     h_t = act(V x_t + W h_{t-1} + b) with W = (I + A)^-1 (I - A) D
     (:func:`cayley_recurrent`): A skew-symmetric and trained, D a fixed diagonal

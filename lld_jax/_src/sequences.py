@@ -1,4 +1,4 @@
-"""Variable-length sequences: padding with a frame flag, and the UCI Japanese Vowels loader (paper Sec. 4.3).
+"""Variable-length sequences: padding with a frame flag, and the UCI Japanese Vowels loader (paper Sec. 5.2, App. H).
 
 Japanese Vowels (Kudo et al. 1999): 9 speakers, 12 LPC cepstrum coefficients
 per frame, 7-29 frames per utterance; 270 training and 370 test utterances in

@@ -1,4 +1,4 @@
-"""Stability bounds: the directional margin along every input coordinate, both ways (paper Sec. 4.3, Fig. 3).
+"""Stability bounds: the directional margin along every input coordinate, both ways (paper Sec. 5.2, Fig. 3).
 
 For input coordinate k the bounds are the directional margins (Sec. 3.2.1)
 along +e_k and -e_k: the coordinate can move within
@@ -70,7 +70,7 @@ def stability_bounds(
     ``upper[k]`` is :func:`~lld_jax.directional_margin` along +e_k and
     ``lower[k]`` along -e_k: for every t in ``[x_k - lower_k, x_k + upper_k]``
     (other coordinates fixed) the input stays in x's linear region, so the
-    network's gradient there is exactly its gradient at x (paper Sec. 4.3,
+    network's gradient there is exactly its gradient at x (paper Sec. 5.2,
     the intervals of Fig. 3). +inf where the whole ray stays in the region
     (e.g. the padding of a padded sequence).
 
