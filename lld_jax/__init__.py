@@ -17,7 +17,8 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
   :func:`expected_gradient_distortion`, :func:`max_gradient_distortion`,
   :func:`integrated_gradients`.
 * Networks: :class:`Network`, :func:`as_network`, :func:`from_nnx`,
-  :func:`normalized_inputs`,
+  :func:`normalized_inputs`, :class:`ProtocolError` (raised for a function
+  that does not follow the protocol),
   :class:`Stem` and :func:`conv_axis_tangent` (a conv net's first layer
   split off for the sampled loss), and the
   built-in models :class:`MLP`, :class:`CNN`, :class:`ResNet`,
@@ -50,7 +51,7 @@ from lld_jax._src.margins import (
     margin_with_neuron,
 )
 from lld_jax._src.models import CNN, INITS, MLP, ResNet, reinitialize, resnet18
-from lld_jax._src.network import Network, as_network, normalized_inputs
+from lld_jax._src.network import Network, ProtocolError, as_network, normalized_inputs
 from lld_jax._src.nnx_adapter import from_nnx
 from lld_jax._src.pooling import MaxConstraints, Maxout, MaxoutMLP, NeuronRecorder, max_constraints, max_pool
 from lld_jax._src.recurrent import RNN, ScoRNN, cayley_recurrent
@@ -91,6 +92,7 @@ __all__ = [
     "MaxoutMLP",
     "Network",
     "NeuronRecorder",
+    "ProtocolError",
     "RNN",
     "RegionCounts",
     "ResNet",

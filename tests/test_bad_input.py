@@ -109,8 +109,11 @@ def test_bad_method_and_chunk(mlp):
 def test_not_a_network():
     with pytest.raises(TypeError, match="must be a callable"):
         L.batched.margin(42, None, jnp.ones((1, 2)))
-    with pytest.raises(TypeError, match="pair"):
+    with pytest.raises(L.ProtocolError, match="pair"):
         L.batched.margin(lambda p, x: x, None, jnp.ones((1, 2)))
+    with pytest.raises(L.ProtocolError, match="tuple of arrays"):
+        L.batched.margin(lambda p, x: (x, x), None, jnp.ones((1, 2)))
+    assert issubclass(L.ProtocolError, TypeError) and issubclass(L.ProtocolError, ValueError)
 
 
 def test_nnx_module_that_sows_preacts():
