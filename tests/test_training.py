@@ -275,13 +275,12 @@ def test_mnist_loader_errors(tmp_path):
         read_idx(str(junk))
 
 
-def test_multiprocess_fit_equals_single_process(tmp_path):
-    """Two CPU processes (2 devices each, gloo all-reduce) train like one process on 8 devices."""
+def _two_processes(tmp_path, *args):
+    """Runs tests/multiprocess_fit.py as processes 0 and 1 of one run; returns (return codes, logs)."""
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
     here = os.path.dirname(os.path.abspath(__file__))
-    out = str(tmp_path / "multi.npz")
     procs = []
     for pid in range(2):
         env = {
@@ -295,7 +294,7 @@ def test_multiprocess_fit_equals_single_process(tmp_path):
         }
         procs.append(
             subprocess.Popen(
-                [sys.executable, os.path.join(here, "multiprocess_fit.py"), str(tmp_path / "run"), out],
+                [sys.executable, os.path.join(here, "multiprocess_fit.py"), str(tmp_path / "run"), str(tmp_path / "multi.npz"), *args],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -303,7 +302,14 @@ def test_multiprocess_fit_equals_single_process(tmp_path):
             )
         )
     logs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n\n".join(logs)[-5000:]
+    return [p.returncode for p in procs], logs
+
+
+def test_multiprocess_fit_equals_single_process(tmp_path):
+    """Two CPU processes (2 devices each, gloo all-reduce) train like one process on 8 devices."""
+    codes, logs = _two_processes(tmp_path)
+    assert codes == [0, 0], "\n\n".join(logs)[-5000:]
+    out = str(tmp_path / "multi.npz")
     info = json.loads(open(out + ".json").read())
     assert info["process_count"] == 2 and info["device_count"] == 4
 
@@ -318,6 +324,15 @@ def test_multiprocess_fit_equals_single_process(tmp_path):
     # Only process 0 wrote the run files; the checkpoint is there.
     assert (tmp_path / "run" / "checkpoints" / "best").exists()
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_multiprocess_fit_with_different_data_refused_on_every_process(tmp_path):
+    """Process 1 passes its split in another order: both processes stop with the same message, nothing is written."""
+    codes, logs = _two_processes(tmp_path, "other-data")
+    for code, log in zip(codes, logs):
+        assert code != 0 and "training data differs from process 0's on process(es) [1]" in log, log[-3000:]
+        assert "validation data differs" not in log and "initial parameters differs" not in log
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 class ArraySource:

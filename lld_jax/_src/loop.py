@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from typing import Any
 
 import jax
@@ -50,6 +51,41 @@ def describe_run(params: PyTree, train: Split, val: Split) -> dict[str, Any]:
         "train_sha1": _split_sha1(train),
         "val_sha1": _split_sha1(val),
     }
+
+
+def check_processes_agree(record: dict[str, Any]) -> None:
+    """Refuses a multi-process run whose processes passed ``fit`` different data, parameters or settings.
+
+    Each process takes its slice of every global batch from the whole split
+    (or its source's shard), so a process with other data (another shuffle,
+    another subset) would train on a mix without any error. Every process compares the SHA-1 of
+    each part of its ``record`` (see :func:`describe_run`) with every other's
+    and all raise together (no process is left waiting in a collective).
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    parts = {
+        "training config": record["train"],
+        "experiment": record["experiment"],
+        "parameter shapes": record["run"]["params"],
+        **{
+            name: record["run"][key]
+            for name, key in (("initial parameters", "init_sha1"), ("training data", "train_sha1"), ("validation data", "val_sha1"))
+        },
+    }
+    mine = np.stack([np.frombuffer(hashlib.sha1(json.dumps(v, sort_keys=True, default=str).encode()).digest(), np.uint8) for v in parts.values()])
+    seen = np.asarray(multihost_utils.process_allgather(mine))  # (processes, parts, 20)
+    differ = {name: [p for p in range(len(seen)) if not np.array_equal(seen[p, i], seen[0, i])] for i, name in enumerate(parts)}
+    differ = {name: procs for name, procs in differ.items() if procs}
+    if differ:
+        raise ValueError(
+            "the processes of this run passed fit different arguments: "
+            + "; ".join(f"{name} differs from process 0's on process(es) {procs}" for name, procs in differ.items())
+            + ". Every process must pass the same parameters and config, and the same splits: whole host arrays (fit takes each "
+            "process's slice itself) or a BatchSource over the same data for the process's own shard."
+        )
 
 
 def check_data(net: Network, params: PyTree, cfg: TrainConfig, name: str, x: np.ndarray, y: np.ndarray) -> None:
@@ -195,7 +231,8 @@ def fit(
       progress: show a progress bar and print one line per epoch.
 
     Raises:
-      ValueError: invalid config or data, or ``run_dir`` holds another run.
+      ValueError: invalid config or data, ``run_dir`` holds another run, or
+        the processes of a multi-process run passed different arguments.
       FloatingPointError: a non-finite loss; the last good checkpoint is kept.
     """
     cfg.validate()
@@ -211,6 +248,7 @@ def fit(
     rd = RunDir(run_dir, write=main)
     done = Checkpoints.latest_step(run_dir)
     record = {"train": dataclasses.asdict(cfg), "experiment": experiment or {}, "run": describe_run(params, train, val)}
+    check_processes_agree(record)
     claim = {"mutable": ("train.epochs",), "defaults": TrainConfig.record_defaults()}
     diffs = rd.differences(record, **claim)
     if any(d.startswith(("run.train_sha1", "run.val_sha1")) for d in diffs):
