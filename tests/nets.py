@@ -21,6 +21,15 @@ def _randomize_batchnorm(model, key):
             bn.bias[...] = 0.1 * jax.random.normal(ks[3], c, bn.bias.dtype)
 
 
+def randomize_biases(model, key):
+    # Flax's Linear and Conv start with zero biases, where z = J x exactly and every region
+    # is a cone at 0; random biases give the polytopes real offsets (as after training).
+    for _path, layer in nnx.iter_graph(model):
+        if isinstance(layer, (nnx.Linear, nnx.Conv)) and layer.bias is not None:
+            key, k = jax.random.split(key)
+            layer.bias[...] = 0.3 * jax.random.normal(k, layer.bias.shape, layer.bias.dtype)
+
+
 def make(kind: str, dtype=jnp.float64, seed: int = 0):
     """Returns (network, params, x batch) for each kind of :data:`KINDS`."""
     rngs = nnx.Rngs(seed)
@@ -49,6 +58,7 @@ def make(kind: str, dtype=jnp.float64, seed: int = 0):
         shape = (5, 3)
     else:
         raise KeyError(kind)
+    randomize_biases(model, jax.random.key(seed + 11))
     net, params = L.from_nnx(model)
     x = jax.random.normal(kx, (4, *shape), dtype)
     return net, params, x

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from nets import randomize_biases
 
 import lld_jax as L
 from lld_jax.losses import aggregate, distance_penalty, roll_penalty, roll_penalty_sampled
@@ -21,6 +22,7 @@ def batch_sampled(net, params, x, key, **kw):
 
 def tiny(d=4):
     model = L.MLP(d, [5, 3], 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    randomize_biases(model, jax.random.key(2))  # nonzero offsets: z = J x + b, not J x
     net, params = L.from_nnx(model)
     x = jax.random.normal(jax.random.key(1), (6, d), jnp.float64) * 2
     return net, params, x

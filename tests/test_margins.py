@@ -83,10 +83,11 @@ def _polytope(net, params, x):
     """Half-spaces A x' + c >= 0 of x's region, from brute-force jacfwd (independent of lld_jax)."""
     f = lambda u: jnp.concatenate([p.ravel() for p in net.apply(params, u)[1]])
     z = np.asarray(f(x))
-    jac = np.asarray(jax.jacfwd(f)(x))
+    jac = np.asarray(jax.jacfwd(f)(x)).reshape(len(z), -1)
     sign = np.where(z > 0, 1.0, -1.0)
     a = sign[:, None] * jac
-    c = sign * (z - jac @ np.asarray(x))
+    c = sign * (z - jac @ np.asarray(x).ravel())
+    assert np.abs(c).max() > 1e-3, "the test network's region is a cone at 0 (zero biases): offsets go untested"
     return a, c
 
 
@@ -111,14 +112,19 @@ def test_l1_linf_margins_equal_linear_program(p):
         np.testing.assert_allclose(eps[i], lp.x[0], rtol=1e-7)
 
 
-def test_l2_margin_equals_distance_to_nearest_hyperplane_qp_free():
-    # Independent check of Prop. 6 on the brute-force polytope.
-    net, params, x = make("mlp")
-    eps = np.asarray(L.batched.margin(net, params, x, p=2))
+@pytest.mark.parametrize("kind", GEOMETRY_KINDS)
+@pytest.mark.parametrize("p", [1, 2, np.inf])
+def test_margin_equals_dual_norm_distance_on_brute_force_polytope(kind, p):
+    """Every kind and p: the distance from x to the nearest face of its jacfwd polytope, in the dual norm (Prop. 6)."""
+    net, params, x = make(kind)
+    eps = np.asarray(L.batched.margin(net, params, x, p=p))
+    q = {1: np.inf, 2: 2, np.inf: 1}[p]
     for i in range(x.shape[0]):
         a, c = _polytope(net, params, x[i])
-        dist = (a @ np.asarray(x[i]) + c) / np.linalg.norm(a, axis=1)
-        np.testing.assert_allclose(eps[i], dist.min(), rtol=1e-10)
+        norm = np.linalg.norm(a, ord=q, axis=1)
+        live = norm > 0  # a neuron constant in x never bounds the region
+        dist = (a[live] @ np.asarray(x[i]).ravel() + c[live]) / norm[live]
+        np.testing.assert_allclose(eps[i], dist.min(), rtol=1e-9)
 
 
 def test_per_example_margin_matches_batched_under_vmap_and_jit():

@@ -281,7 +281,11 @@ def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs, param_dtype)
 
 
 def _bn(c: int, rngs: nnx.Rngs, param_dtype) -> nnx.BatchNorm:
-    return nnx.BatchNorm(c, use_running_average=True, rngs=rngs, param_dtype=param_dtype)
+    bn = nnx.BatchNorm(c, use_running_average=True, rngs=rngs, param_dtype=param_dtype)
+    # Flax stores the statistics in float32 whatever param_dtype is: a float64 network would
+    # round its BatchNorm slope to float32 (3e-7 relative), and eager and jitted calls differ there.
+    bn.mean, bn.var = nnx.BatchStat(bn.mean[...].astype(param_dtype)), nnx.BatchStat(bn.var[...].astype(param_dtype))
+    return bn
 
 
 def frozen_batchnorm(bn: nnx.BatchNorm, x: Array) -> Array:
