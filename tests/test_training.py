@@ -82,6 +82,22 @@ def test_resumed_and_extended_run_equals_uninterrupted(tmp_path, regularizer):
     assert saved["train"]["epochs"] == 3 and saved["train"]["lam"] == 0.5
 
 
+def test_fit_returns_the_best_validation_epoch_not_the_last(tmp_path):
+    """Validation labels are the training labels flipped, so validation loss rises as training fits:
+    fit returns the parameters of the lowest-validation-loss epoch (those of a run stopped there)."""
+    net, params, x, y = small_problem(60)
+    val = (x[:30], 1 - y[:30])
+    cfg = TrainConfig(epochs=5, batch_size=16, lam=0.5, C=1.0, lr=0.1)
+    best, hist = fit(net, params, cfg, (x, y), val, str(tmp_path / "long"), progress=False)
+    k = int(np.argmin([h["val_loss"] for h in hist])) + 1
+    assert k < cfg.epochs, "the setup must make an earlier epoch the best"
+    # Training is deterministic: a run of k epochs ends where the long run was at epoch k (not at its last).
+    stopped, _ = fit(net, params, dataclasses.replace(cfg, epochs=k), (x, y), val, str(tmp_path / "short"), progress=False)
+    jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), jax.device_get(best), jax.device_get(stopped))
+    loaded = L.training.load_best(str(tmp_path / "long"), params)
+    jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), jax.device_get(best), jax.device_get(loaded))
+
+
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
     net, params, x, y = small_problem(40)
     cfg = TrainConfig(epochs=2, batch_size=20, lr=0.01)
