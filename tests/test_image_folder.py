@@ -1,5 +1,6 @@
 """The streaming image pipeline: scanning, the per-class split, decoding, normalisation, padded batches; TFDS records (faked)."""
 
+import hashlib
 import os
 import re
 import sys
@@ -544,11 +545,21 @@ def test_fingerprints_identify_records_arrays_and_paths(tfds_world):
     images[1][0, 0, 0] ^= 1
     with ImageBatches(images, labels[a], **kw) as x:
         assert x.fingerprint() != fp
-    # file paths: the same values as before arrays and records were accepted (computed with that code)
+
+    # file paths: the documented recipe (repr of each part, then a NUL), so recorded runs keep resuming;
+    # a NumPy array of paths reads as the list of its strings, whatever NumPy's repr of np.str_
+    def recipe(*parts):
+        h = hashlib.sha1()
+        for part in parts:
+            h.update(part if isinstance(part, bytes) else repr(part).encode())
+            h.update(b"\0")
+        return h.hexdigest()
+
     with ImageBatches(["a.png", "b/c.jpg", "d.png"], np.array([0, 1, 1]), **kw) as x:
-        assert x.fingerprint() == "63b1f95772ec5def9f61fcef82e993f5bfbc3c26"
+        assert x.fingerprint() == recipe("a.png", "b/c.jpg", "d.png", np.array([0, 1, 1], np.int32).tobytes(), 8, "crop", True, 1, b"")
+    stats = np.asarray([IMAGENET_MEAN, IMAGENET_STD], np.float32).astype(np.float64).tobytes()
     with ImageBatches(np.asarray(["a.png", "b/c.jpg"]), np.array([0, 1]), **kw, mean=IMAGENET_MEAN, std=IMAGENET_STD) as x:
-        assert x.fingerprint() == "da75a9cc19da329d8754e0538ac2191ce7b244c7"
+        assert x.fingerprint() == recipe("a.png", "b/c.jpg", np.array([0, 1], np.int32).tobytes(), 8, "crop", True, 1, stats)
 
 
 def test_tfds_missing_package_names_the_extra(monkeypatch):
