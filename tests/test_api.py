@@ -83,12 +83,15 @@ def test_grad_of_margin_matches_finite_differences(p):
 
 def test_return_types_do_not_change_with_arguments():
     net, params, x = make("mlp")
-    assert L.margin(net, params, x[0]).shape == ()
-    res = L.margin_with_neuron(net, params, x[0])
-    assert isinstance(res, L.Margin) and res.radius.shape == res.layer.shape == res.neuron.shape == ()
-    res = L.batched.margin_with_neuron(net, params, x)
-    assert isinstance(res, L.Margin) and res.radius.shape == (x.shape[0],)
-    assert L.batched.margin(net, params, x).shape == (x.shape[0],)
+    for p, method in [(1, "forward"), (2, "auto"), (2, "gram"), (2, "reverse"), ("inf", "template"), (np.inf, "reverse")]:
+        kw = {"p": p, "method": method}
+        assert L.margin(net, params, x[0], **kw).shape == () and L.margin(net, params, x[0], **kw).dtype == x.dtype
+        res = L.margin_with_neuron(net, params, x[0], **kw)
+        assert isinstance(res, L.Margin) and res.radius.shape == res.layer.shape == res.neuron.shape == ()
+        assert res.radius.dtype == x.dtype and res.layer.dtype == res.neuron.dtype == jnp.int32
+        res = L.batched.margin_with_neuron(net, params, x, **kw)
+        assert isinstance(res, L.Margin) and res.radius.shape == res.layer.shape == (x.shape[0],) and res.layer.dtype == jnp.int32
+        assert L.batched.margin(net, params, x, **kw).shape == (x.shape[0],)
 
 
 def test_a_new_from_nnx_wrapper_of_the_same_model_does_not_recompile():

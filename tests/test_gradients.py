@@ -60,7 +60,10 @@ def test_methods_agree_float32(kind):
 
 
 def test_auto_picks_gram_for_mlp_l2_and_matches():
+    from lld_jax._src.gradients import pick_method
+
     net, params, x = make("mlp")
+    assert pick_method(net, "auto", 2, x.shape[1:], ((12,), (12,), (12,)), None)[0] == "gram"
     a = L.batched.margin(net, params, x, p=2)
     b = L.batched.margin(net, params, x, p=2, method="reverse")
     np.testing.assert_allclose(a, b, rtol=1e-12)

@@ -34,9 +34,10 @@ def test_hull_in_region_all_or_nothing():
     d = jax.random.normal(jax.random.key(0), (x.shape[0], 5, x.shape[1]), x.dtype)
     d = d / jnp.linalg.norm(d, axis=-1, keepdims=True)
     verts = x[:, None] + 0.9 * eps[:, None, None] * d
-    assert bool(L.batched.hull_in_region(net, params, x, verts).all())
-    far = verts.at[:, 0].set(x + 100.0)
-    assert not bool(L.batched.hull_in_region(net, params, x, far).any())
+    assert bool(L.batched.hull_in_region(net, params, x, verts, chunk_size=2).all())
+    for k in range(5):  # one vertex far out, in any position and chunk (of 2): the hull leaves the region
+        far = verts.at[:, k].set(x + 100.0)
+        assert not bool(L.batched.hull_in_region(net, params, x, far, chunk_size=2).any()), k
 
 
 def _brute_counts(net, params, xs, decimals=4):

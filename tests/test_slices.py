@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from nets import make
+from nets import make, randomize_biases
 
 import lld_jax as L
 from lld_jax.slices import TooManyRegions, enumerate_slice, locate, polygon_area
@@ -51,6 +51,7 @@ def test_grid_points_match_their_polygon_and_areas_add_up(kind):
 
 def test_count_equals_brute_force_on_small_net():
     model = L.MLP(2, [4, 4], 1, rngs=nnx.Rngs(2), param_dtype=jnp.float64)
+    randomize_biases(model, jax.random.key(3))  # hyperplanes that do not all meet at 0
     net, params = L.from_nnx(model)
     x0, a, b = jnp.zeros(2), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])
     box = [(-3, -3), (3, -3), (3, 3), (-3, 3)]
@@ -63,6 +64,7 @@ def test_count_equals_brute_force_on_small_net():
     # Every region larger than a few grid cells is found by the grid, and the grid finds no others.
     assert len(big) <= grid_count <= len(regions)
     assert {r.pattern.tobytes() for r in big} <= {p.tobytes() for p in pats}
+    assert {p.tobytes() for p in pats} <= {r.pattern.tobytes() for r in regions}, "a grid point lies in no enumerated region"
 
 
 def test_region_cap_and_bad_polygon():

@@ -59,12 +59,24 @@ def test_sharded_step_equals_single_device():
     np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
 
 
-def test_padding_is_masked_not_counted():
-    net, params, x, y = small_problem()
-    tr = Trainer(net, TrainConfig(lam=0.0))
-    full = tr.evaluate(params, x[:10], y[:10])
-    ref = L.training.task_losses(jax.vmap(lambda u: net.apply(params, u)[0])(x[:10]), y[:10], "softmax")[0]
-    np.testing.assert_allclose(full["loss"], float(jnp.mean(ref)), rtol=1e-5)
+@pytest.mark.parametrize("task_loss", ["softmax", "sigmoid"])
+def test_evaluate_equals_numpy_task_loss_over_ragged_batches(task_loss):
+    """Mean loss and accuracy over 13 examples in batches of 8 (5 rounded up to the 8 test devices; the last
+    batch padded and masked) against NumPy."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(13, 6)).astype(np.float32)
+    outputs = 1 if task_loss == "sigmoid" else 3
+    y = rng.integers(0, 2 if task_loss == "sigmoid" else 3, 13).astype(np.int32)
+    net, params = L.from_nnx(L.MLP(6, [8], outputs, rngs=nnx.Rngs(0)))
+    m = Trainer(net, TrainConfig(lam=0.0, task_loss=task_loss, eval_batch_size=5)).evaluate(params, x, y)
+    s = np.asarray(jax.vmap(lambda u: net.apply(params, u)[0])(x), np.float64)
+    if task_loss == "sigmoid":
+        loss, correct = np.log1p(np.exp(-(2 * y - 1) * s[:, 0])), (s[:, 0] > 0) == (y == 1)
+    else:
+        top = s.max(1)
+        loss, correct = top + np.log(np.exp(s - top[:, None]).sum(1)) - s[np.arange(13), y], s.argmax(1) == y
+    np.testing.assert_allclose(m["loss"], loss.mean(), rtol=1e-5)
+    np.testing.assert_allclose(m["accuracy"], correct.mean(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("regularizer", ["roll", "sampled"])
