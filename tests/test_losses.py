@@ -79,6 +79,21 @@ def test_aggregate_topk_semantics():
     assert float(aggregate(t, 10)[0]) == 9.0  # k floors to 0, at least one neuron kept
 
 
+@pytest.mark.parametrize("gamma", [100, 50, 25, 37.5, 10, 1, "max"])
+def test_masked_aggregate_equals_numpy_over_the_example_neurons(gamma):
+    """With a mask (padded sequences, max-pool, maxout), N counts only the example's neurons:
+    NumPy's top-k of t[mask] with k = max(1, floor(count * gamma / 100)), for counts across the floor steps."""
+    rng = np.random.default_rng(0)
+    for count in (1, 3, 4, 7, 8, 11, 16):
+        mask = np.zeros(16, bool)
+        mask[rng.choice(16, count, replace=False)] = True
+        t = np.where(mask, rng.exponential(size=16), 0.0)  # masked terms are 0 (MASKED_PREACT)
+        t[np.flatnonzero(mask)[:2]] = t[np.flatnonzero(mask)[0]]  # a tie among the example's terms
+        real = np.sort(t[mask])[::-1]
+        ref = real[0] if gamma == "max" else real[: max(1, int(np.floor(count * gamma / 100)))].mean()
+        np.testing.assert_allclose(aggregate(jnp.asarray(t), gamma, jnp.asarray(mask)), ref, rtol=1e-12, err_msg=f"count={count}")
+
+
 @pytest.mark.parametrize("estimator,stratify", [("axes", False), ("gaussian", False), ("axes", True)])
 def test_sampled_estimator_is_unbiased(estimator, stratify):
     model = L.CNN((4, 4, 3), (2,), (6,), 2, rngs=nnx.Rngs(3), param_dtype=jnp.float64)
