@@ -325,8 +325,9 @@ class ResNet(nnx.Module):
     """Residual network of basic blocks; BatchNorm is its inference-time affine map.
 
     BatchNorm always uses its stored statistics, held constant in training too
-    (:func:`frozen_batchnorm`), so the network stays one piecewise-linear
-    function of each example; the paper's ResNet-18 variant replaces the
+    (:func:`frozen_batchnorm`) and kept in ``param_dtype`` (Flax keeps them in
+    float32), so the network stays one piecewise-linear function of each
+    example, float64 throughout when asked; the paper's ResNet-18 variant replaces the
     stem's max pooling by average pooling (App. I), which :func:`resnet18`
     builds. Convolutions pad like PyTorch's, so torchvision weights load
     exactly (:func:`lld_jax.load_torch_resnet`).
