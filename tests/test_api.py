@@ -47,7 +47,8 @@ def test_per_example_functions_compose_with_jit_and_vmap(name, kind, dtype):
 
     def close(a, b):
         # float32: entries that are sums with cancellation (gradients) are compared on the array's scale.
-        atol = 1e-30 if dtype == jnp.float64 else 1e-7 * float(np.abs(np.asarray(b, float)[np.isfinite(b)]).max(initial=0))
+        scale = float(np.abs(np.asarray(b, float)[np.isfinite(b)]).max(initial=0))
+        atol = (1e-14 if dtype == jnp.float64 else 1e-7) * scale
         np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), rtol=rtol, atol=atol)
 
     # Both variants chex.all_variants would run: without and with jit.

@@ -363,6 +363,14 @@ def test_multiprocess_fit_with_different_data_refused_on_every_process(tmp_path)
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+def test_multiprocess_fit_refused_on_one_process_stops_every_process(tmp_path):
+    """Process 1's own checks refuse its labels: it raises its error, process 0 is told and stops (no hang)."""
+    codes, logs = _two_processes(tmp_path, "bad-labels")
+    assert codes[0] != 0 and "process(es) [1] of this run refused their arguments" in logs[0], logs[0][-3000:]
+    assert codes[1] != 0 and "labels must be a 1-D array" in logs[1], logs[1][-3000:]
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 class ArraySource:
     """A BatchSource over host arrays with train_epoch's own shuffle: an independent path to the same batches."""
 

@@ -442,8 +442,8 @@ class ImageBatches:
         """
         if isinstance(self.paths, ImageRecords):
             images: list[Any] = [b"ImageRecords", self.paths.fingerprint()]
-        else:  # a path enters as its repr (a NumPy string as the str it holds: NumPy's own repr changes between versions)
-            images = [_array_bytes(p) if isinstance(p, np.ndarray) else str(p) if isinstance(p, np.str_) else p for p in self.paths]
+        else:  # a path enters as its repr (NumPy 2's for np.str_ paths, e.g. from an array of paths)
+            images = [_array_bytes(p) if isinstance(p, np.ndarray) else p for p in self.paths]
         h = hashlib.sha1()
         for part in (
             *images,

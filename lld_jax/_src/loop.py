@@ -53,14 +53,16 @@ def describe_run(params: PyTree, train: Split, val: Split) -> dict[str, Any]:
     }
 
 
-def check_processes_agree(record: dict[str, Any]) -> None:
+def check_processes_agree(record: dict[str, Any], *, refused: bool = False) -> None:
     """Refuses a multi-process run whose processes passed ``fit`` different data, parameters or settings.
 
     Each process takes its slice of every global batch from the whole split
     (or its source's shard), so a process with other data (another shuffle,
-    another subset) would train on a mix without any error. Every process compares the SHA-1 of
-    each part of its ``record`` (see :func:`describe_run`) with every other's
-    and all raise together (no process is left waiting in a collective).
+    another subset) would train on a mix without any error. Every process
+    compares the SHA-1 of each part of its ``record`` (see
+    :func:`describe_run`) with every other's, and whether any process
+    ``refused`` its arguments (its own checks failed; it raises its own error
+    next), so all stop together: none is left waiting in a collective.
     """
     if jax.process_count() == 1:
         return
@@ -75,8 +77,14 @@ def check_processes_agree(record: dict[str, Any]) -> None:
             for name, key in (("initial parameters", "init_sha1"), ("training data", "train_sha1"), ("validation data", "val_sha1"))
         },
     }
-    mine = np.stack([np.frombuffer(hashlib.sha1(json.dumps(v, sort_keys=True, default=str).encode()).digest(), np.uint8) for v in parts.values()])
-    seen = np.asarray(multihost_utils.process_allgather(mine))  # (processes, parts, 20)
+    digests = [np.frombuffer(hashlib.sha1(json.dumps(v, sort_keys=True, default=str).encode()).digest(), np.uint8) for v in parts.values()]
+    mine = np.stack([*digests, np.full(20, refused, np.uint8)])
+    seen = np.asarray(multihost_utils.process_allgather(mine))  # (processes, parts + 1, 20)
+    failed = [p for p in range(len(seen)) if seen[p, -1, 0]]
+    if failed and not refused:
+        raise ValueError(f"process(es) {failed} of this run refused their arguments to fit (their own error says why); every process stops.")
+    if refused:
+        return  # the caller raises this process's own error
     differ = {name: [p for p in range(len(seen)) if not np.array_equal(seen[p, i], seen[0, i])] for i, name in enumerate(parts)}
     differ = {name: procs for name, procs in differ.items() if procs}
     if differ:
@@ -235,20 +243,26 @@ def fit(
         the processes of a multi-process run passed different arguments.
       FloatingPointError: a non-finite loss; the last good checkpoint is kept.
     """
-    cfg.validate()
     train, val = (split if is_source(split) else tuple(np.asarray(a) for a in split) for split in (train, val))
-    shape = _check_split(net, params, cfg, "training", train)
-    _check_split(net, params, cfg, "validation", val)
-    dim = int(np.prod(shape))
-    if cfg.lam > 0 and cfg.regularizer == "sampled" and cfg.estimator == "axes" and cfg.num_samples > dim:
-        raise ValueError(f"num_samples={cfg.num_samples} exceeds the input dimension {dim}.")
-    if cfg.lam > 0 and cfg.regularizer != "sampled":
-        check_method(net, cfg.method, 2)  # the exact losses differentiate l2 norms; refused here, not at the first step
+    try:
+        cfg.validate()
+        shape = _check_split(net, params, cfg, "training", train)
+        _check_split(net, params, cfg, "validation", val)
+        dim = int(np.prod(shape))
+        if cfg.lam > 0 and cfg.regularizer == "sampled" and cfg.estimator == "axes" and cfg.num_samples > dim:
+            raise ValueError(f"num_samples={cfg.num_samples} exceeds the input dimension {dim}.")
+        if cfg.lam > 0 and cfg.regularizer != "sampled":
+            check_method(net, cfg.method, 2)  # the exact losses differentiate l2 norms; refused here, not at the first step
+        refusal = None
+    except (TypeError, ValueError) as err:
+        refusal = err
+    record = {"train": dataclasses.asdict(cfg), "experiment": experiment or {}, "run": describe_run(params, train, val)}
+    check_processes_agree(record, refused=refusal is not None)  # multi-process: every process stops if one does
+    if refusal is not None:
+        raise refusal
     main = jax.process_index() == 0
     rd = RunDir(run_dir, write=main)
     done = Checkpoints.latest_step(run_dir)
-    record = {"train": dataclasses.asdict(cfg), "experiment": experiment or {}, "run": describe_run(params, train, val)}
-    check_processes_agree(record)
     claim = {"mutable": ("train.epochs",), "defaults": TrainConfig.record_defaults()}
     diffs = rd.differences(record, **claim)
     if any(d.startswith(("run.train_sha1", "run.val_sha1")) for d in diffs):

@@ -284,7 +284,9 @@ def _bn(c: int, rngs: nnx.Rngs, param_dtype) -> nnx.BatchNorm:
     bn = nnx.BatchNorm(c, use_running_average=True, rngs=rngs, param_dtype=param_dtype)
     # Flax stores the statistics in float32 whatever param_dtype is: a float64 network would
     # round its BatchNorm slope to float32 (3e-7 relative), and eager and jitted calls differ there.
-    bn.mean, bn.var = nnx.BatchStat(bn.mean[...].astype(param_dtype)), nnx.BatchStat(bn.var[...].astype(param_dtype))
+    # (At least float32: bfloat16 weights keep float32 statistics, as before.)
+    dtype = jnp.promote_types(param_dtype, jnp.float32)
+    bn.mean, bn.var = nnx.BatchStat(bn.mean[...].astype(dtype)), nnx.BatchStat(bn.var[...].astype(dtype))
     return bn
 
 
@@ -325,8 +327,8 @@ class ResNet(nnx.Module):
     """Residual network of basic blocks; BatchNorm is its inference-time affine map.
 
     BatchNorm always uses its stored statistics, held constant in training too
-    (:func:`frozen_batchnorm`) and kept in ``param_dtype`` (Flax keeps them in
-    float32), so the network stays one piecewise-linear function of each
+    (:func:`frozen_batchnorm`) and kept in ``param_dtype`` or float32, whichever is
+    wider (Flax keeps them in float32), so the network stays one piecewise-linear function of each
     example, float64 throughout when asked; the paper's ResNet-18 variant replaces the
     stem's max pooling by average pooling (App. I), which :func:`resnet18`
     builds. Convolutions pad like PyTorch's, so torchvision weights load

@@ -279,7 +279,9 @@ class BatchSource(Protocol):
     source must shuffle as a function of ``(seed, e)`` only, so that a resumed
     run replays the same batches. ``len()`` is the number of batches per epoch,
     ``num_examples`` the split's size and ``fingerprint()`` a string that
-    changes with its content (recorded by :func:`lld_jax.training.fit`).
+    changes with its content (recorded by :func:`lld_jax.training.fit`); it
+    identifies the whole split, not the shard, so it is the same on every
+    process of a multi-process run (``fit`` compares them).
     """
 
     batch_size: int
