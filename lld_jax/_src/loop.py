@@ -255,6 +255,8 @@ def fit(
             check_method(net, cfg.method, 2)  # the exact losses differentiate l2 norms; refused here, not at the first step
         refusal = None
     except (TypeError, ValueError) as err:
+        if jax.process_count() == 1:
+            raise
         refusal = err
     record = {"train": dataclasses.asdict(cfg), "experiment": experiment or {}, "run": describe_run(params, train, val)}
     check_processes_agree(record, refused=refusal is not None)  # multi-process: every process stops if one does
