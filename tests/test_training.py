@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,7 +87,7 @@ def test_resumed_and_extended_run_equals_uninterrupted(tmp_path, regularizer):
     a, hist_a = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "a"), progress=False)
     fit(net, params, dataclasses.replace(cfg, epochs=1), (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False)
     b, hist_b = fit(net, params, cfg, (x, y), (x[:20], y[:20]), str(tmp_path / "b"), progress=False)
-    jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), jax.device_get(a), jax.device_get(b))
+    chex.assert_trees_all_equal(jax.device_get(a), jax.device_get(b))
     assert hist_a == hist_b and len(hist_b) == 3
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
@@ -105,9 +106,9 @@ def test_fit_returns_the_best_validation_epoch_not_the_last(tmp_path):
     assert k < cfg.epochs, "the setup must make an earlier epoch the best"
     # Training is deterministic: a run of k epochs ends where the long run was at epoch k (not at its last).
     stopped, _ = fit(net, params, dataclasses.replace(cfg, epochs=k), (x, y), val, str(tmp_path / "short"), progress=False)
-    jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), jax.device_get(best), jax.device_get(stopped))
+    chex.assert_trees_all_equal(jax.device_get(best), jax.device_get(stopped))
     loaded = L.training.load_best(str(tmp_path / "long"), params)
-    jax.tree.map(lambda u, v: np.testing.assert_array_equal(u, v), jax.device_get(best), jax.device_get(loaded))
+    chex.assert_trees_all_equal(jax.device_get(best), jax.device_get(loaded))
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, monkeypatch):
