@@ -159,7 +159,7 @@ def _best_epoch(history: list[dict]) -> int:
 def _evaluation(config: Config, net: lld_jax.Network, params: Any, data: MNIST) -> dict:
     """A report's measured part: the test-set evaluation, the validation one (``val``) and the device."""
     return {
-        **evaluate_model(net, params, data.test.x, data.test.y, scale=MNIST_STD, progress=config.progress),
+        **evaluate_model(net, params, data.test.x, data.test.y, scale=MNIST_STD, progress=config.progress, per_example=True),
         # Selection needs validation accuracy and l2 margins only: skip the costlier l1 margins.
         "val": evaluate_model(net, params, data.val.x, data.val.y, scale=MNIST_STD, ps=(2,), progress=config.progress),
         "device": str(jax.devices()[0].device_kind),
@@ -182,6 +182,10 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
         **_evaluation(config, net, params, data),
     }
     rd = RunDir(workdir, write=jax.process_index() == 0)
+    per_example = report.pop("per_example")
+    if rd.write:
+        # Per-example test results (pixel units) for paired comparisons across models and seeds.
+        np.savez_compressed(rd.file("eval.npz"), **per_example)
     rd.write_json("report.json", report)
     if rd.write:
         name = "Vanilla" if lam == 0 else f"ROLL (lam={lam:g}, gamma={gamma})"
@@ -213,6 +217,7 @@ def interim_report(config: Config, data: MNIST, workdir: str) -> dict:
         "interim": {"epochs_done": len(history), "best_epoch": _best_epoch(history)},
         **_evaluation(config, net, params, data),
     }
+    report.pop("per_example")
     rd.write_json("report_interim.json", report)
     return report
 

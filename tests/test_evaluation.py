@@ -36,6 +36,10 @@ def test_report_over_ragged_batches_equals_per_example_results():
     counts = L.count_regions(net, params, x)
     assert (r["num_patterns"], r["num_jacobians"]) == (counts.num_patterns, counts.num_jacobians)
     assert r["spearman_l1_l2"] == pytest.approx(spearmanr(m[1], m[2]).statistic, rel=1e-10)
+    per = evaluate_model(net, params, np.asarray(x), y, scale=0.5, batch_size=7, per_example=True)["per_example"]
+    np.testing.assert_array_equal(per["correct"], np.arange(17) >= 5)
+    for p in (1, 2):
+        np.testing.assert_allclose(per[f"margin_l{p}"], 0.5 * m[p], rtol=1e-10)
     only_l2 = evaluate_model(net, params, np.asarray(x), y, batch_size=7, ps=(2,))
     assert "margin_l1" not in only_l2 and "spearman_l1_l2" not in only_l2
     assert only_l2["margin_l2"]["P50"] == pytest.approx(np.percentile(m[2], 50), rel=1e-10)

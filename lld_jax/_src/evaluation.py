@@ -52,6 +52,7 @@ def evaluate_model(
     batch_size: int = 500,
     ps: tuple[int, ...] = (1, 2),
     progress: bool = False,
+    per_example: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, region counts, l_p margin percentiles (times ``scale``) and the l1/l2 Spearman correlation.
 
@@ -60,6 +61,9 @@ def evaluate_model(
         to report them in pixel units (paper App. G).
       ps: which margins to report, from (1, 2); (2,) skips the l1 margin (a
         forward pass per input axis), e.g. for validation-set model selection.
+      per_example: also return ``"per_example"``: NumPy arrays ``correct``
+        (bool, (N,)) and ``margin_l{p}`` ((N,), times ``scale``), so that two
+        models can be compared example by example (paired tests).
     """
     if not ps or not set(ps) <= {1, 2}:
         raise ValueError(f"ps must be a non-empty subset of (1, 2), got {ps!r}.")
@@ -95,6 +99,8 @@ def evaluate_model(
         report[f"margin_l{p}_min"] = float(v.min() * scale)
     if len(m) == 2:
         report["spearman_l1_l2"] = spearman(m[1], m[2])
+    if per_example:
+        report["per_example"] = {"correct": correct, **{f"margin_l{p}": v * scale for p, v in m.items()}}
     return report
 
 
