@@ -30,7 +30,7 @@ import numpy as np
 
 import lld_jax
 from benchmarks.run import timeit, write_json
-from experiments.mnist import DEFAULT_DATA, build_model
+from experiments.mnist import build_model
 from lld_jax.data import load_mnist
 
 
@@ -77,7 +77,7 @@ def precision_check(net, params, x) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default=DEFAULT_DATA, help="folder with the four MNIST IDX files")
+    ap.add_argument("--data-dir", default=None, help="folder with the four MNIST IDX files (default: lld_jax.data.locate's search)")
     ap.add_argument("--out", default="benchmarks/results_accelerator.json")
     ap.add_argument("--test-size", type=int, default=None, help="test images to time (default: all 10k)")
     ap.add_argument("--precision-examples", type=int, default=512)
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     dev = jax.devices()[0]
     info = {"device": f"{dev.platform}:{dev.device_kind}", "num_devices": jax.device_count(), "machine": platform.machine(), "jax": jax.__version__}
     print(json.dumps(info), flush=True)
-    x = load_mnist(args.data_dir, test_size=args.test_size).test.x
+    x = load_mnist(args.data_dir, val_size=1, test_size=args.test_size).test.x  # test images only: the split is irrelevant
     net, params = build_model((300, 300, 300, 300), seed=0, init="torch")
     result = {"info": info}
     x64 = jax.config.jax_enable_x64  # the tests run with 64-bit types on: leave the setting as found

@@ -3,6 +3,7 @@
 import os
 import sys
 
+# The repository root, for a build from a checkout without an install (the tests build a copy and rely on the install).
 sys.path.insert(0, os.path.abspath(".."))
 
 project = "lld-jax"

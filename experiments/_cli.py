@@ -19,7 +19,9 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+from lld_jax.data import DownloadError
+
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, DownloadError)
 
 
 def parse_gamma(s: str) -> str | float:

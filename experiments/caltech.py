@@ -58,12 +58,11 @@ from flax import nnx
 
 import lld_jax
 from experiments import _cli, _figures
-from lld_jax.data import ImageBatches, ImageRecords, channel_stats, load_image, scan_image_folder, split_per_class, tfds_image_source
+from lld_jax.data import ImageBatches, ImageRecords, channel_stats, load_image, locate, scan_image_folder, split_per_class, tfds_image_source
 from lld_jax.evaluation import percentiles
 from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
 
 BACKGROUND = "BACKGROUND_Google"  # Caltech-101's clutter class, left out by default
-DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "caltech101", "101_ObjectCategories")
 MODELS = ("vanilla", "roll")
 PAPER_TABLE3 = {  # paper Table 3 (camera-ready Table 4), ResNet-18 on Caltech-256 at 299x299
     "vanilla": {"p1": 0.807, "p5": 0.934, "expected": (583.8, 777.4, 1041.9, 3666.7), "max": (840.9, 1118.2, 1477.6, 5473.5), "changed": 42},
@@ -105,7 +104,10 @@ class Config:
     """Settings of the image experiment; ``None`` fields take the preset's value."""
 
     out: str = dataclasses.field(default="runs/caltech", metadata={"help": "output directory: one run directory per model, table3.md, figures"})
-    data_dir: str = dataclasses.field(default=DEFAULT_DATA, metadata={"help": "image folder with one sub-folder per class"})
+    data_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "image folder with one sub-folder per class (None: $LLD_JAX_DATA/caltech101 or the cache, see lld_jax.data.locate)"},
+    )
     tfds: str | None = dataclasses.field(
         default=None,
         metadata={
@@ -236,10 +238,10 @@ class ImageData:
             keep, labels, names = _exclude_classes(labels, names, config.exclude, where)
             images = images[keep]
         else:
-            if not os.path.isdir(config.data_dir):
-                raise FileNotFoundError(f"image folder {config.data_dir} not found: pass --data-dir, a folder with one sub-folder per class.")
-            where = config.data_dir
-            paths, labels, names = scan_image_folder(config.data_dir, exclude=config.exclude)
+            where = locate("caltech101", config.data_dir, download=False)
+            if not os.path.isdir(where):
+                raise FileNotFoundError(f"image folder {where} not found: pass --data-dir, a folder with one sub-folder per class.")
+            paths, labels, names = scan_image_folder(where, exclude=config.exclude)
             images = np.asarray(paths)
         if config.classes is not None:
             if config.classes > len(names):
@@ -408,7 +410,9 @@ def run_model(config: Config, data: ImageData, name: str) -> dict:
     cfg = config.train_config(lam)
     net, params = build_model(config, len(data.class_names), data.mean, data.std)
     experiment = {
-        "dataset": f"tfds:{config.tfds}" if config.tfds else os.path.basename(os.path.normpath(config.data_dir)),
+        "dataset": f"tfds:{config.tfds}"
+        if config.tfds
+        else os.path.basename(os.path.normpath(locate("caltech101", config.data_dir, download=False))),
         "classes": len(data.class_names),
         "size": config.size,
         "train_size": len(data.train),

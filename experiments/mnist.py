@@ -36,7 +36,6 @@ from lld_jax.data import MNIST, MNIST_STD, load_mnist
 from lld_jax.evaluation import evaluate_model, table1_markdown
 from lld_jax.training import RunDir, TrainConfig, fit, load_best, maybe_initialize_distributed
 
-DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 MNIST_TRAIN, MNIST_TEST = 60000, 10000
 
 
@@ -45,7 +44,10 @@ class Config:
     """Every setting of an MNIST run or grid (paper App. G defaults)."""
 
     out: str = dataclasses.field(default="runs/mnist", metadata={"help": "run directory (resumed if it exists)"})
-    data_dir: str = dataclasses.field(default=DEFAULT_DATA, metadata={"help": "folder with the four MNIST IDX files"})
+    data_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "folder with the four MNIST IDX files (None: $LLD_JAX_DATA/mnist, the cache, or a verified download)"}
+    )
+    download: bool = dataclasses.field(default=True, metadata={"help": "fetch MNIST (checksummed) when it is not found"})
     train_size: int | None = dataclasses.field(default=None, metadata={"help": "use only the first N training examples"})
     val_size: int = 5000
     test_size: int | None = dataclasses.field(default=None, metadata={"help": "evaluate on the first N test examples"})
@@ -134,7 +136,7 @@ def build_model(widths: Sequence[int], seed: int, init: str = "torch") -> tuple[
 
 
 def load(config: Config) -> MNIST:
-    return load_mnist(config.data_dir, val_size=config.val_size, train_size=config.train_size, test_size=config.test_size)
+    return load_mnist(config.data_dir, val_size=config.val_size, train_size=config.train_size, test_size=config.test_size, download=config.download)
 
 
 def _experiment(config: Config, data: MNIST) -> dict:
@@ -268,7 +270,7 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
     """Vanilla plus every grid point, the selection, Table 1 and Figure 2 in ``workdir``."""
     config.validate()
     rd = RunDir(workdir, write=jax.process_index() == 0)
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress", "data_dir")}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress", "data_dir", "download")}
     rd.claim({"grid": settings}, mutable=("grid.epochs",))  # the grid's own record, beside each run's
     data = load(config)
     reports = {"vanilla": run_one(config, data, 0.0, 0.0, 100.0, os.path.join(workdir, "vanilla"))}

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import _cli, _figures
-from experiments.mnist import DEFAULT_DATA, build_model
+from experiments.mnist import build_model
 from lld_jax.data import load_mnist
 from lld_jax.slices import draw_regions, enumerate_slice
 from lld_jax.training import RunDir, load_best
@@ -40,14 +40,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     dflt = " (default: %(default)s)"
     ap.add_argument("runs", nargs="+", help="run directories written by experiments.mnist")
-    ap.add_argument("--data-dir", default=DEFAULT_DATA, help="MNIST idx files" + dflt)
+    ap.add_argument("--data-dir", default=None, help="MNIST IDX files (default: $LLD_JAX_DATA/mnist, the cache, or a verified download)")
     ap.add_argument("--digits", type=int, nargs=3, default=[0, 1, 2], help="indices of three test images" + dflt)
     ap.add_argument("--max-regions", type=int, default=300_000, help="stop enumerating a slice beyond this many regions" + dflt)
     ap.add_argument("--out", default="runs/mnist_slice", help="output directory (figure and mnist_slice.json)" + dflt)
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = ap.parse_args(argv)
     jax.config.update("jax_enable_x64", True)  # exact geometry on the slice
-    test = load_mnist(args.data_dir).test
+    test = load_mnist(args.data_dir, val_size=1).test  # test images only: the split is irrelevant
     if not all(0 <= d < len(test.x) for d in args.digits):
         raise ValueError(f"--digits must be indices of test images in [0, {len(test.x)}), got {args.digits}.")
     runs = [(run, *load_run(run)) for run in args.runs]  # every run checked before any work

@@ -42,7 +42,6 @@ from lld_jax.data import Split, load_japanese_vowels, pad_sequences, sequence_le
 from lld_jax.evaluation import evaluate_model, table1_markdown
 from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
 
-DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "japanese-vowels")
 UNIT = 1e-6  # Table 2 reports margins in units of 1e-6 of the raw features
 CHANNEL = 8  # Figure 3 shows the 9th channel
 PAPER_POINTS = ((2.0**-5, 2.0**4), (2.0**-1, 2.0**2))  # Table 2's selected ROLL models
@@ -53,7 +52,11 @@ class Config:
     """Every setting of a Japanese Vowels run or grid (paper App. H where stated)."""
 
     out: str = dataclasses.field(default="runs/vowels", metadata={"help": "run directory (resumed if it exists)"})
-    data_dir: str = dataclasses.field(default=DEFAULT_DATA, metadata={"help": "folder with the UCI files ae.train and ae.test"})
+    data_dir: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "folder with the UCI files ae.train and ae.test (None: $LLD_JAX_DATA/japanese-vowels, the cache, or a verified download)"},
+    )
+    download: bool = dataclasses.field(default=True, metadata={"help": "fetch the UCI files (checksummed) when they are not found"})
     val_size: int = dataclasses.field(
         default=0, metadata={"help": "validation sequences per speaker from the training set; 0 = select on test (paper)"}
     )
@@ -128,7 +131,7 @@ class VowelsData:
     """The padded splits of one config: ``train``, ``val`` (or ``None``) and ``test``, each a :class:`~lld_jax.data.Split`."""
 
     def __init__(self, config: Config):
-        raw = load_japanese_vowels(config.data_dir)
+        raw = load_japanese_vowels(config.data_dir, download=config.download)
         length = max(len(s) for s in raw.train.x + raw.test.x)
         pad = lambda seqs: pad_sequences(seqs, length=length)
         rng = np.random.default_rng(config.seed)
@@ -319,7 +322,7 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
     """Vanilla plus every grid point, the selection, Table 2 and Figure 3 in ``workdir``."""
     config.validate()
     rd = RunDir(workdir, write=jax.process_index() == 0)
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress", "data_dir", "collect")}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress", "data_dir", "download", "collect")}
     rd.claim({"grid": settings}, mutable=("grid.epochs",))
     data = VowelsData(config)
     dirs = {"vanilla": os.path.join(workdir, "vanilla")}

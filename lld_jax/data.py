@@ -1,6 +1,7 @@
-"""Local data loaders (no network needed): MNIST, Japanese Vowels, image folders; sequence padding; optional TFDS image sources."""
+"""Data loaders: MNIST, Japanese Vowels, image folders (found or fetched by :func:`locate`); sequence padding; optional TFDS image sources."""
 
 from lld_jax._src.data import MNIST, MNIST_MEAN, MNIST_STD, Split, load_mnist, read_idx
+from lld_jax._src.download import DATA_ENV, DownloadError, cache_dir, locate
 from lld_jax._src.image_folder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -17,6 +18,10 @@ from lld_jax._src.image_records import ImageRecords, tfds_image_source
 from lld_jax._src.sequences import Sequences, Vowels, load_japanese_vowels, pad_sequences, sequence_lengths
 
 __all__ = [
+    "DATA_ENV",
+    "DownloadError",
+    "cache_dir",
+    "locate",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageBatch",

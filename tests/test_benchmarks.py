@@ -1,16 +1,12 @@
 """The accelerator session's prepared check runs end to end here (tiny sizes), so it cannot rot before a GPU is lent."""
 
 import json
-import os
 
-import pytest
+from fixtures import MNIST_DIR as DATA
 
 from benchmarks import accelerator
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
-
-@pytest.mark.skipif(not os.path.isdir(DATA), reason="shared MNIST data not present")
 def test_accelerator_check_writes_precision_and_timings(tmp_path):
     out = tmp_path / "acc.json"
     accelerator.main(["--data-dir", DATA, "--out", str(out), "--test-size", "16", "--precision-examples", "8", "--repeats", "1"])

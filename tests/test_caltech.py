@@ -5,25 +5,24 @@ import os
 
 import numpy as np
 import pytest
+from fixtures import CALTECH_DIR as DATA
 
 from experiments import caltech
 
-DATA = caltech.DEFAULT_DATA
 TINY = [
-    "--classes", "3", "--train-per-class", "8", "--size", "16", "--widths", "4", "8", "--blocks", "1", "1", "--epochs", "1",
+    "--data-dir", DATA, "--classes", "3", "--train-per-class", "4", "--num-val", "2", "--num-test", "4", "--size", "16", "--widths", "4", "8", "--blocks", "1", "1", "--epochs", "1",
     "--batch-size", "8", "--num-samples", "6", "--eval-images", "4", "--uniform-samples", "8", "--population", "8",
     "--generations", "1", "--ig-steps", "4", "--no-progress",
 ]  # fmt: skip
 
 
-@pytest.mark.skipif(not os.path.isdir(DATA), reason="shared Caltech-101 data not present")
 def test_tiny_run_writes_table_figures_and_resumes(tmp_path):
     out = str(tmp_path / "run")
     reports = caltech.run(caltech.parse([*TINY, "--out", out]))
     for name in ("vanilla", "roll"):
         r = reports[name]
         assert 0 <= r["precision_at_1"] <= r["precision_at_5"] <= 1
-        assert r["num_test"] == 3 * 15 and r["num_evaluated"] == 4 and r["experiment"]["train_size"] == 3 * 8
+        assert r["num_test"] == 3 * 4 and r["num_evaluated"] == 4 and r["experiment"]["train_size"] == 3 * 4
         for key in ("expected_distortion", "max_distortion"):
             vals = [r[key][p] for p in ("P25", "P50", "P75", "P100")]
             assert vals == sorted(vals) and vals[0] >= 0

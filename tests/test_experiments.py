@@ -2,20 +2,18 @@
 
 import dataclasses
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import MNIST_DIR
 from flax import nnx
 
 import lld_jax as L
 from experiments import _cli, mnist, mnist_slice, toy2d
 from lld_jax.slices import draw_points, draw_regions, enumerate_slice
 
-MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
-needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="shared MNIST data not present")
 TINY = mnist.Config(data_dir=MNIST_DIR, train_size=128, val_size=64, test_size=64, widths=(16, 16), epochs=1, progress=False)
 
 
@@ -27,7 +25,6 @@ def _png(path):
     return img.shape[:2]
 
 
-@needs_mnist
 def test_mnist_report_matches_an_independent_evaluation(tmp_path):
     cfg = dataclasses.replace(TINY, lam=2.0, C=1.0, regularizer="sampled", widths=(32, 32))
     report = mnist.train_and_evaluate(cfg, str(tmp_path))
@@ -57,7 +54,6 @@ def test_mnist_report_matches_an_independent_evaluation(tmp_path):
         mnist.interim_report(cfg, data, str(tmp_path / "nothing"))
 
 
-@needs_mnist
 def test_mnist_grid_selects_and_plots(tmp_path):
     cfg = dataclasses.replace(TINY, grid=True, grid_lam=(0.5, 2.0), grid_C=(1.0,), grid_gamma=("max", 100.0))
     reports, picks = mnist.run_grid(cfg, str(tmp_path))
@@ -74,7 +70,6 @@ def test_mnist_grid_selects_and_plots(tmp_path):
     assert sorted(cross.points()) == [(0.5, 0.5, 100.0), (0.5, 1.0, 100.0), (2.0, 1.0, 100.0), (4.0, 1.0, 100.0)]
 
 
-@needs_mnist
 def test_run_directory_refuses_other_data_or_architecture(tmp_path):
     mnist.train_and_evaluate(TINY, str(tmp_path))
     for change, field in [({"train_size": 100}, "experiment.train_size"), ({"widths": (8, 8)}, "experiment.widths"), ({"lr": 0.1}, "train.lr")]:
@@ -87,7 +82,6 @@ def test_run_directory_refuses_other_data_or_architecture(tmp_path):
     assert report["best_epoch"] == 1 + int(np.argmin([h["val_loss"] for h in history]))
 
 
-@needs_mnist
 def test_mnist_slice_rebuilds_the_recorded_architecture(tmp_path):
     mnist.train_and_evaluate(dataclasses.replace(TINY, widths=(12, 10)), str(tmp_path / "run"))
     net, params, cfg = mnist_slice.load_run(str(tmp_path / "run"))

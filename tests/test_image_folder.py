@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fixtures import CALTECH_CLASSES as SMALL
+from fixtures import CALTECH_DIR as CALTECH
 from PIL import Image
 
 from lld_jax._src import image_folder as imf
@@ -28,14 +30,9 @@ from lld_jax._src.image_folder import (
 )
 from lld_jax._src.image_records import ImageRecords, tfds_image_source
 
-CALTECH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "caltech101", "101_ObjectCategories")
-CALTECH = os.path.normpath(os.environ.get("LLD_CALTECH101", CALTECH))
-needs_caltech = pytest.mark.skipif(not os.path.isdir(CALTECH), reason="Caltech-101 not found (set LLD_CALTECH101)")
-SMALL = ("binocular", "inline_skate", "metronome")  # 33, 31, 32 images; binocular/0003 and metronome/0007 are grayscale
-
 
 def real_subset(k: int = 10) -> tuple[list[str], np.ndarray]:
-    """The first ``k`` images of three small Caltech-101 classes (read in place, never copied)."""
+    """The first ``k`` images of each class of the committed Caltech-101 excerpt (10 per class; 4 grayscale in all)."""
     paths, labels = [], []
     for c, name in enumerate(SMALL):
         files = sorted(os.listdir(os.path.join(CALTECH, name)))[:k]
@@ -63,16 +60,14 @@ def synthetic_folder(root, counts: dict[str, int], side: int = 12) -> None:
 # ---------------------------------------------------------------- scanning
 
 
-@needs_caltech
-def test_scan_real_caltech_counts_and_background_class():
+def test_scan_real_caltech_counts_and_excluded_class():
     paths, labels, names = scan_image_folder(CALTECH)
-    assert len(names) == 102 and names == sorted(names) and "BACKGROUND_Google" in names
-    assert len(paths) == 9144 and labels.dtype == np.int32 and labels.shape == (9144,)  # BACKGROUND_Google/tmp has no extension
-    assert np.all(np.diff(labels) >= 0) and set(labels.tolist()) == set(range(102))
-    assert np.bincount(labels)[names.index("inline_skate")] == 31 and np.bincount(labels)[names.index("airplanes")] == 800
-    assert all(os.path.basename(os.path.dirname(p)) == names[y] for p, y in zip(paths[::97], labels[::97]))
-    paths2, labels2, names2 = scan_image_folder(CALTECH, exclude=("BACKGROUND_Google",))
-    assert len(names2) == 101 and "BACKGROUND_Google" not in names2 and len(paths2) == 8677 and labels2.max() == 100
+    assert names == ["BACKGROUND_Google", *SMALL] and len(paths) == 34 and labels.dtype == np.int32 and labels.shape == (34,)
+    assert np.array_equal(np.bincount(labels), [4, 10, 10, 10])
+    assert all(os.path.basename(os.path.dirname(p)) == names[y] for p, y in zip(paths, labels))
+    assert [os.path.basename(p) for p in paths[4:14]] == sorted(os.listdir(os.path.join(CALTECH, SMALL[0])))
+    paths2, labels2, names2 = scan_image_folder(CALTECH, exclude=("BACKGROUND_Google", "airplanes"))
+    assert names2 == ["Motorbikes", "wrench"] and len(paths2) == 20 and labels2.max() == 1
 
 
 def test_scan_skips_hidden_and_non_images_and_walks_subfolders(tmp_path):
@@ -120,16 +115,15 @@ def check_split(labels, train, val, test, num_val=5, num_test=15):
         assert (labels[train] == c).sum() == (labels == c).sum() - num_val - num_test
 
 
-@needs_caltech
-def test_split_real_caltech_5_15_rest_deterministic():
+def test_split_real_caltech_per_class_deterministic():
     _, labels, names = scan_image_folder(CALTECH)
-    a = split_per_class(labels, seed=0, class_names=names)
-    check_split(labels, *a)
-    assert len(a[1]) == 5 * 102 and len(a[2]) == 15 * 102
-    b = split_per_class(labels, seed=0)
+    a = split_per_class(labels, num_val=1, num_test=2, seed=0, class_names=names)
+    check_split(labels, *a, num_val=1, num_test=2)
+    assert len(a[1]) == 1 * 4 and len(a[2]) == 2 * 4
+    b = split_per_class(labels, num_val=1, num_test=2, seed=0)
     assert all(np.array_equal(u, v) for u, v in zip(a, b))
-    c = split_per_class(labels, seed=1)
-    check_split(labels, *c)
+    c = split_per_class(labels, num_val=1, num_test=2, seed=1)
+    check_split(labels, *c, num_val=1, num_test=2)
     assert not np.array_equal(a[1], c[1]) and not np.array_equal(a[2], c[2])
 
 
@@ -151,11 +145,10 @@ def test_split_custom_counts_and_errors():
 # ---------------------------------------------------------------- decoding
 
 
-@needs_caltech
 def test_load_real_images_shapes_grayscale_and_repeatability():
     paths, _ = real_subset()
     gray = [p for p in paths if Image.open(p).mode == "L"]
-    assert len(gray) >= 2  # binocular/image_0003, metronome/image_0007
+    assert len(gray) == 4  # two in Motorbikes, two in wrench
     for p in paths:
         x = load_image(p)
         assert x.shape == (299, 299, 3) and x.dtype == np.uint8
@@ -204,7 +197,6 @@ def test_pixel_modes_become_rgb(tmp_path):
     assert np.array_equal(load_image(cases["RGBA"], 7, resize="stretch"), load_image(write_image(tmp_path / "rgb.png", rgb), 7, resize="stretch"))
 
 
-@needs_caltech
 def test_corrupt_truncated_and_missing_files_are_named(tmp_path):
     fake = tmp_path / "cls" / "image_0001.jpg"
     fake.parent.mkdir()
@@ -263,7 +255,6 @@ def test_channel_stats_exact_on_solid_images(tmp_path):
 # ---------------------------------------------------------------- streaming batches
 
 
-@needs_caltech
 def test_batches_visit_every_real_image_once_per_epoch_padded_and_masked():
     paths, classes = real_subset()
     n = len(paths)  # 30
@@ -646,3 +637,26 @@ def test_caltech_with_tfds_matches_the_same_images_in_a_folder(tmp_path, monkeyp
     assert not any(c["download"] for c in calls["data_source"]) and all(c["data_dir"] is None for c in calls["data_source"])
     with pytest.raises(ValueError, match=r"--exclude names classes that TFDS data set 'fake_caltech' does not hold: \['dgo'\]"):
         caltech.ImageData.load(caltech.parse(["--tfds", "fake_caltech", "--exclude", "dgo", *flags]).resolved())
+
+
+def test_links_never_put_one_file_in_two_splits_or_under_two_labels(tmp_path):
+    synthetic_folder(tmp_path, {"cat": 6, "dog": 6})
+    # A folder linked into its own class and a file linked to a sibling: each file is listed once.
+    os.symlink(tmp_path / "dog", tmp_path / "dog" / "again")
+    os.symlink(tmp_path / "dog" / "img_000.png", tmp_path / "dog" / "copy.png")
+    paths, labels, names = scan_image_folder(str(tmp_path))
+    assert names == ["cat", "dog"] and len(paths) == 12 and np.array_equal(np.bincount(labels), [6, 6])
+    real = [os.path.realpath(p) for p in paths]
+    assert len(set(real)) == 12
+    train, val, test = split_per_class(labels, num_val=1, num_test=2, seed=0)
+    groups = [{real[i] for i in part} for part in (train, val, test)]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    # A folder of one class linked into another: one image, two labels, refused with both paths.
+    os.symlink(tmp_path / "dog", tmp_path / "cat" / "more")
+    with pytest.raises(ValueError, match=r"dog/\w+\.png' \(class 'dog'\) and '.*cat/more/\w+\.png' \(class 'cat'\) are the same file.*two labels"):
+        scan_image_folder(str(tmp_path))
+    os.remove(tmp_path / "cat" / "more")
+    # A file of one class linked from another, too.
+    os.symlink(tmp_path / "cat" / "img_001.png", tmp_path / "dog" / "stolen.png")
+    with pytest.raises(ValueError, match="two labels"):
+        scan_image_folder(str(tmp_path))

@@ -1,19 +1,17 @@
 """Recurrent nets: scoRNN stays orthogonal, padded sequences give exactly the results of the sequence alone,
 stability bounds equal one-direction margins, and the Japanese Vowels loader reads the real files."""
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import VOWELS_DIR as VOWELS
 from flax import nnx
 
 import lld_jax as L
 from lld_jax.data import load_japanese_vowels, pad_sequences, sequence_lengths
 from lld_jax.training import TrainConfig, Trainer
 
-VOWELS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "japanese-vowels")
 F, H = 3, 6
 
 
@@ -163,14 +161,16 @@ def test_stability_bounds_equal_one_direction_margins():
 
 
 def test_japanese_vowels_loader_reads_the_real_files():
+    # The committed excerpt (gzipped UCI lines, size_ae counts): 6 training and 4 test utterances per speaker.
     raw = load_japanese_vowels(VOWELS)
     ts = load_japanese_vowels(VOWELS, source="ts")
-    assert len(raw.train.x) == 270 and len(raw.test.x) == 370
-    assert sum(len(s) for s in raw.train.x) == 4274 and sum(len(s) for s in raw.test.x) == 5687
+    assert len(raw.train.x) == 54 and len(raw.test.x) == 36
     assert {s.shape[1] for s in raw.train.x + raw.test.x} == {12}
-    lens = [len(s) for s in raw.test.x]
-    assert min(lens) == 7 and max(lens) == 29
-    np.testing.assert_array_equal(np.bincount(raw.test.y), [31, 35, 88, 44, 29, 24, 40, 50, 29])
+    assert all(7 <= len(s) <= 29 for s in raw.train.x + raw.test.x)
+    np.testing.assert_array_equal(raw.train.y, np.repeat(np.arange(9), 6))
+    np.testing.assert_array_equal(raw.test.y, np.repeat(np.arange(9), 4))
+    # Line 1 of ae.train as written (speaker 1, utterance 1, frame 1), read independently of the loader.
+    np.testing.assert_allclose(raw.train.x[0][0, :3], [1.860936, -0.207383, 0.261557], rtol=1e-6)
     for a, b in zip(raw.train.x + raw.test.x, ts.train.x + ts.test.x):  # two independent copies of the data
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(raw.train.y, ts.train.y)
@@ -193,3 +193,32 @@ def test_loader_and_padding_errors(tmp_path):
         pad_sequences([np.ones((3, 2)), np.ones((3, 4))])
     with pytest.raises(ValueError, match=r"shape \(T, 4\)"):
         L.from_nnx(_model("scornn"))[0].apply(L.from_nnx(_model("scornn"))[1], jnp.ones((5, 3)))
+
+
+def test_vowels_files_are_checked_line_by_line(tmp_path):
+    row = lambda n: ",".join(["0.5"] * n)
+    header = "@problemName JapaneseVowels\n@data\n"
+    good = ":".join([row(7)] * 12)
+
+    def write_ts(train_line, test_line=None):
+        (tmp_path / "JapaneseVowels_TRAIN.ts").write_text(header + train_line + "\n")
+        (tmp_path / "JapaneseVowels_TEST.ts").write_text(header + (test_line or good + ":1") + "\n")
+
+    write_ts(":".join([row(7)] * 11) + ":1")  # 11 channels: the issue's case
+    with pytest.raises(ValueError, match=r"TRAIN.ts, line 3: 11 channels, expected 12"):
+        load_japanese_vowels(str(tmp_path), source="ts")
+    write_ts(good + ":0")  # label 0: there is no speaker 0
+    with pytest.raises(ValueError, match=r"TRAIN.ts, line 3: label 0 is not a speaker 1-9"):
+        load_japanese_vowels(str(tmp_path), source="ts")
+    write_ts(":".join([row(7)] * 11 + [row(6)]) + ":1")
+    with pytest.raises(ValueError, match="different lengths"):
+        load_japanese_vowels(str(tmp_path), source="ts")
+    # A folder where a file belongs, and a binary file: one error naming the path.
+    (tmp_path / "ae.train").mkdir()
+    (tmp_path / "ae.test").write_bytes(b"\x00\xff\xfe binary")
+    with pytest.raises(ValueError, match=r"ae.train is a folder"):
+        load_japanese_vowels(str(tmp_path))
+    (tmp_path / "ae.train").rmdir()
+    (tmp_path / "ae.train").write_bytes(b"\xff\xfe\x00 not text")
+    with pytest.raises(ValueError, match=r"ae.train is not a readable text file"):
+        load_japanese_vowels(str(tmp_path))

@@ -17,13 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import MNIST_DIR
 from flax import nnx
 
 import lld_jax as L
 from lld_jax.data import load_mnist, read_idx
 from lld_jax.training import RunDir, TrainConfig, Trainer, data_mesh, fit, lr_schedule, make_optimizer
-
-MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
 
 
 def crash_config():
@@ -277,17 +276,21 @@ def test_training_reduces_loss_and_roll_enlarges_margins(tmp_path):
     assert mr > 2 * mv, (mr, mv)
 
 
-@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="shared MNIST data not present")
 def test_mnist_loader_reads_real_files():
-    data = load_mnist(MNIST_DIR)
-    assert data.train.x.shape == (55000, 28, 28) and data.val.x.shape == (5000, 28, 28)
-    assert data.test.x.shape == (10000, 28, 28)
-    labels = np.concatenate([data.train.y, data.val.y])
-    np.testing.assert_array_equal(np.bincount(labels), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
-    # Normalised with the paper's constants: the train mean is ~0 and std ~1.
-    allx = np.concatenate([data.train.x, data.val.x])
-    assert abs(allx.mean()) < 1e-3 and abs(allx.std() - 1) < 1e-3
-    assert load_mnist(MNIST_DIR, train_size=100).train.x.shape[0] == 100
+    # The committed excerpt: the first 500 training and 200 test images of MNIST.
+    raw = read_idx(os.path.join(MNIST_DIR, "train-labels-idx1-ubyte.gz"))
+    np.testing.assert_array_equal(raw[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])  # MNIST's well-known first training labels
+    np.testing.assert_array_equal(read_idx(os.path.join(MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))[:10], [7, 2, 1, 0, 4, 1, 4, 9, 5, 9])
+    data = load_mnist(MNIST_DIR, val_size=100)
+    assert data.train.x.shape == (400, 28, 28) and data.val.x.shape == (100, 28, 28) and data.test.x.shape == (200, 28, 28)
+    # The validation set is the first val_size indices of a RandomState(1) permutation (paper's code).
+    perm = np.random.RandomState(1).permutation(500)
+    np.testing.assert_array_equal(data.val.y, raw[perm[:100]])
+    np.testing.assert_array_equal(data.train.y, raw[perm[100:]])
+    # Normalised with the paper's constants: pixel 0 and 255 map to (0 - 0.1307) / 0.3081 and (1 - 0.1307) / 0.3081.
+    images = read_idx(os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz"))
+    np.testing.assert_allclose(data.val.x, (images[perm[:100]] / 255.0 - 0.1307) / 0.3081, rtol=1e-6, atol=1e-6)
+    assert load_mnist(MNIST_DIR, val_size=100, train_size=100).train.x.shape[0] == 100
 
 
 def test_mnist_loader_errors(tmp_path):

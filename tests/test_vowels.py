@@ -2,16 +2,15 @@
 
 import dataclasses
 import json
-import os
 
 import jax
 import numpy as np
 import pytest
+from fixtures import VOWELS_DIR
 
 import lld_jax as L
 from experiments import vowels
 
-VOWELS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "japanese-vowels")
 TINY = vowels.Config(data_dir=VOWELS_DIR, hidden=8, epochs=1, train_size=36, test_size=24, progress=False)
 
 
@@ -30,7 +29,8 @@ def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
         assert k is None or f"ROLL {k} ({slot})" in table
     # The report's numbers, recomputed from the reloaded best checkpoint.
     data = vowels.VowelsData(cfg)
-    assert data.train.x.shape == (36, 29, 13)
+    raw = L.data.load_japanese_vowels(VOWELS_DIR)
+    assert data.length == max(len(s) for s in raw.train.x + raw.test.x) and data.train.x.shape == (36, data.length, 13)
     assert len(data.val.x) == 18 and not set(map(bytes, data.val.x)) & set(map(bytes, data.train.x))
     roll = "lam0.5_C4"
     net, params = vowels.load_params(cfg, str(tmp_path / roll), data.length)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lld_jax._src.declarations import declaration_mismatch, declared_names
 from lld_jax._src.network import Network, PyTree, hidden_shapes
 
 Array = jax.Array
@@ -176,6 +177,16 @@ def check_values(net: Network, params: PyTree, x: Array, *, batched: bool, name:
         not_finite(params),
         "the parameters contain NaN or Inf{where}: the network's regions are undefined. Check the checkpoint or the training run that produced them.",
     )
+    names = declared_names(net)
+    if names:
+        mismatch = (jax.vmap if batched else lambda f: f)(lambda u: declaration_mismatch(net, params, u))(x)
+        x = error_if(
+            x,
+            mismatch,
+            f"the network's declared structure ({names}) does not reproduce its own pre-activations{{where}}: the fast paths "
+            "would compute on the declaration, not on the network. Fix the declaration (e.g. a LeakyReLU model must declare "
+            "negative_slope; dense_layers must return the module's own weights), or drop it (as_network(apply) alone).",
+        )
     if probe:
         out_bent, pre_bent = (jax.vmap if batched else lambda f: f)(lambda u: _curvature(net, params, u))(x)
         advice = (

@@ -1,4 +1,4 @@
-"""Local data loaders (no network needed): MNIST-format IDX files.
+"""MNIST-format IDX files (found or fetched by :func:`lld_jax.data.locate`).
 
 The paper's MNIST protocol (App. G): normalise with mean 0.1307 and std 0.3081;
 split the 60k training images into 55k train / 5k validation, the validation
@@ -12,6 +12,8 @@ import os
 from typing import NamedTuple
 
 import numpy as np
+
+from lld_jax._src.download import locate
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 _FILES = {
@@ -63,20 +65,33 @@ def _find(data_dir: str, stem: str) -> str:
     )
 
 
-def load_mnist(data_dir: str, *, val_size: int = 5000, seed: int = 1, train_size: int | None = None, test_size: int | None = None) -> MNIST:
+def load_mnist(
+    data_dir: str | None = None,
+    *,
+    val_size: int = 5000,
+    seed: int = 1,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    download: bool = True,
+) -> MNIST:
     """Loads MNIST (or Fashion-MNIST) from IDX files with the paper's split and normalisation.
 
     Args:
-      data_dir: folder holding the four IDX files (gzipped or not).
+      data_dir: folder holding the four IDX files (gzipped or not); None:
+        :func:`lld_jax.data.locate` finds MNIST (``$LLD_JAX_DATA``, the cache)
+        or downloads it, checksummed.
       val_size: validation examples taken from the training set.
       seed: seed of the permutation that picks the validation set (paper: 1).
       train_size: keep only the first N training examples (quick runs).
       test_size: keep only the first N test examples.
+      download: with ``data_dir=None``, fetch MNIST when it is not found.
 
     Raises:
       FileNotFoundError: a file is missing.
+      DownloadError: a download failed or did not match its checksum.
       ValueError: a file is corrupt, or a size is out of range (never clamped).
     """
+    data_dir = locate("mnist", data_dir, download=download)
     arrays = {k: read_idx(_find(data_dir, v)) for k, v in _FILES.items()}
     for part in ("train", "test"):
         xs, ys = arrays[f"{part}_images"], arrays[f"{part}_labels"]

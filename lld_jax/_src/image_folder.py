@@ -67,6 +67,10 @@ def scan_image_folder(
     plain files directly in ``root``. Files are not opened here: a corrupt
     image is reported when it is decoded. Caltech-101's ``BACKGROUND_Google``
     class is kept unless excluded; its extension-less file ``tmp`` is skipped.
+    Links are followed, but every file is identified by its real path: a file
+    reached twice within a class (a link to a sibling, a folder linked into
+    itself) is listed once, and a file reached from two classes is refused,
+    so no image can land in two splits or under two labels.
 
     Args:
       root: the folder holding the class sub-folders.
@@ -83,7 +87,8 @@ def scan_image_folder(
     Raises:
       FileNotFoundError: ``root`` does not exist or is not a folder.
       ValueError: ``root`` holds no class folder, ``exclude`` names a class
-        that is not there, or a class folder holds no image.
+        that is not there, a class folder holds no image, or one file is
+        reached from two classes (both paths named).
     """
     if not os.path.isdir(root):
         what = "is not a folder" if os.path.exists(root) else "does not exist"
@@ -98,11 +103,32 @@ def scan_image_folder(
         raise ValueError(f"image folder {root!r} holds no class sub-folder (one sub-folder of images per class is expected).")
     paths: list[str] = []
     labels: list[int] = []
+    owner: dict[str, tuple[str, str]] = {}  # real path -> (class, path as listed)
     for k, name in enumerate(classes):
         found = []
+        seen_dirs: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):
+            real_dir = os.path.realpath(dirpath)
+            if real_dir in seen_dirs:  # a folder reached again through a link (e.g. linked into itself): walked once
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real_dir)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            found += [os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith(".") and f.lower().endswith(exts)]
+            for f in sorted(filenames):
+                if f.startswith(".") or not f.lower().endswith(exts):
+                    continue
+                path = os.path.join(dirpath, f)
+                real = os.path.realpath(path)
+                if real in owner:
+                    other_class, other_path = owner[real]
+                    if other_class != name:
+                        raise ValueError(
+                            f"{path!r} (class {name!r}) and {other_path!r} (class {other_class!r}) are the same file {real!r}: "
+                            "one image would carry two labels. Remove the link, or exclude one of the classes."
+                        )
+                    continue  # the same file reached twice within its class: listed once
+                owner[real] = (name, path)
+                found.append(path)
         if not found:
             raise ValueError(
                 f"class folder {os.path.join(root, name)!r} holds no image file (extensions {', '.join(exts)}); "

@@ -8,11 +8,14 @@ split.
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+from lld_jax._src.download import locate
 
 VOWELS_CLASSES = 9
 VOWELS_FEATURES = 12
@@ -81,20 +84,30 @@ class Vowels(NamedTuple):
     test: Sequences
 
 
+def _read_lines(path: str) -> list[str]:
+    """The lines of a text file, gzipped or not (by its name); unreadable files raise one ``ValueError`` naming the path."""
+    try:
+        with gzip.open(path, "rt") if path.endswith(".gz") else open(path) as fh:
+            return fh.read().splitlines()
+    except IsADirectoryError as err:
+        raise ValueError(f"{path} is a folder, not a Japanese Vowels file: pass the folder holding the files as data_dir.") from err
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a readable text file ({type(err).__name__}: {err}); re-download it.") from err
+
+
 def _read_raw(path: str) -> list[np.ndarray]:
     """Parses a raw UCI file: utterances end with a row of twelve 1.0 values (no real frame is all ones)."""
     rows = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                vals = [float(v) for v in line.split()]
-            except ValueError as err:
-                raise ValueError(f"{path}, line {lineno}: not a row of numbers ({err}); the file is corrupt.") from err
-            if len(vals) != VOWELS_FEATURES:
-                raise ValueError(f"{path}, line {lineno}: {len(vals)} values, expected {VOWELS_FEATURES}; the file is corrupt.")
-            rows.append(vals)
+    for lineno, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            vals = [float(v) for v in line.split()]
+        except ValueError as err:
+            raise ValueError(f"{path}, line {lineno}: not a row of numbers ({err}); the file is corrupt.") from err
+        if len(vals) != VOWELS_FEATURES:
+            raise ValueError(f"{path}, line {lineno}: {len(vals)} values, expected {VOWELS_FEATURES}; the file is corrupt.")
+        rows.append(vals)
     a = np.asarray(rows, np.float64).reshape(-1, VOWELS_FEATURES)
     ends = np.flatnonzero(np.all(a == 1.0, axis=1))
     if len(ends) == 0 or ends[-1] != len(a) - 1:
@@ -109,23 +122,30 @@ def _read_raw(path: str) -> list[np.ndarray]:
 def _read_ts(path: str) -> tuple[list[np.ndarray], np.ndarray]:
     """Parses a sktime/aeon ``.ts`` file: one line per series, channels joined by ':', the label (1-9) last."""
     seqs, labels = [], []
-    with open(path) as fh:
-        in_data = False
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if line.lower().startswith("@data"):
-                in_data = True
-                continue
-            if line.startswith("@") or not in_data:
-                continue
-            *chans, label = line.split(":")
-            try:
-                seqs.append(np.array([[float(v) for v in c.split(",")] for c in chans]).T)
-                labels.append(int(label) - 1)
-            except ValueError as err:
-                raise ValueError(f"{path}, line {lineno}: malformed series ({err}).") from err
+    in_data = False
+    for lineno, line in enumerate(_read_lines(path), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.lower().startswith("@data"):
+            in_data = True
+            continue
+        if line.startswith("@") or not in_data:
+            continue
+        *chans, label = line.split(":")
+        if len(chans) != VOWELS_FEATURES:
+            raise ValueError(f"{path}, line {lineno}: {len(chans)} channels, expected {VOWELS_FEATURES}; the file is corrupt or not Japanese Vowels.")
+        try:
+            rows = [[float(v) for v in c.split(",")] for c in chans]
+            k = int(label)
+        except ValueError as err:
+            raise ValueError(f"{path}, line {lineno}: malformed series ({err}).") from err
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(f"{path}, line {lineno}: the channels have different lengths {sorted({len(r) for r in rows})}.")
+        if not 1 <= k <= VOWELS_CLASSES:
+            raise ValueError(f"{path}, line {lineno}: label {k} is not a speaker 1-{VOWELS_CLASSES}.")
+        seqs.append(np.array(rows).T)
+        labels.append(k - 1)
     return seqs, np.asarray(labels, np.int32)
 
 
@@ -133,18 +153,52 @@ def _labels(counts: Sequence[int]) -> np.ndarray:
     return np.repeat(np.arange(len(counts), dtype=np.int32), counts)
 
 
-def load_japanese_vowels(data_dir: str, *, source: str = "raw") -> Vowels:
+def _find_file(data_dir: str, name: str) -> str:
+    """``name`` or ``name.gz`` in ``data_dir``; the message says what to pass."""
+    for candidate in (name, name + ".gz"):
+        path = os.path.join(data_dir, candidate)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(
+        f"Japanese Vowels file {name}(.gz) not found in {data_dir!r}. Pass --data-dir pointing at a folder with the UCI files "
+        "ae.train and ae.test (https://archive.ics.uci.edu/ml/datasets/Japanese+Vowels), or let lld_jax.data.locate fetch them."
+    )
+
+
+def _speaker_counts(data_dir: str, split: str, default: Sequence[int]) -> tuple[int, ...]:
+    """Utterances per speaker: the UCI release's ``size_ae.<split>`` file when present (e.g. an excerpt), else ``default``."""
+    path = os.path.join(data_dir, f"size_ae.{split}")
+    if not os.path.exists(path):
+        return tuple(default)
+    with open(path) as fh:
+        text = fh.read()
+    try:
+        counts = tuple(int(v) for v in text.split())
+    except ValueError as err:
+        raise ValueError(f"{path} must hold {VOWELS_CLASSES} whitespace-separated utterance counts ({err}).") from err
+    if len(counts) != VOWELS_CLASSES or min(counts) < 1:
+        raise ValueError(f"{path} must hold {VOWELS_CLASSES} positive utterance counts, one per speaker; got {list(counts)}.")
+    return counts
+
+
+def load_japanese_vowels(data_dir: str | None = None, *, source: str = "raw", download: bool = True) -> Vowels:
     """Loads UCI Japanese Vowels (official split, raw features, labels 0-8).
 
     Args:
       data_dir: folder with ``ae.train`` and ``ae.test`` (``source="raw"``,
         the UCI files) or ``JapaneseVowels_TRAIN.ts`` / ``_TEST.ts``
-        (``source="ts"``, the sktime/aeon copies).
+        (``source="ts"``, the sktime/aeon copies), each optionally gzipped
+        (``.gz``). The UCI release's ``size_ae.train`` / ``size_ae.test``
+        (utterances per speaker), when present, replace the release's counts,
+        so an excerpt in speaker order also loads. None:
+        :func:`lld_jax.data.locate` finds the raw files (``$LLD_JAX_DATA``, the
+        cache) or downloads them from UCI, checksummed.
       source: ``"raw"`` or ``"ts"``.
+      download: with ``data_dir=None``, fetch the raw files when not found.
 
     Returns:
-      :class:`Vowels` with 270 training and 370 test utterances, each
-      ``(T_i, 12)`` float32 with 7 <= T_i <= 29.
+      :class:`Vowels` with 270 training and 370 test utterances (or the
+      ``size_ae`` counts), each ``(T_i, 12)`` float32 with 7 <= T_i <= 29.
 
     Raises:
       FileNotFoundError: a file is missing (the message says what to pass).
@@ -153,14 +207,13 @@ def load_japanese_vowels(data_dir: str, *, source: str = "raw") -> Vowels:
     names = {"raw": ("ae.train", "ae.test"), "ts": ("JapaneseVowels_TRAIN.ts", "JapaneseVowels_TEST.ts")}
     if source not in names:
         raise ValueError(f"source must be 'raw' or 'ts', got {source!r}.")
+    if data_dir is None and source == "ts":
+        raise ValueError("source='ts' reads a folder you name: pass data_dir (only the raw UCI files are downloaded).")
+    data_dir = locate("japanese-vowels", data_dir, download=download)
     splits = []
-    for name, counts in zip(names[source], (VOWELS_TRAIN_COUNTS, VOWELS_TEST_COUNTS)):
-        path = os.path.join(data_dir, name)
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"Japanese Vowels file {name} not found in {data_dir!r}. Pass --data-dir pointing at a folder with the UCI files "
-                "ae.train and ae.test (https://archive.ics.uci.edu/ml/datasets/Japanese+Vowels)."
-            )
+    for name, split, default in zip(names[source], ("train", "test"), (VOWELS_TRAIN_COUNTS, VOWELS_TEST_COUNTS)):
+        path = _find_file(data_dir, name)
+        counts = _speaker_counts(data_dir, split, default)
         if source == "raw":
             seqs, y = _read_raw(path), _labels(counts)
         else:
@@ -168,6 +221,6 @@ def load_japanese_vowels(data_dir: str, *, source: str = "raw") -> Vowels:
         if len(seqs) != sum(counts):
             raise ValueError(f"{path} holds {len(seqs)} utterances, expected {sum(counts)}; the file is truncated or not Japanese Vowels.")
         if source == "ts" and not np.array_equal(np.bincount(y, minlength=len(counts)), counts):
-            raise ValueError(f"{path}: per-speaker counts {np.bincount(y).tolist()} differ from the UCI release's {list(counts)}.")
+            raise ValueError(f"{path}: per-speaker counts {np.bincount(y).tolist()} differ from the expected {list(counts)}.")
         splits.append(Sequences([s.astype(np.float32) for s in seqs], y))
     return Vowels(*splits)

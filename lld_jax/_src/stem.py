@@ -17,6 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lld_jax._src.declarations import stem_mismatch
 from lld_jax._src.network import Array, Network, PyTree, flat_mask, mask_neurons
 
 
@@ -35,9 +36,10 @@ class Stem(NamedTuple):
         pre-activation on, so that ``apply(params, x)`` equals
         ``(rest(z1)[0], (z1, *rest(z1)[1]))`` with ``z1 = first(x)``.
 
-    Only shapes are checked when the loss uses a stem: a hand-written one
-    should be compared once with ``jax.jvp(first, (x,), (e_k,))`` (as
-    ``tests/test_stem.py`` does for :class:`~lld_jax.ResNet` and :class:`~lld_jax.CNN`).
+    Verified at every example where the loss uses it (values, a random
+    directional derivative and one placed kernel against ``apply``): a stem
+    that is not the network's own first layer poisons the loss (NaN) and
+    fails the value checks.
     """
 
     first: Callable[[Array], Array]
@@ -106,7 +108,9 @@ def stem_columns(net: Network, params: PyTree, x: Array, idx: Array) -> tuple[Ar
     # The parameters' dtype may be narrower than x's (float32 weights, float64 x): tangents follow z1.
     t1 = jax.vmap(lambda k: stem.axis_tangent(k, tuple(x.shape)))(idx).astype(z1.dtype)
     cols = jnp.concatenate([t1.reshape(idx.shape[0], -1), jax.vmap(lin)(t1)], axis=1)
-    z, cols_t = mask_neurons(flat_mask(net, params, x), jnp.concatenate([jnp.ravel(z1), z_rest]), cols.T)
+    z = jnp.concatenate([jnp.ravel(z1), z_rest])
+    z = jnp.where(stem_mismatch(net, params, x), jnp.nan, z)  # a stem that is not this network's first layer: poison
+    z, cols_t = mask_neurons(flat_mask(net, params, x), z, cols.T)
     return z, cols_t.T
 
 

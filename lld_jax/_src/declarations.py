@@ -1,0 +1,129 @@
+"""Verification of what a network declares about itself, at the example, before a fast path trusts it.
+
+The fast gradient paths compute on a network's declarations, not on its
+``apply``: ``method="gram"`` and the sampled loss's MLP path on
+``dense_layers`` and ``negative_slope``, ``method="template"`` on
+``apply_frozen``, the sampled loss's conv path on ``stem``. A stale or wrong
+declaration (a LeakyReLU declared as a ReLU, weights that are not the
+module's, a stem that is not its first layer) would give a plausible, wrong
+margin. Each check here reproduces the network's own pre-activations (and
+output) at the example from the declaration, together with their derivative
+along one fixed pseudo-random direction (one JVP): two piecewise-linear maps
+that agree in value and in a random directional derivative at ``x`` have the
+same affine piece there with probability one. Cost: about one forward pass
+and one JVP per declaration (on the 784-300x4-10 MLP, a few percent of a
+``gram`` margin; see ``benchmarks/run.py``).
+
+Each function returns a boolean scalar for ONE example: True when the
+declaration disagrees. Kernels that use a declaration poison their result
+with it (NaN); the value checks turn it into a named error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from lld_jax._src.network import Array, Network, PyTree, pattern_slopes
+
+
+def _direction(x: Array) -> Array:
+    # Fixed key: the check is deterministic, and the direction is independent of the declaration.
+    return jax.random.normal(jax.random.key(7), x.shape, x.dtype)
+
+
+def _differ(got: Array, want: Array, scale: Array) -> Array:
+    """Any element of ``got`` off ``want`` by more than sqrt(eps) of ``scale`` (a layer's magnitude)? NaN counts as a difference."""
+    got, want = jnp.ravel(got).astype(want.dtype), jnp.ravel(want)
+    if got.shape != want.shape:
+        return jnp.ones((), bool)
+    eps = jnp.finfo(want.dtype).eps
+    tol = jnp.sqrt(eps) * jnp.maximum(scale, jnp.finfo(want.dtype).tiny / eps)
+    return jnp.any(~(jnp.abs(got - want) <= tol))
+
+
+def _layer_scale(*arrays: Array) -> Array:
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(a)) if a.size else jnp.zeros((), a.dtype) for a in arrays]))
+
+
+def _reference(net: Network, params: PyTree, x: Array) -> tuple[tuple, tuple]:
+    """``(out, preacts)`` of ``apply`` at ``x`` and their derivative along the check direction."""
+    return jax.jvp(lambda u: net.apply(params, u), (x,), (_direction(x),))
+
+
+def dense_mismatch(net: Network, params: PyTree, x: Array) -> Array:
+    """Do ``dense_layers`` and ``negative_slope`` fail to reproduce ``apply``'s pre-activations (and output) at ``x``?"""
+    (out, pre), (dout, dpre) = _reference(net, params, x)
+    layers = net.dense_layers(params)
+    if len(layers) < len(pre):
+        return jnp.ones((), bool)  # fewer layers than pre-activations: not this network's stack
+    h, dh = jnp.ravel(x), jnp.ravel(_direction(x))
+    bad = jnp.zeros((), bool)
+    alpha = net.negative_slope
+    for i, (w, b) in enumerate(layers):
+        if w.ndim != 2 or w.shape[1] != h.shape[0]:
+            return jnp.ones((), bool)
+        z, dz = w @ h.astype(w.dtype) + b, w @ dh.astype(w.dtype)
+        ref, dref = (pre[i], dpre[i]) if i < len(pre) else (out, dout)
+        bad |= _differ(z, ref, _layer_scale(jnp.abs(w) @ jnp.abs(h.astype(w.dtype)) + jnp.abs(b), ref))
+        bad |= _differ(dz, dref, _layer_scale(jnp.abs(w) @ jnp.abs(dh.astype(w.dtype)), dref))
+        if i + 1 == len(layers) or i + 1 > len(pre):
+            break
+        slope = jnp.where(z > 0, 1.0, alpha).astype(z.dtype)
+        h, dh = slope * z, slope * dz
+    return bad
+
+
+def frozen_mismatch(net: Network, params: PyTree, x: Array) -> Array:
+    """Does ``apply_frozen`` at ``x``'s own slopes differ from ``apply`` (value or derivative)?"""
+    (out, pre), (dout, dpre) = _reference(net, params, x)
+    slopes = jax.lax.stop_gradient(pattern_slopes(net, pre))
+    (fout, fpre), (dfout, dfpre) = jax.jvp(lambda u: net.apply_frozen(params, u, slopes), (x,), (_direction(x),))
+    return _pairs_differ((out, *pre), (fout, *fpre)) | _pairs_differ((dout, *dpre), (dfout, *dfpre))
+
+
+def stem_mismatch(net: Network, params: PyTree, x: Array) -> Array:
+    """Does ``stem`` fail to split ``apply`` after its first pre-activation (values, derivatives, one placed kernel)?"""
+    (out, pre), (dout, dpre) = _reference(net, params, x)
+    stem = net.stem(params)
+    z1, dz1 = jax.jvp(stem.first, (x,), (_direction(x),))
+    (rout, rpre), (drout, drpre) = jax.jvp(stem.rest, (z1,), (dz1,))
+    bad = _pairs_differ((out, pre[0], *pre[1:]), (rout, z1, *rpre)) | _pairs_differ((dout, dpre[0], *dpre[1:]), (drout, dz1, *drpre))
+    # One input axis, drawn from the same fixed key: the placed kernel against a JVP along e_k.
+    k = jax.random.randint(jax.random.key(11), (), 0, math.prod(x.shape))
+    e_k = jax.nn.one_hot(k, math.prod(x.shape), dtype=x.dtype).reshape(x.shape)
+    want = jax.jvp(lambda u: net.apply(params, u)[1][0], (x,), (e_k,))[1]
+    return bad | _pairs_differ((want,), (stem.axis_tangent(k, tuple(x.shape)),))
+
+
+def _pairs_differ(want: Sequence[Array], got: Sequence[Array]) -> Array:
+    if len(want) != len(got):
+        return jnp.ones((), bool)
+    bad = jnp.zeros((), bool)
+    for w, g in zip(want, got):
+        if jnp.size(w) != jnp.size(g):
+            return jnp.ones((), bool)
+        bad |= _differ(g, w, _layer_scale(jnp.asarray(w), jnp.asarray(g)))
+    return bad
+
+
+def _declared(net: Network) -> list[tuple[str, object]]:
+    checks = [("dense_layers/negative_slope", net.dense_layers, dense_mismatch), ("apply_frozen", net.apply_frozen, frozen_mismatch)]
+    checks.append(("stem", net.stem, stem_mismatch))
+    return [(name, fn) for name, declared, fn in checks if declared is not None]
+
+
+def declared_names(net: Network) -> str:
+    """The declarations ``net`` carries, comma-separated ('' for a plain function)."""
+    return ", ".join(name for name, _ in _declared(net))
+
+
+def declaration_mismatch(net: Network, params: PyTree, x: Array) -> Array:
+    """Does any declaration of ``net`` disagree with its ``apply`` at ``x`` (one example)?"""
+    bad = jnp.zeros((), bool)
+    for _, fn in _declared(net):
+        bad |= fn(net, params, x)
+    return bad

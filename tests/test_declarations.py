@@ -1,0 +1,107 @@
+"""Fast paths verify what they trust: a declaration that is not the network poisons or refuses, never computes.
+
+Reference: float64 margins from ``jax.jacfwd`` of the network's own ``apply`` (brute force).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from nets import make, randomize_biases
+
+import lld_jax as L
+from lld_jax._src.declarations import declaration_mismatch, dense_mismatch, frozen_mismatch, stem_mismatch
+
+
+class LeakyNoSlope(nnx.Module):
+    """The issue's case: LeakyReLU(0.2) inside, a dense_layers() method, no negative_slope attribute."""
+
+    def __init__(self, rngs):
+        self.l1, self.l2, self.l3 = nnx.Linear(6, 16, rngs=rngs), nnx.Linear(16, 16, rngs=rngs), nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+        z1 = self.l1(x)
+        z2 = self.l2(nnx.leaky_relu(z1, 0.2))
+        return self.l3(nnx.leaky_relu(z2, 0.2)), (z1, z2)
+
+    def dense_layers(self):
+        return [(layer.kernel[...].T, layer.bias[...]) for layer in (self.l1, self.l2, self.l3)]
+
+
+def brute_margin(net, params, x, p=2):
+    z = jnp.concatenate([jnp.ravel(a) for a in net.apply(params, x)[1]])
+    jac = jax.jacfwd(lambda u: jnp.concatenate([jnp.ravel(a) for a in net.apply(params, u)[1]]))(x).reshape(z.size, -1)
+    q = {1: np.inf, 2: 2, np.inf: 1}[p]
+    return float(jnp.min(jnp.abs(z) / jnp.linalg.norm(jac, ord=q, axis=1)))
+
+
+@pytest.fixture
+def leaky():
+    model = LeakyNoSlope(nnx.Rngs(0))
+    randomize_biases(model, jax.random.key(1))
+    net, params = L.from_nnx(model, input_shape=(6,))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(jax.random.key(2), (32, 6), jnp.float64)
+    return net, params, x
+
+
+def test_undeclared_leaky_slope_is_refused_eagerly_and_poisoned_inside_jit(leaky):
+    net, params, x = leaky
+    assert net.negative_slope == 0.0 and net.dense_layers is not None  # the wrong declaration from_nnx reads
+    with pytest.raises(L.CheckError, match=r"declared structure \(dense_layers/negative_slope\)"):
+        L.batched.margin(net, params, x, p=2)
+    # Unchecked, and inside the user's jit: NaN, never the over-estimate the gram path would give.
+    unchecked = L.batched.margin(net, params, x, p=2, check=False)
+    assert np.all(np.isnan(np.asarray(unchecked)))
+    assert np.isnan(float(L.roll_penalty(net, params, x[0], C=1.0)))  # the loss's gram path is poisoned too
+    # Declared right, the same weights give the brute-force margins.
+    fixed = dataclasses.replace(net, negative_slope=0.2)
+    got = np.asarray(L.batched.margin(fixed, params, x, p=2))
+    want = np.array([brute_margin(fixed, params, xi) for xi in x])
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    # Without any declaration (a plain function) the generic path is right too.
+    plain = L.as_network(lambda p, u: net.apply(p, u), input_shape=(6,))
+    np.testing.assert_allclose(np.asarray(L.batched.margin(plain, params, x, p=2)), want, rtol=1e-10)
+
+
+def test_each_declaration_is_checked_against_the_network():
+    net, params, x = make("mlp")
+    assert not any(bool(f(net, params, x[0])) for f in (dense_mismatch, frozen_mismatch))
+    # dense_layers with other biases than the module's.
+    wrong_bias = dataclasses.replace(net, dense_layers=lambda p: [(w, b + 0.01) for w, b in net.dense_layers(p)])
+    assert bool(dense_mismatch(wrong_bias, params, x[0]))
+    # ... or other weights that agree on the value at x = 0 (only the derivative tells).
+    wrong_w = dataclasses.replace(net, dense_layers=lambda p: [(1.5 * w, b) for w, b in net.dense_layers(p)])
+    assert bool(dense_mismatch(wrong_w, params, jnp.zeros(6)))
+    # A frozen-pattern apply that is not the network.
+    bad_frozen = dataclasses.replace(net, apply_frozen=lambda p, u, s: net.apply_frozen(p, 1.01 * u, s))
+    assert bool(frozen_mismatch(bad_frozen, params, x[0]))
+    with pytest.raises(L.CheckError, match="apply_frozen"):
+        L.batched.margin(bad_frozen, params, x, method="template")
+    assert np.all(np.isnan(np.asarray(L.batched.margin(bad_frozen, params, x, method="template", check=False))))
+    # The built-in models pass their own checks, batched or not, in float32 too.
+    for kind in ("mlp", "leaky_mlp", "cnn", "resnet", "scornn"):
+        for dtype in (jnp.float64, jnp.float32):
+            net, params, x = make(kind, dtype=dtype)
+            assert not np.any(jax.vmap(lambda u: declaration_mismatch(net, params, u))(x)), (kind, dtype)
+
+
+def test_a_stem_that_is_not_the_first_layer_poisons_the_sampled_loss():
+    net, params, x = make("cnn")
+    assert net.stem is not None and not bool(stem_mismatch(net, params, x[0]))
+
+    def shifted(p):
+        st = net.stem(p)
+        return st._replace(axis_tangent=lambda k, shape: st.axis_tangent((k + 1) % 72, shape))
+
+    bad = dataclasses.replace(net, stem=shifted)
+    assert bool(stem_mismatch(bad, params, x[0]))
+    key = jax.random.key(0)
+    good = L.roll_penalty_sampled(net, params, x[0], key, C=1.0, num_samples=4)
+    assert np.isfinite(float(good))
+    assert np.isnan(float(L.roll_penalty_sampled(bad, params, x[0], key, C=1.0, num_samples=4)))
+    with pytest.raises(L.CheckError, match="stem"):
+        L.batched.margin(bad, params, x)
