@@ -539,13 +539,61 @@ def bench_slices(quick: bool) -> list[dict]:
     return rows
 
 
+def bench_api(repeats: int) -> list[dict]:
+    """What the drop-in API costs on the 784-300x4-10 MLP, ratios measured in one run.
+
+    * the declaration check (dense_layers/negative_slope reproduce the network: a
+      forward pass and a JVP) against the ``gram`` margin it guards;
+    * per-example eager calls with a fresh lambda each time (a stable network key:
+      no compilation after the first);
+    * ``jit(vmap(margin))`` pure (failed checks poison) against ``lld_jax.checked``
+      (host callbacks) and unchecked.
+    """
+    from lld_jax._src.declarations import dense_mismatch
+
+    net, params = mnist_net()
+    rows = []
+    x = jax.random.normal(jax.random.key(1), (256, 784))
+    gram = jax.jit(jax.vmap(lambda u: lld_jax.margin(net, params, u, method="gram", check=False)))
+    check = jax.jit(jax.vmap(lambda u: dense_mismatch(net, params, u)))
+    tg, tc = timeit(lambda: gram(x), repeats), timeit(lambda: check(x), repeats)
+    rows.append(
+        {"bench": "declaration_check", "batch": 256, "gram_margin_min_s": tg["min_s"], "check_min_s": tc["min_s"], "ratio": tc["min_s"] / tg["min_s"]}
+    )
+    print(
+        f"declaration check B=256: {tc['min_s'] * 1e3:.2f} ms vs gram margin {tg['min_s'] * 1e3:.2f} ms ({100 * tc['min_s'] / tg['min_s']:.1f}%)",
+        flush=True,
+    )
+    times = []
+    for _ in range(4):
+        f = lambda p, u: net.apply(p, u)  # a fresh function object each call, as in a user's loop
+        t0 = time.perf_counter()
+        jax.block_until_ready(lld_jax.margin(f, params, x[0]))
+        times.append(time.perf_counter() - t0)
+    rows.append({"bench": "fresh_lambda_per_example_call", "first_s": times[0], "later_max_s": max(times[1:])})
+    print(f"per-example margin, fresh lambda each call: first {times[0]:.2f} s, later at most {max(times[1:]) * 1e3:.1f} ms", flush=True)
+    one = lambda u: lld_jax.margin(net, params, u)
+    variants = {
+        "pure_checked_values": jax.jit(jax.vmap(one)),
+        "lld_jax_checked": jax.jit(jax.vmap(lld_jax.checked(one))),
+        "unchecked": jax.jit(jax.vmap(lambda u: lld_jax.margin(net, params, u, check=False))),
+    }
+    base = None
+    for name, fn in variants.items():
+        t = timeit(lambda: fn(x), repeats)
+        base = base or t["min_s"]
+        rows.append({"bench": "jit_vmap_margin", "batch": 256, "variant": name, **t, "ratio_to_pure": t["min_s"] / base})
+        print(f"jit(vmap(margin)) B=256 {name:20s} min {t['min_s'] * 1e3:8.2f} ms ({t['min_s'] / base:.2f}x pure)", flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None, help="JSON path (default: benchmarks/results.json, or results_<group>.json with --only)")
     ap.add_argument("--torch", action="store_true", help="also run the PyTorch template baseline (needs the torch extra)")
-    ap.add_argument("--only", choices=("slices", "scaling", "rnn", "margins", "resnet"), default=None, help="run one group only")
+    ap.add_argument("--only", choices=("slices", "scaling", "rnn", "margins", "resnet", "api"), default=None, help="run one group only")
     args = ap.parse_args(argv)
     if args.torch and importlib.util.find_spec("torch") is None:  # fail now, not after the JAX benchmarks
         ap.error('--torch needs PyTorch: pip install -e ".[torch]" (or leave --torch out).')
@@ -568,6 +616,9 @@ def main(argv=None) -> None:
         rows = bench_slices(args.quick) if args.only == "slices" else bench_scaling(repeats, args.quick)
         _write(args.out, info, peak, rows)
         return
+    if args.only == "api":
+        _write(args.out, info, peak, bench_api(repeats))
+        return
     if args.only == "rnn":
         _write(args.out, info, peak, bench_rnn_steps(min(repeats, 3), peak["flop_per_s"], args.quick))
         return
@@ -579,6 +630,8 @@ def main(argv=None) -> None:
         return
     # The JSON is rewritten after each group: a run cut short (a time limit) keeps what it measured.
     rows = bench_margins(repeats, (64, 256), peak["flop_per_s"])
+    _write(args.out, info, peak, rows)
+    rows += bench_api(repeats)
     _write(args.out, info, peak, rows)
     if args.only != "margins":
         rows += bench_train_steps(repeats)

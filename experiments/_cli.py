@@ -21,7 +21,9 @@ from typing import Any
 
 from lld_jax.data import DownloadError
 
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, DownloadError)
+# OSError covers unwritable or clashing output paths, folders where files are expected and failed downloads:
+# its message names the path.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, DownloadError)
 
 
 def parse_gamma(s: str) -> str | float:
@@ -72,7 +74,7 @@ def config_parser(
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(tp) is tuple:
             item = _converter(typing.get_args(tp)[0])
-            p.add_argument(flag, type=item, nargs="+", default=default, help=help_text)
+            p.add_argument(flag, type=item, nargs="*", default=default, help=help_text)  # empty: an empty tuple (validated by the config)
         else:
             conv = _converter(tp)
             if optional:
@@ -94,6 +96,13 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     return cls(**kw)
 
 
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line; an OSError says what failed on which path."""
+    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, DownloadError):
+        return f"{err.strerror or type(err).__name__}: {err.filename!r} ({type(err).__name__}); check the path and its permissions."
+    return " ".join(str(err).split())
+
+
 def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> Any:
     """Runs ``main(argv)``; a user error prints ``error: ...`` and exits with status 2 (``--debug``: traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -102,5 +111,5 @@ def run(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None 
     except USER_ERRORS as err:
         if "--debug" in argv:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         raise SystemExit(2) from err

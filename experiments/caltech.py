@@ -120,7 +120,8 @@ class Config:
     classes: int | None = dataclasses.field(default=None, metadata={"help": "use the first K classes (sorted by name); None: all"})
     train_per_class: int | None = dataclasses.field(default=None, metadata={"help": "cap on training images per class (seeded); None: all"})
     exclude: tuple[str, ...] = dataclasses.field(
-        default=(BACKGROUND,), metadata={"help": "classes left out (with --tfds: case-insensitive, and the default may match none)"}
+        default=(BACKGROUND,),
+        metadata={"help": "classes left out; none with an empty --exclude (the default may match none; with --tfds: case-insensitive)"},
     )
     num_val: int = 5
     num_test: int = 15
@@ -241,7 +242,9 @@ class ImageData:
             where = locate("caltech101", config.data_dir, download=False)
             if not os.path.isdir(where):
                 raise FileNotFoundError(f"image folder {where} not found: pass --data-dir, a folder with one sub-folder per class.")
-            paths, labels, names = scan_image_folder(where, exclude=config.exclude)
+            # The default exclusion (Caltech-101's clutter class) applies where that folder exists: Caltech-256 has none.
+            exclude = tuple(e for e in config.exclude if e != BACKGROUND or os.path.isdir(os.path.join(where, e)))
+            paths, labels, names = scan_image_folder(where, exclude=exclude)
             images = np.asarray(paths)
         if config.classes is not None:
             if config.classes > len(names):

@@ -31,7 +31,7 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
 """
 
 from lld_jax import batched, data, evaluation, losses, slices, training
-from lld_jax._src.checks import CheckError
+from lld_jax._src.checks import CheckError, checked
 from lld_jax._src.distortion import (
     GradientDistortion,
     expected_gradient_distortion,
@@ -103,6 +103,7 @@ __all__ = [
     "batched",
     "cayley_recurrent",
     "check_certificate",
+    "checked",
     "count_regions",
     "data",
     "directional_margin",

@@ -227,3 +227,56 @@ def test_float64_models_are_float64_throughout(kind):
     jitted = jax.jit(net.apply)(params, x[0])[1]
     for a, b in zip(eager, jitted):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+def test_fresh_lambdas_partials_and_methods_reuse_compiled_code_and_captured_values_are_keys():
+    from lld_jax._src.checks import _value_flags
+    from lld_jax._src.margins import _margin
+
+    model = L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(0))
+    net, params = L.from_nnx(model)
+    x = jax.random.normal(jax.random.key(0), (3, 5))
+    want = np.asarray(L.batched.margin(net, params, x))
+    sizes = None
+    for _ in range(3):  # a new function object each time, as users write them in loops
+        for f in (lambda p, u: net.apply(p, u), functools.partial(net.apply), L.as_network(lambda p, u: net.apply(p, u), input_shape=(5,))):
+            np.testing.assert_allclose(np.asarray(L.batched.margin(f, params, x)), want, rtol=1e-6)
+            float(L.margin(f, params, x[0]))
+        now = (_margin._cache_size(), _value_flags._cache_size())
+        assert sizes is None or now == sizes, "a fresh wrapper of the same function compiled again"
+        sizes = now
+    # What a function captures is part of its identity: another scale is another computation.
+    for scale in (1.0, 2.0, 4.0):
+        scaled = lambda p, u: net.apply(p, scale * u)
+        np.testing.assert_allclose(np.asarray(L.batched.margin(scaled, params, x / scale)), want / scale, rtol=1e-6)
+    w = jnp.ones((4, 5))
+    linear = lambda a: lambda p, u: (jnp.sum(a @ u + 1), (a @ u + 1,))
+    lam1, lam2 = linear(w), linear(2 * w)  # captured arrays: by identity
+    assert L.as_network(lam1) != L.as_network(lam2)
+    for a, lam in ((w, lam1), (2 * w, lam2)):  # z_j = a_j . x + 1: margin min_j |z_j| / ||a_j||
+        z = np.asarray(a) @ np.asarray(x[0]) + 1
+        assert float(L.margin(lam, None, x[0])) == pytest.approx(np.min(np.abs(z) / np.linalg.norm(np.asarray(a), axis=1)), rel=1e-10)
+
+
+def _callbacks(fn, *args) -> int:
+    text = str(jax.make_jaxpr(fn)(*args))
+    return text.count("pure_callback") + text.count("io_callback") + text.count("debug_callback")
+
+
+def test_per_example_functions_are_pure_inside_the_users_jit():
+    net, params, x = make("mlp", dtype=jnp.float32)
+    plain = lambda p, u: net.apply(p, u)
+    calls = {
+        "margin": lambda p, u: L.margin(net, p, u),
+        "margin_rowspace_unchecked": lambda p, u: L.margin(plain, p, u, method="rowspace", check=False),
+        "margin_with_neuron": lambda p, u: L.margin_with_neuron(net, p, u, p=1).radius,
+        "directional": lambda p, u: L.directional_margin(net, p, u, u),
+        "stability": lambda p, u: L.stability_bounds(net, p, u)[0],
+        "pattern": lambda p, u: L.activation_pattern(net, p, u),
+        "roll_plain": lambda p, u: L.roll_penalty(plain, p, u, C=1.0),
+        "certificate": lambda p, u: L.check_certificate(net, p, u).radius,
+    }
+    for name, f in calls.items():
+        assert _callbacks(jax.vmap(f, in_axes=(None, 0)), params, x) == 0, name
+    # Opt-in: lld_jax.checked raises from inside the trace, one callback per check.
+    assert _callbacks(jax.vmap(L.checked(calls["margin"]), in_axes=(None, 0)), params, x) > 0

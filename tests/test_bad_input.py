@@ -194,3 +194,41 @@ def test_ball_radius_must_be_a_finite_non_negative_number(mlp):
     with pytest.raises(ValueError, match="eps must be a finite radius >= 0"):
         L.batched.l1_ball_in_region(net, params, x, jnp.array([0.1] * (len(x) - 1) + [-0.1]))
     assert bool(L.l1_ball_in_region(net, params, x[0], 0.0))
+
+
+def test_odd_preacts_and_inputs_are_named_value_errors():
+    x = jnp.ones(3)
+    cases = {
+        "nested": (lambda p, u: (u.sum(), ((u, u),)), r"preacts\[0\] is a tuple, not an array"),
+        "integer": (lambda p, u: (u.sum(), (jnp.round(u).astype(jnp.int32),)), r"preacts\[0\] has dtype int32"),
+        "zero_width": (lambda p, u: (u.sum(), (u, u[:0])), r"preacts\[1\] has shape \(0,\), no entries"),
+    }
+    for f, msg in cases.values():
+        for check in (True, False):
+            with pytest.raises(ValueError, match=msg):
+                L.margin(f, None, x, check=check)
+            with pytest.raises(ValueError, match=msg):
+                L.batched.margin(f, None, x[None], check=check)
+    with pytest.raises(ValueError, match="x must be a numeric array"):
+        L.batched.margin(lambda p, u: (u.sum(), (u,)), None, np.array([["a", "b", "c"]]))
+
+
+def test_command_line_os_and_format_errors_are_one_line(tmp_path, capsys):
+    from fixtures import MNIST_DIR
+
+    from experiments import _cli, mnist
+
+    tiny = ["--data-dir", MNIST_DIR, "--train-size", "32", "--val-size", "16", "--test-size", "16", "--widths", "4", "--epochs", "1", "--no-progress"]
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(SystemExit) as exit_:
+            _cli.run(mnist.main, [*tiny, "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and err.startswith("error: ") and "\n" not in err and str(tmp_path / "file") in err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exit_:
+        _cli.run(mnist.main, [*tiny, "--out", str(run)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "config.json is not valid JSON" in err and "\n" not in err

@@ -66,3 +66,16 @@ def test_saliency_is_the_papers_recipe():
     assert s.shape == (4, 4) and s.max() == 1.0 and s.min() == 0.0
     p99 = np.percentile(np.abs(g.sum(-1)), 99)
     np.testing.assert_allclose(s[1, 1], min(1.0, 1.0 / p99))
+
+
+def test_exclude_defaults_to_what_exists_and_can_be_emptied(tmp_path):
+    import shutil
+
+    # A folder without Caltech-101's clutter class (as Caltech-256): the default exclusion does not apply.
+    for cls in ("Motorbikes", "airplanes", "wrench"):
+        shutil.copytree(os.path.join(DATA, cls), tmp_path / "images" / cls)
+    data = caltech.ImageData.load(caltech.parse([*TINY, "--data-dir", str(tmp_path / "images")]).resolved())
+    assert data.class_names == ["Motorbikes", "airplanes", "wrench"]
+    # An empty --exclude keeps every class, the clutter class included.
+    data = caltech.ImageData.load(caltech.parse([*TINY, "--classes", "4", "--num-val", "1", "--num-test", "2", "--exclude"]).resolved())
+    assert data.class_names[0] == "BACKGROUND_Google" and len(data.class_names) == 4

@@ -26,12 +26,16 @@ def test_non_finite_parameters_raise_eagerly_and_under_jit_and_poison_when_unche
         lambda: L.batched.activation_pattern(net, bad, x),
         lambda: L.count_regions(net, bad, np.asarray(x)),
         lambda: L.batched.directional_margin(net, bad, x, x[0]),
-        lambda: jax.vmap(lambda u: L.margin(net, bad, u))(x),
+        lambda: jax.vmap(L.checked(lambda u: L.margin(net, bad, u)))(x),
     ):
         with pytest.raises(ValueError, match="parameters contain NaN or Inf"):
             call()
-    with pytest.raises(Exception, match="parameters contain NaN or Inf"):  # inside the user's jit: a runtime error
-        jax.block_until_ready(jax.jit(lambda prm, u: L.margin(net, prm, u))(bad, x[0]))
+    # Inside the user's transformations the functions are pure: the checked result is NaN ...
+    assert bool(jnp.all(jnp.isnan(jax.jit(jax.vmap(lambda u: L.margin(net, bad, u)))(x))))
+    assert bool(jnp.isnan(jax.jit(lambda prm, u: L.margin(net, prm, u))(bad, x[0])))
+    # ... and lld_jax.checked raises the named error from inside the user's jit (as a runtime error).
+    with pytest.raises(Exception, match="parameters contain NaN or Inf"):
+        jax.block_until_ready(jax.jit(L.checked(lambda prm, u: L.margin(net, prm, u)))(bad, x[0]))
     # Unchecked: never a finite, plausible certificate.
     for p in (1, 2, "inf"):
         assert bool(jnp.all(jnp.isnan(L.batched.margin(net, bad, x, p=p, check=False))))

@@ -349,8 +349,10 @@ def test_self_check_catches_a_hidden_max_pool(form):
     if form == "batched":
         with pytest.raises(L.CheckError, match=message):
             L.batched.check_certificate(hidden, params, x, p=1, check=False)
-    else:  # under a trace the error surfaces as XLA's runtime error, holding the message (the doctest shows a per-example call)
-        one = jax.jit(jax.vmap(lambda xi: L.check_certificate(hidden, params, xi, p=2, check=False)))
+    else:  # traced: pure by default (the failed self-check poisons the radius); lld_jax.checked raises XLA's runtime error
+        pure = jax.jit(jax.vmap(lambda xi: L.check_certificate(hidden, params, xi, p=2, check=False)))
+        assert np.all(np.isnan(np.asarray(pure(x).radius)))
+        one = jax.jit(jax.vmap(L.checked(lambda xi: L.check_certificate(hidden, params, xi, p=2, check=False))))
         with pytest.raises(Exception, match=message):
             jax.block_until_ready(one(x))
 

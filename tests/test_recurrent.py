@@ -72,7 +72,8 @@ def test_padded_sequence_equals_sequence_alone(kind):
         lo_a, up_a = L.stability_bounds(net, params, xa, **kw)
         np.testing.assert_allclose(lo_b[i][:n, :F], lo_a[:, :F], rtol=1e-12)
         np.testing.assert_allclose(up_b[i][:n, :F], up_a[:, :F], rtol=1e-12)
-        assert np.all(np.isinf(lo_b[i][n:])) and np.all(np.isinf(up_b[i][:, F])), "padding and the flag are not coordinates"
+        assert np.all(np.isinf(lo_b[i][n:, :F])), "padded frames' features move nothing"
+        assert np.all(np.isnan(lo_b[i][:, F])) and np.all(np.isnan(up_b[i][:, F])), "the frame flag is not a coordinate one can move"
         if full:
             dist = jax.jit(lambda q, u: L.distance_penalty(net, q, u))
             np.testing.assert_allclose(dist(params, batch[i]), dist(params, xa), rtol=1e-12)
@@ -146,10 +147,23 @@ def test_stability_bounds_equal_one_direction_margins():
             net, params = L.from_nnx(_model("scornn", seed=2))
             x = _padded_and_alone(lengths=(4,))[0][0, :4]
         lo, up = L.stability_bounds(net, params, x, chunk_size=3)
+        flag = np.zeros(x.shape, bool)
+        if kind == "scornn":
+            flag[:, F] = True  # the frame flag: the neuron mask reads it
         for k in range(x.size):
             e = jnp.zeros(x.size, x.dtype).at[k].set(1.0).reshape(x.shape)
+            if flag.reshape(-1)[k]:
+                # Moving the flag (1 -> 0.4) changes the network (output and pattern) at once: no bound, NaN.
+                assert np.isnan(up.reshape(-1)[k]) and np.isnan(lo.reshape(-1)[k])
+                assert not L.same_region(net, params, x, x - 0.6 * e)
+                continue
             np.testing.assert_allclose(up.reshape(-1)[k], L.directional_margin(net, params, x, e), rtol=1e-12)
             np.testing.assert_allclose(lo.reshape(-1)[k], L.directional_margin(net, params, x, -e), rtol=1e-12)
+            # Every finite bound is tight: just inside, the same region; just past it, another.
+            for t, sign in ((up.reshape(-1)[k], 1.0), (lo.reshape(-1)[k], -1.0)):
+                if np.isfinite(t) and t > 0:
+                    assert L.same_region(net, params, x, x + sign * 0.999 * t * e)
+                    assert not L.same_region(net, params, x, x + sign * 1.001 * t * e)
         finite = np.isfinite(np.asarray(up)) & (np.asarray(up) > 0)
         assert finite.any()
         # Tight: just past an upper bound the pattern changes, just before it does not.

@@ -5,22 +5,29 @@ Two layers make a wrong certificate impossible to miss:
 * **Poisoning in the maths** (always on, free): a non-finite input or parameter
   makes every margin NaN (never a finite, plausible radius).
 * **Value checks** (``check=True``, the default of every public geometry
-  function): non-finite inputs or parameters, and networks that are not
-  piecewise linear at ANY example of the call, raise ``ValueError``. With
-  concrete arrays outside ``jit`` the error is raised at once; inside a
-  traced computation the check becomes one device-side reduction and one
-  host callback that raises when it fails (the error then surfaces as a
-  ``jax.errors.JaxRuntimeError`` whose message holds the same text; the
-  batched functions, called outside ``jit``, re-raise it as ``ValueError``;
-  inside a user's ``jit`` it stays a ``JaxRuntimeError``).
+  function): non-finite inputs or parameters, networks that are not
+  piecewise linear, and declarations that are not the network, at ANY
+  example of the call. Called eagerly (concrete arrays, e.g. every
+  :mod:`lld_jax.batched` call outside ``jit``), a failure raises
+  :class:`CheckError` (a ``ValueError``) naming the problem and the examples:
+  the checks run as their own compiled function, which returns one flag per
+  check to the host. Traced (inside a user's ``jit``, ``vmap``, ``grad``),
+  the functions stay pure: a failed check poisons its result (NaN, never a
+  plausible number) and no host callback is emitted. A user who wants the
+  named error raised from inside their own ``jit`` wraps the traced function
+  in :func:`checked` (one host callback per check; the error then surfaces as
+  a ``jax.errors.JaxRuntimeError`` holding the same text).
 
 Shape, dtype and protocol checks are static: they run at trace time, always.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -65,22 +72,88 @@ def _host_check(bad: np.ndarray, msg: str) -> np.ndarray:
     return np.zeros(bad.shape, np.bool_)
 
 
+# How a failed check inside a trace behaves: poison (default), raise through a host callback
+# (inside :func:`checked`, and for the eager calls' internal checks), or, while the eager value
+# checks are traced, be collected so that its flag is returned to the host.
+_RAISING: contextvars.ContextVar[bool] = contextvars.ContextVar("lld_jax_raising", default=False)
+_COLLECT: contextvars.ContextVar[list | None] = contextvars.ContextVar("lld_jax_collect", default=None)
+
+
+def poison_where(x: Array, bad: Array) -> Array:
+    """``x`` with NaN where ``bad``: per example when ``bad`` has one flag per row of ``x``, else everywhere."""
+    if bad.ndim == 1 and x.ndim >= 1 and x.shape[0] == bad.shape[0] and bad.shape[0] > 1:
+        mask = bad.reshape(bad.shape + (1,) * (x.ndim - 1))
+    else:
+        mask = jnp.any(bad)
+    return jnp.where(mask, jnp.full_like(x, jnp.nan), x)
+
+
 def error_if(x: Array, bad: Array, msg: str) -> Array:
-    """Returns ``x``; raises ``msg`` if any element of ``bad`` is True.
+    """Returns ``x``; a failed check (any ``bad``) raises ``msg`` or poisons ``x`` with NaN.
 
     ``bad`` is a scalar or a vector with one flag per example (named in the
-    message through ``{where}``). Works on concrete arrays (raises at once) and
-    on tracers (a host callback raises when the compiled code runs), under
-    ``jit``, ``vmap`` and ``grad``.
+    message through ``{where}``). On concrete arrays the error is raised at
+    once. On tracers the result is poisoned (NaN where ``bad``), unless the
+    trace runs inside :func:`checked` (or an eager call's internal checks),
+    where a host callback raises when the compiled code runs.
     """
     bad = jax.lax.stop_gradient(bad)
     if not isinstance(bad, jax.core.Tracer):
         _host_check(np.asarray(bad), msg)
         return x
+    collected = _COLLECT.get()
+    if collected is not None:
+        collected.append((bad, msg))
+        return x
+    if not _RAISING.get():
+        return poison_where(x, bad)
     spec = jax.ShapeDtypeStruct(bad.shape, jnp.bool_)
     flag = jax.pure_callback(lambda b: _host_check(b, msg), spec, bad, vmap_method="broadcast_all")
     # Tie the callback to the data path so that it is never dead-code eliminated.
     return jnp.where(jnp.any(flag), jnp.full_like(x, jnp.nan), x)
+
+
+def checked(fn: Callable) -> Callable:
+    """``fn`` with lld_jax's failed checks raised from inside a trace, instead of poisoning results with NaN.
+
+    The lld_jax functions traced while ``fn`` runs (e.g. under the user's
+    ``jax.jit``) carry one host callback per check, which raises when the
+    compiled code runs; the error surfaces as a ``jax.errors.JaxRuntimeError``
+    whose message holds the :class:`CheckError` text. The cost is a device to
+    host round trip per check per call (measured in ``benchmarks/run.py``).
+    Without it, traced calls are pure: a failed check gives NaN.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, lld_jax
+      >>> f = lambda w, x: (jnp.sum(w @ x), (w @ x,))
+      >>> safe = jax.jit(lld_jax.checked(lambda w, x: lld_jax.margin(f, w, x)))
+      >>> float(safe(jnp.eye(2), jnp.array([1.0, -2.0])))
+      1.0
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        token = _RAISING.set(True)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _RAISING.reset(token)
+
+    return wrapper
+
+
+@dataclasses.dataclass(frozen=True)
+class Checks:
+    """The static checking mode of one kernel call: run the value checks? raise (host callback) or poison?
+
+    Truthy when the value checks run, so kernels keep ``if check:``.
+    """
+
+    values: bool
+    raising: bool
+
+    def __bool__(self) -> bool:
+        return self.values
 
 
 def reraise(err: Exception) -> None:
@@ -122,7 +195,10 @@ def example_shape(net: Network, x: Array, *, batched: bool) -> tuple[int, ...]:
 
 def prepare(net: Network, params: PyTree, x: Any, *, batched: bool) -> tuple[Array, tuple[tuple[int, ...], ...]]:
     """Static checks: returns ``x`` cast to the working dtype and the hidden shapes."""
-    x = jnp.asarray(x)
+    try:
+        x = jnp.asarray(x)
+    except TypeError as err:
+        raise ValueError(f"x must be a numeric array (floating point); got {type(x).__name__} that JAX cannot convert: {err}") from err
     x = x.astype(working_dtype(params, x))
     shape = example_shape(net, x, batched=batched)
     return x, hidden_shapes(net, params, shape, x.dtype)
@@ -204,35 +280,79 @@ def check_finite_array(a: Array, name: str, *, batched: bool = False) -> Array:
     return error_if(a, ~jnp.all(jnp.isfinite(a), axis=axes), f"{name} contains NaN or Inf{{where}}.")
 
 
+# The messages of each compiled value check, recorded when it is traced (in flag order).
+_MESSAGES: dict[Any, list[str]] = {}
+
+
+def _messages_key(net, names, batched, xname, x, extras) -> tuple:
+    return (net, names, batched, xname, tuple(x.shape), str(x.dtype), tuple((tuple(a.shape), str(a.dtype)) for a in extras))
+
+
+def _collect_checks(net: Network, params: PyTree, x: Array, extras: tuple, names: tuple, batched: bool, xname: str) -> list:
+    """``[(flag, message), ...]`` of every value check of one call (traced)."""
+    collected: list = []
+    token = _COLLECT.set(collected)
+    try:
+        check_values(net, params, x, batched=batched, name=xname)
+        for name, a in zip(names, extras):
+            check_finite_array(a, name, batched=batched)
+    finally:
+        _COLLECT.reset(token)
+    return collected
+
+
 @functools.partial(jax.jit, static_argnames=("net", "names", "batched", "xname"))
-def _eager_checks(net: Network, params: PyTree, x: Array, extras: tuple, *, names: tuple, batched: bool, xname: str) -> Array:
-    x = check_values(net, params, x, batched=batched, name=xname)
-    flags = [jnp.zeros((), bool)]
-    for name, a in zip(names, extras):
-        flags.append(jnp.any(jnp.isnan(check_finite_array(a, name, batched=batched))))
-    return jnp.any(jnp.stack(flags)) | jnp.any(jnp.isnan(x))
+def _value_flags(net: Network, params: PyTree, x: Array, extras: tuple, *, names: tuple, batched: bool, xname: str) -> list[Array]:
+    """Every value check of one call as a flag (scalar, or one per example) for the host; no callback."""
+    collected = _collect_checks(net, params, x, extras, names, batched, xname)
+    _MESSAGES[_messages_key(net, names, batched, xname, x, extras)] = [msg for _, msg in collected]
+    return [bad for bad, _ in collected]
+
+
+def _messages(net: Network, params: PyTree, x: Array, extras: tuple, names: tuple, batched: bool, xname: str) -> list[str]:
+    key = _messages_key(net, names, batched, xname, x, extras)
+    if key not in _MESSAGES:  # compiled under a key that has changed since (a closure's captured value): trace again, abstractly
+        msgs: list[str] = []
+        jax.eval_shape(lambda p, u, e: msgs.extend(m for _, m in _collect_checks(net, p, u, e, names, batched, xname)), params, x, extras)
+        _MESSAGES[key] = msgs
+    return _MESSAGES[key]
+
+
+def eager_value_checks(net: Network, params: PyTree, x: Array, extras: dict | None = None, *, batched: bool, xname: str = "x") -> None:
+    """Runs the value checks of one eager call and raises :class:`CheckError` for the first that fails."""
+    extras = extras or {}
+    names, arrays = tuple(extras), tuple(extras.values())
+    flags = jax.device_get(_value_flags(net, params, x, arrays, names=names, batched=batched, xname=xname))
+    for bad, msg in zip(flags, _messages(net, params, x, arrays, names, batched, xname), strict=True):
+        _host_check(np.asarray(bad), msg)
 
 
 def run_checked(fn, net: Network, params: PyTree, x: Array, *rest, check: bool, batched: bool, extras: dict | None = None, xname: str = "x", **kw):
-    """Calls a jitted kernel ``fn(net, params, x, *rest, check=..., batched=..., **kw)`` with the value checks.
+    """Calls a jitted kernel ``fn(net, params, x, *rest, check=Checks(...), batched=..., **kw)``.
 
-    Eagerly (concrete arrays) the checks run first, as their own compiled
-    function (compiled once per network and input shape, whichever kernel
-    follows), and a failure raises :class:`CheckError` here; the kernel then
-    runs unchecked and asynchronously. Under a trace the kernel carries the
-    checks itself. ``extras`` maps names to further arrays that must be finite.
-    Everything is traced with ``jax.default_matmul_precision("highest")``.
+    Eagerly (concrete arrays) the value checks run first, as their own
+    compiled function returning flags (compiled once per network and input
+    shape, whichever kernel follows), and a failure raises
+    :class:`CheckError` here; the kernel then runs without value checks, its
+    internal checks (e.g. ``method="rowspace"``'s structure test, the
+    certificate self-check) raising named errors. Under a trace the kernel
+    carries the value checks itself (``check=True``) and poisons, or raises
+    inside :func:`checked`. ``extras`` maps names to further arrays that must
+    be finite. Everything is traced with ``jax.default_matmul_precision("highest")``.
     """
     extras = extras or {}
     tracing = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((params, x, rest, tuple(extras.values()))))
+    mode = Checks(values=bool(check), raising=_RAISING.get()) if tracing else Checks(values=False, raising=True)
+    token = _RAISING.set(mode.raising)
     try:
         # Certificates need full-precision products: GPUs default to TF32 and TPUs to bf16 passes
         # for float32 matmuls and convolutions, which would move margins by ~1e-3 relative.
         with jax.default_matmul_precision("highest"):
             if check and not tracing:
-                jax.block_until_ready(_eager_checks(net, params, x, tuple(extras.values()), names=tuple(extras), batched=batched, xname=xname))
-                check = False
-            return fn(net, params, x, *rest, check=check, batched=batched, **kw)
+                eager_value_checks(net, params, x, extras, batched=batched, xname=xname)
+            return fn(net, params, x, *rest, check=mode, batched=batched, **kw)
     except Exception as err:  # XLA wraps a callback's exception in its own type; recover ours
         reraise(err)
         raise
+    finally:
+        _RAISING.reset(token)

@@ -35,12 +35,15 @@ def _direction(x: Array) -> Array:
     return jax.random.normal(jax.random.key(7), x.shape, x.dtype)
 
 
-def _differ(got: Array, want: Array, scale: Array) -> Array:
-    """Any element of ``got`` off ``want`` by more than sqrt(eps) of ``scale`` (a layer's magnitude)? NaN counts as a difference."""
+def _differ(got: Array, want: Array, scale: Array, *dtypes) -> Array:
+    """Any element of ``got`` off ``want`` by more than sqrt(eps) of ``scale`` (a layer's magnitude)? NaN counts as a difference.
+
+    eps is that of the least precise of ``got``, ``want`` and ``dtypes`` (e.g. float32 weights under float64 inputs).
+    """
+    eps = max(float(jnp.finfo(d).eps) for d in (got.dtype, want.dtype, *dtypes))
     got, want = jnp.ravel(got).astype(want.dtype), jnp.ravel(want)
     if got.shape != want.shape:
         return jnp.ones((), bool)
-    eps = jnp.finfo(want.dtype).eps
     tol = jnp.sqrt(eps) * jnp.maximum(scale, jnp.finfo(want.dtype).tiny / eps)
     return jnp.any(~(jnp.abs(got - want) <= tol))
 
@@ -66,10 +69,10 @@ def dense_mismatch(net: Network, params: PyTree, x: Array) -> Array:
     for i, (w, b) in enumerate(layers):
         if w.ndim != 2 or w.shape[1] != h.shape[0]:
             return jnp.ones((), bool)
-        z, dz = w @ h.astype(w.dtype) + b, w @ dh.astype(w.dtype)
+        z, dz = w @ h + b, w @ dh
         ref, dref = (pre[i], dpre[i]) if i < len(pre) else (out, dout)
-        bad |= _differ(z, ref, _layer_scale(jnp.abs(w) @ jnp.abs(h.astype(w.dtype)) + jnp.abs(b), ref))
-        bad |= _differ(dz, dref, _layer_scale(jnp.abs(w) @ jnp.abs(dh.astype(w.dtype)), dref))
+        bad |= _differ(z, ref, _layer_scale(jnp.abs(w) @ jnp.abs(h) + jnp.abs(b), ref), w.dtype)
+        bad |= _differ(dz, dref, _layer_scale(jnp.abs(w) @ jnp.abs(dh), dref), w.dtype)
         if i + 1 == len(layers) or i + 1 > len(pre):
             break
         slope = jnp.where(z > 0, 1.0, alpha).astype(z.dtype)

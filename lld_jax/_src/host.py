@@ -43,5 +43,9 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
+    """The JSON in ``path``; a corrupt file raises one ``ValueError`` naming it."""
     with open(path) as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); the file is corrupt: delete it or the run directory holding it.") from err

@@ -6,14 +6,18 @@ example ``x``, where ``preacts`` is the tuple of every hidden pre-activation
 :class:`Network` wraps such a function with optional extras that unlock the
 faster gradient methods.
 
-A :class:`Network` is hashable and compares by value, so it can be a static
-argument of ``jax.jit``: two wrappers of the same model share compiled code.
+A :class:`Network` is hashable and compares by a stable identity of its
+functions (:func:`function_key`), so it can be a static argument of
+``jax.jit``: two wrappers of the same model, or two lambdas written by the
+same line over the same captured objects, share compiled code.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +30,71 @@ PyTree = Any
 ApplyFn = Callable[[PyTree, Array], tuple[Array, tuple[Array, ...]]]
 
 
-@dataclasses.dataclass(frozen=True)
+class _Same:
+    """An object compared by identity (kept alive while the key lives): arrays, modules, anything unhashable."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any):
+        self.obj = obj
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+
+def _value_key(v: Any, depth: int) -> Any:
+    if isinstance(v, (types.FunctionType, functools.partial, types.MethodType)):
+        return function_key(v, depth + 1)
+    if isinstance(v, tuple):
+        return ("tuple", *(_value_key(e, depth + 1) for e in v))
+    if isinstance(v, dict):
+        return ("dict", *((k, _value_key(e, depth + 1)) for k, e in v.items()))
+    try:
+        hash(v)
+    except TypeError:
+        return _Same(v)
+    return (type(v), v)  # hashable: by value (numbers, strings, frozen dataclasses, Networks)
+
+
+def function_key(f: Any, depth: int = 0) -> Any:
+    """A stable identity of a callable, for compile caches: equal keys mean the same computation.
+
+    A Python function is keyed by its code, its module's globals, its
+    defaults and what it captures (hashable values by value, everything else,
+    e.g. arrays and modules, by identity); ``functools.partial`` by its
+    function and arguments; a bound method by its function and instance
+    (identity). So ``lambda p, u: model(p, u)`` built afresh in a loop reuses
+    the compiled code. As with any ``jax.jit`` static argument, state read
+    through a captured mutable object is fixed at trace time: pass what
+    changes (the weights) in ``params``.
+    """
+    if depth > 8:  # deep or self-referencing closures: fall back to identity
+        return _Same(f)
+    if isinstance(f, types.FunctionType):
+        cells = tuple(_value_key(c.cell_contents, depth) if _filled(c) else ("empty",) for c in f.__closure__ or ())
+        return ("function", f.__code__, _Same(f.__globals__), cells, _value_key(f.__defaults__, depth), _value_key(f.__kwdefaults__, depth))
+    if isinstance(f, functools.partial):
+        return ("partial", function_key(f.func, depth + 1), _value_key(f.args, depth), _value_key(f.keywords, depth))
+    if isinstance(f, types.MethodType):
+        return ("method", function_key(f.__func__, depth + 1), _Same(f.__self__))
+    return _value_key(f, depth)
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:  # a cell not yet assigned
+        return False
+    return True
+
+
+_CALLABLE_FIELDS = ("apply", "apply_frozen", "dense_layers", "neuron_mask", "stem")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Network:
     """A piecewise-linear network in the form lld_jax understands.
 
@@ -66,6 +134,19 @@ class Network:
 
     def __call__(self, params: PyTree, x: Array) -> tuple[Array, tuple[Array, ...]]:
         return self.apply(params, x)
+
+    def _key(self) -> tuple:
+        return (
+            *(None if getattr(self, f) is None else function_key(getattr(self, f)) for f in _CALLABLE_FIELDS),
+            self.input_shape,
+            self.negative_slope,
+        )
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, Network) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
 def as_network(apply_fn: ApplyFn | Network, *, input_shape: Sequence[int] | None = None) -> Network:
@@ -184,6 +265,16 @@ def hidden_shapes(net: Network, params: PyTree, shape: tuple[int, ...], dtype: A
     preacts = out[1]
     if not isinstance(preacts, (tuple, list)):
         raise ProtocolError("apply_fn must return preacts as a tuple of arrays (one per hidden layer).")
+    for i, p in enumerate(preacts):
+        if not isinstance(p, jax.ShapeDtypeStruct):
+            raise ProtocolError(
+                f"preacts[{i}] is a {type(p).__name__}, not an array: return preacts as a flat tuple of arrays, one per hidden layer "
+                "(concatenate or flatten nested groups, e.g. tuple(jax.tree.leaves(groups)))."
+            )
+        if not jnp.issubdtype(p.dtype, jnp.floating):
+            raise ProtocolError(f"preacts[{i}] has dtype {p.dtype}: pre-activations must be floating point (the inputs of the ReLU-like units).")
+        if math.prod(p.shape) == 0:
+            raise ProtocolError(f"preacts[{i}] has shape {tuple(p.shape)}, no entries: drop the empty layer from preacts.")
     if sum(math.prod(p.shape) for p in preacts) == 0:
         raise ValueError("the network has no hidden neurons (preacts is empty): its region is the whole input space and margins are undefined.")
     return tuple(tuple(p.shape) for p in preacts)

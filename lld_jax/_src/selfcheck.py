@@ -236,9 +236,12 @@ def _selfcheck(net, params, x, key, *, p, method, chunk, num_samples, rtol, hidd
         else:
             r, j, stats, failed = jax.lax.map(lambda xk: one(*xk), (x, keys), batch_size=CPU_EXAMPLE_BLOCK)
     bad = failed | (stats[0] > rtol) | (stats[1] > rtol)
-    raise_ = functools.partial(_host_raise, p=p, rtol=rtol, num_samples=num_samples)
-    flag = jax.pure_callback(raise_, jax.ShapeDtypeStruct(bad.shape, jnp.bool_), bad, r, *stats, vmap_method="broadcast_all")
-    r = jnp.where(jnp.any(flag), jnp.nan, r)  # ties the callback to the result: never dead-code eliminated
+    if check.raising:  # eager calls and lld_jax.checked: the named error, with the measured deviations
+        raise_ = functools.partial(_host_raise, p=p, rtol=rtol, num_samples=num_samples)
+        flag = jax.pure_callback(raise_, jax.ShapeDtypeStruct(bad.shape, jnp.bool_), bad, r, *stats, vmap_method="broadcast_all")
+        r = jnp.where(jnp.any(flag), jnp.nan, r)  # ties the callback to the result: never dead-code eliminated
+    else:  # pure: a failed self-check poisons its radius
+        r = jnp.where(bad, jnp.nan, r)
     return CertificateCheck(r, *bounding_neuron(hidden, j, r), stats[0], stats[1], stats[2] + stats[3])
 
 

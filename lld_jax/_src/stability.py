@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import check_values, poison, prepare, run_checked
 from lld_jax._src.gradients import default_chunk, linearize_preacts, map_examples
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask
 
 Array = jax.Array
 
@@ -39,6 +39,22 @@ def _bounds_one(net: Network, params: PyTree, x: Array, chunk: int) -> tuple[Arr
         return _first_crossing(z, -dz), _first_crossing(z, dz)
 
     lower, upper = jax.lax.map(axis, jnp.arange(dim), batch_size=chunk)
+    if net.neuron_mask is not None:
+        # A coordinate the neuron mask reads (the frame flag of a padded sequence) decides which neurons
+        # exist: moving it changes the region although no pre-activation's derivative sees it. It is not a
+        # coordinate one can move: NaN, never a bound. Detected by moving it (both ways, by 1 + |x_k|,
+        # and to just inside each finite bound) and comparing the mask.
+        m0 = flat_mask(net, params, x)
+        flat = x.reshape(-1)
+
+        def reads(k, lo, up):
+            c = 1 + jnp.abs(flat[k])
+            steps = jnp.stack([-c, c, -0.999 * jnp.where(jnp.isfinite(lo), lo, c), 0.999 * jnp.where(jnp.isfinite(up), up, c)])
+            moved = jax.vmap(lambda s: flat_mask(net, params, flat.at[k].add(s).reshape(x.shape)))(steps)
+            return jnp.any(moved != m0[None])
+
+        masked = jax.lax.map(lambda a: reads(*a), (jnp.arange(dim), lower, upper), batch_size=chunk)
+        lower, upper = jnp.where(masked, jnp.nan, lower), jnp.where(masked, jnp.nan, upper)
     bad = jnp.any(jnp.isnan(z))
     fix = lambda b: poison(jnp.where(bad, jnp.nan, b), x, params).reshape(x.shape)
     return fix(lower), fix(upper)
@@ -72,7 +88,10 @@ def stability_bounds(
     (other coordinates fixed) the input stays in x's linear region, so the
     network's gradient there is exactly its gradient at x (paper Sec. 5.2,
     the intervals of Fig. 3). +inf where the whole ray stays in the region
-    (e.g. the padding of a padded sequence).
+    (e.g. the padding of a padded sequence). NaN for a coordinate that the
+    network's :attr:`~lld_jax.Network.neuron_mask` reads (the frame flag of a
+    padded sequence): it decides which neurons exist, so it is not a
+    coordinate one can move within a region.
 
     Args:
       apply_fn: the network.
@@ -82,7 +101,8 @@ def stability_bounds(
       check: run the value checks.
 
     Returns:
-      ``(lower, upper)``, each shaped like ``x`` (NaN for non-finite inputs).
+      ``(lower, upper)``, each shaped like ``x`` (NaN for non-finite inputs
+      and mask-read coordinates).
 
     Example:
       >>> import jax.numpy as jnp, lld_jax
