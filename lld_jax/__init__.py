@@ -16,7 +16,7 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
 * Gradient stability (paper Sec. 5.3): :func:`input_gradient`,
   :func:`expected_gradient_distortion`, :func:`max_gradient_distortion`,
   :func:`integrated_gradients`.
-* Networks: :class:`Network`, :func:`as_network`, :func:`from_nnx`,
+* Networks: :class:`Network`, :func:`as_network`, :func:`from_nnx`, :func:`from_linen`, :func:`from_equinox`,
   :func:`normalized_inputs`, :class:`ProtocolError` (raised for a function
   that does not follow the protocol),
   :class:`Stem` and :func:`conv_axis_tangent` (a conv net's first layer
@@ -31,6 +31,7 @@ for batches (fast CPU blocking, value errors raised as ``ValueError``).
 """
 
 from lld_jax import batched, data, evaluation, losses, slices, training
+from lld_jax._src.adapters import from_equinox, from_linen
 from lld_jax._src.checks import CheckError, checked
 from lld_jax._src.distortion import (
     GradientDistortion,
@@ -111,6 +112,8 @@ __all__ = [
     "distance_penalty",
     "dual_exponent",
     "evaluation",
+    "from_equinox",
+    "from_linen",
     "from_nnx",
     "hull_in_region",
     "l1_ball_in_region",

@@ -1,0 +1,164 @@
+"""The same weights as an NNX, Linen, Equinox and plain-function network give the same geometry and losses (float64)."""
+
+import equinox as eqx
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from nets import randomize_biases
+
+import lld_jax as L
+
+SIZES = (6, 12, 10, 3)  # input, two hidden layers, output
+SLOPE = 0.1
+
+
+def nnx_mlp():
+    model = L.MLP(SIZES[0], list(SIZES[1:-1]), SIZES[-1], negative_slope=SLOPE, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    randomize_biases(model, jax.random.key(1))
+    return model
+
+
+def weights(model):
+    return [(layer.kernel[...], layer.bias[...]) for layer in model.layers]  # kernels (in, out)
+
+
+class LinenSown(nn.Module):
+    """Sows its pre-activations under names whose alphabetical order is not the call order."""
+
+    @nn.compact
+    def __call__(self, x):
+        z1 = nn.Dense(SIZES[1], param_dtype=jnp.float64, name="dense_b")(x)
+        self.sow("intermediates", "z_late", z1)
+        z2 = nn.Dense(SIZES[2], param_dtype=jnp.float64, name="dense_a")(nn.leaky_relu(z1, SLOPE))
+        self.sow("intermediates", "a_early", z2)
+        return nn.Dense(SIZES[3], param_dtype=jnp.float64, name="dense_c")(nn.leaky_relu(z2, SLOPE))
+
+
+class EqxMLP(eqx.Module):
+    layers: list
+
+    def __init__(self, ws):
+        key = jax.random.key(0)
+        self.layers = []
+        for k, b in ws:
+            lin = eqx.nn.Linear(k.shape[0], k.shape[1], key=key, dtype=jnp.float64)
+            lin = eqx.tree_at(lambda m: (m.weight, m.bias), lin, (k.T, b))
+            self.layers.append(lin)
+
+    def __call__(self, x):
+        pre, h = [], x
+        for layer in self.layers[:-1]:
+            z = layer(h)
+            pre.append(z)
+            h = jax.nn.leaky_relu(z, SLOPE)
+        return self.layers[-1](h), tuple(pre)
+
+
+def all_frameworks():
+    model = nnx_mlp()
+    ws = weights(model)
+    nets = {"nnx": L.from_nnx(model)}
+    linen = LinenSown()
+    variables = linen.init(jax.random.key(0), jnp.ones(SIZES[0], jnp.float64))
+    names = ("dense_b", "dense_a", "dense_c")
+    variables = {"params": {n: {"kernel": k, "bias": b} for n, (k, b) in zip(names, ws)}}
+    nets["linen"] = L.from_linen(linen, variables, input_shape=(SIZES[0],))
+    nets["equinox"] = L.from_equinox(EqxMLP(ws), input_shape=(SIZES[0],))
+
+    def plain(p, x):
+        pre, h = [], x
+        for k, b in p[:-1]:
+            z = h @ k + b
+            pre.append(z)
+            h = jax.nn.leaky_relu(z, SLOPE)
+        return h @ p[-1][0] + p[-1][1], tuple(pre)
+
+    nets["plain"] = (L.as_network(plain, input_shape=(SIZES[0],)), ws)
+    return nets
+
+
+def test_same_weights_same_margins_patterns_and_losses_in_every_framework():
+    nets = all_frameworks()
+    # The dense stack and its slope are recognised where the structure allows (not for the plain function).
+    for name in ("nnx", "linen", "equinox"):
+        assert nets[name][0].dense_layers is not None and nets[name][0].negative_slope == pytest.approx(SLOPE), name
+    assert nets["plain"][0].dense_layers is None
+    x = jax.random.normal(jax.random.key(5), (16, SIZES[0]), jnp.float64)
+    ref = {}
+    for name, (net, params) in nets.items():
+        got = {f"margin_l{p}": np.asarray(L.batched.margin(net, params, x, p=p)) for p in (1, 2, "inf")}
+        got["margin_gram_or_auto"] = np.asarray(L.batched.margin(net, params, x, p=2, method="auto"))
+        got["pattern"] = np.asarray(L.batched.activation_pattern(net, params, x))
+        got["roll"] = np.asarray(jax.vmap(lambda u, n=net, q=params: L.roll_penalty(n, q, u, C=1.0))(x))
+        got["roll_sampled"] = np.asarray(
+            jax.vmap(lambda u, n=net, q=params: L.roll_penalty_sampled(n, q, u, jax.random.key(2), C=1.0, num_samples=3))(x)
+        )
+        if not ref:
+            ref = got
+            assert ref["pattern"].any() and not ref["pattern"].all()
+            continue
+        for key, value in got.items():
+            if value.dtype == bool:
+                np.testing.assert_array_equal(value, ref[key], err_msg=f"{name} {key}")
+            else:
+                np.testing.assert_allclose(value, ref[key], rtol=1e-10, err_msg=f"{name} {key}")
+
+
+def test_linen_sown_order_is_call_order_and_statistics_stay_constant():
+    nets = all_frameworks()
+    net, params = nets["linen"]
+    x = jnp.ones(SIZES[0], jnp.float64)
+    pre = net.apply(params, x)[1]
+    assert [p.shape for p in pre] == [(SIZES[1],), (SIZES[2],)]  # z_late (sown first) before a_early
+
+    class WithBatchNorm(nn.Module):
+        train: bool = False
+
+        @nn.compact
+        def __call__(self, x):
+            z = nn.BatchNorm(use_running_average=not self.train)(nn.Dense(5)(x))
+            return nn.Dense(2)(nn.relu(z)), (z,)
+
+    v = WithBatchNorm().init(jax.random.key(0), jnp.ones(4))
+    bn, bparams = L.from_linen(WithBatchNorm(), v, input_shape=(4,))
+    grads = jax.grad(lambda q: L.roll_penalty(bn, q, jnp.ones(4), C=1.0))(bparams)
+    assert not np.any(np.asarray(jax.tree.leaves(grads["batch_stats"])))  # held constant
+    with pytest.raises(ValueError, match="BatchNorm in training mode"):
+        L.batched.margin(*L.from_linen(WithBatchNorm(train=True), v, input_shape=(4,)), jnp.ones((2, 4)))
+
+
+def test_adapters_refuse_what_they_cannot_read_naming_the_model():
+    class OutputOnly(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(nn.relu(nn.Dense(3)(x)))
+
+    v = OutputOnly().init(jax.random.key(0), jnp.ones(4))
+    with pytest.raises(L.ProtocolError, match="OutputOnly returned a single output and sowed no pre-activations"):
+        L.batched.margin(*L.from_linen(OutputOnly(), v), jnp.ones((2, 4)))
+    mlp = eqx.nn.MLP(4, 2, 3, 1, key=jax.random.key(0))  # returns the output only
+    with pytest.raises(L.ProtocolError, match="MLP returned a single output"):
+        L.batched.margin(*L.from_equinox(mlp), jnp.ones((2, 4)))
+    with pytest.raises(TypeError, match="from_linen takes a flax.linen.Module"):
+        L.from_linen(nnx_mlp(), {})
+    with pytest.raises(TypeError, match="from_equinox takes an equinox.Module"):
+        L.from_equinox(lambda x: x)
+    with pytest.raises(ValueError, match="no 'params' collection"):
+        L.from_linen(OutputOnly(), {"batch_stats": {}})
+
+
+def test_a_fresh_adapter_of_the_same_model_does_not_recompile():
+    from lld_jax._src.margins import _margin
+
+    nets = all_frameworks()
+    x = jax.random.normal(jax.random.key(5), (4, SIZES[0]), jnp.float64)
+    for name in ("linen", "equinox"):
+        L.batched.margin(*nets[name], x)
+        before = _margin._cache_size()
+        again = all_frameworks()[name]
+        assert again[0] == nets[name][0]
+        L.batched.margin(*again, x)
+        assert _margin._cache_size() == before, name
