@@ -19,11 +19,9 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lld_jax.data import DownloadError
-
-# OSError covers unwritable or clashing output paths, folders where files are expected and failed downloads:
-# its message names the path.
-USER_ERRORS = (ValueError, OSError, FloatingPointError, DownloadError)
+# OSError covers unwritable or clashing output paths, folders where files are expected and failed downloads
+# (lld_jax.data.DownloadError): its message names the path.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
 def parse_gamma(s: str) -> str | float:
@@ -98,7 +96,7 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 def _one_line(err: BaseException) -> str:
     """The error's message on one line; an OSError says what failed on which path."""
-    if isinstance(err, OSError) and err.filename is not None and not isinstance(err, DownloadError):
+    if isinstance(err, OSError) and err.filename is not None:
         return f"{err.strerror or type(err).__name__}: {err.filename!r} ({type(err).__name__}); check the path and its permissions."
     return " ".join(str(err).split())
 

@@ -8,12 +8,11 @@ set being the first 5,000 indices of a ``np.random.seed(1)`` permutation.
 from __future__ import annotations
 
 import gzip
-import os
 from typing import NamedTuple
 
 import numpy as np
 
-from lld_jax._src.download import locate
+from lld_jax._src.download import find_file, locate
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 _FILES = {
@@ -55,13 +54,11 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def _find(data_dir: str, stem: str) -> str:
-    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx")):
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            return path
-    raise FileNotFoundError(
+    return find_file(
+        data_dir,
+        (stem + ".gz", stem, stem.replace("-idx", ".idx")),
         f"MNIST file {stem}(.gz) not found in {data_dir!r}. Pass --data-dir pointing at a folder with the four "
-        "standard IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...)."
+        "standard IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...).",
     )
 
 

@@ -101,6 +101,15 @@ def cache_dir() -> str:
     return os.path.join(base, "lld_jax")
 
 
+def find_file(data_dir: str, candidates: tuple[str, ...], missing: str) -> str:
+    """The first of ``candidates`` (file names) present in ``data_dir``; else ``FileNotFoundError(missing)``."""
+    for name in candidates:
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(missing)
+
+
 def _complete(folder: str, ds: DataSet) -> bool:
     if ds.subdir:
         return os.path.isdir(os.path.join(folder, ds.subdir))

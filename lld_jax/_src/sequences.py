@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lld_jax._src.download import locate
+from lld_jax._src.download import find_file, locate
 
 VOWELS_CLASSES = 9
 VOWELS_FEATURES = 12
@@ -155,13 +155,11 @@ def _labels(counts: Sequence[int]) -> np.ndarray:
 
 def _find_file(data_dir: str, name: str) -> str:
     """``name`` or ``name.gz`` in ``data_dir``; the message says what to pass."""
-    for candidate in (name, name + ".gz"):
-        path = os.path.join(data_dir, candidate)
-        if os.path.exists(path):
-            return path
-    raise FileNotFoundError(
+    return find_file(
+        data_dir,
+        (name, name + ".gz"),
         f"Japanese Vowels file {name}(.gz) not found in {data_dir!r}. Pass --data-dir pointing at a folder with the UCI files "
-        "ae.train and ae.test (https://archive.ics.uci.edu/ml/datasets/Japanese+Vowels), or let lld_jax.data.locate fetch them."
+        "ae.train and ae.test (https://archive.ics.uci.edu/ml/datasets/Japanese+Vowels), or let lld_jax.data.locate fetch them.",
     )
 
 
