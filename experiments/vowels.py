@@ -200,12 +200,16 @@ def run_one(config: Config, data: VowelsData, lam: float, C: float, workdir: str
         "experiment": experiment,
         "train_time_s": time.time() - t0,
         "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1),
-        **evaluate_model(net, params, data.test.x, data.test.y, batch_size=128, progress=config.progress),
+        **evaluate_model(net, params, data.test.x, data.test.y, batch_size=128, progress=config.progress, per_example=True),
         "device": str(jax.devices()[0].device_kind),
     }
     if data.val is not None:
         report["val"] = evaluate_model(net, params, data.val.x, data.val.y, batch_size=128, ps=(2,))
     rd = RunDir(workdir, write=jax.process_index() == 0)
+    per_example = report.pop("per_example")
+    if rd.write:
+        # Per-example test results (raw feature units) for paired comparisons across models and seeds.
+        np.savez_compressed(rd.file("eval.npz"), **per_example)
     rd.write_json("report.json", report)
     if rd.write:
         with open(rd.file("report.md"), "w") as fh:
