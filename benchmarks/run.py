@@ -104,7 +104,7 @@ def bench_margins(repeats: int, batches, peak: float) -> list[dict]:
             f = lambda: lld_jax.batched.margin(model, params, x, p=2, method=method, chunk_size=chunk)
             t = timeit(f, repeats)
             if method == "gram":
-                exact = lld_jax.batched.neuron_gradient_norms(net, params, x, ord=2, method="gram", squared=True)[1]
+                exact = lld_jax.batched.neuron_gradient_norms(net, params, x, p=2, method="gram", squared=True)[1]
             flops = margin_flops(method, b, 784, (300,) * 4) if method != "reverse" else None
             mem = temp_mib(margin_fn(model, p=2, method=method, chunk_size=chunk), params, x)
             rows.append(

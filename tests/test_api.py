@@ -17,7 +17,7 @@ PER_EXAMPLE = {
     "margin_l2": (lambda net, p, x: L.margin(net, p, x, p=2), lambda net, p, x: L.batched.margin(net, p, x, p=2)),
     "margin_linf": (lambda net, p, x: L.margin(net, p, x, p="inf"), lambda net, p, x: L.batched.margin(net, p, x, p="inf")),
     "margin_with_neuron": (L.margin_with_neuron, L.batched.margin_with_neuron),
-    "norms_l1": (lambda net, p, x: L.neuron_gradient_norms(net, p, x, ord=1), lambda net, p, x: L.batched.neuron_gradient_norms(net, p, x, ord=1)),
+    "norms_l1": (lambda net, p, x: L.neuron_gradient_norms(net, p, x, p=1), lambda net, p, x: L.batched.neuron_gradient_norms(net, p, x, p=1)),
     "gradients": (L.neuron_gradients, L.batched.neuron_gradients),
     "pattern": (L.activation_pattern, L.batched.activation_pattern),
     "directional": (
@@ -96,7 +96,7 @@ def test_return_types_do_not_change_with_arguments():
 
 
 def test_a_new_from_nnx_wrapper_of_the_same_model_does_not_recompile():
-    from lld_jax._src.margins import _margin
+    from lld_jax._src.kernel import _run as _margin  # the one compiled runner of every kernel
 
     model = L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (3, 5))
@@ -231,7 +231,7 @@ def test_float64_models_are_float64_throughout(kind):
 
 def test_fresh_lambdas_partials_and_methods_reuse_compiled_code_and_captured_values_are_keys():
     from lld_jax._src.checks import _value_flags
-    from lld_jax._src.margins import _margin
+    from lld_jax._src.kernel import _run
 
     model = L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(0))
     net, params = L.from_nnx(model)
@@ -242,7 +242,7 @@ def test_fresh_lambdas_partials_and_methods_reuse_compiled_code_and_captured_val
         for f in (lambda p, u: net.apply(p, u), functools.partial(net.apply), L.as_network(lambda p, u: net.apply(p, u), input_shape=(5,))):
             np.testing.assert_allclose(np.asarray(L.batched.margin(f, params, x)), want, rtol=1e-6)
             float(L.margin(f, params, x[0]))
-        now = (_margin._cache_size(), _value_flags._cache_size())
+        now = (_run._cache_size(), _value_flags._cache_size())
         assert sizes is None or now == sizes, "a fresh wrapper of the same function compiled again"
         sizes = now
     # What a function captures is part of its identity: another scale is another computation.

@@ -46,7 +46,7 @@ def test_norm_methods_agree_float64(kind, ord):
     methods = methods_for(net) + (["gram"] if ord == 2 and net.dense_layers is not None else [])
     methods += ["rowspace"] if ord == 2 and kind not in RECURRENT + POOLED else []
     for method in methods:
-        _, n = L.batched.neuron_gradient_norms(net, params, x, ord=ord, method=method, chunk_size=7)
+        _, n = L.batched.neuron_gradient_norms(net, params, x, p=ord, method=method, chunk_size=7)
         np.testing.assert_allclose(n, ref, rtol=1e-10, atol=1e-12 * ref.max(), err_msg=method)
 
 
@@ -71,15 +71,15 @@ def test_auto_picks_gram_for_mlp_l2_and_matches():
 
 def test_chunk_size_does_not_change_result():
     net, params, x = make("cnn")
-    ref = L.batched.neuron_gradient_norms(net, params, x, ord=2, method="forward", chunk_size=72)[1]
+    ref = L.batched.neuron_gradient_norms(net, params, x, p=2, method="forward", chunk_size=72)[1]
     for c in (1, 5, 13, 1000):
-        np.testing.assert_allclose(L.batched.neuron_gradient_norms(net, params, x, ord=2, method="forward", chunk_size=c)[1], ref, rtol=1e-12)
+        np.testing.assert_allclose(L.batched.neuron_gradient_norms(net, params, x, p=2, method="forward", chunk_size=c)[1], ref, rtol=1e-12)
 
 
 def test_squared_norm_is_square_of_norm():
     net, params, x = make("mlp")
-    _, n = L.batched.neuron_gradient_norms(net, params, x, ord=2)
-    _, s = L.batched.neuron_gradient_norms(net, params, x, ord=2, squared=True)
+    _, n = L.batched.neuron_gradient_norms(net, params, x, p=2)
+    _, s = L.batched.neuron_gradient_norms(net, params, x, p=2, squared=True)
     np.testing.assert_allclose(s, n**2, rtol=1e-12)
 
 
@@ -109,7 +109,7 @@ def test_rowspace_is_exact_for_plain_feedforward_functions_and_auto_uses_it():
     _, j_ref = brute_force(net, params, x)
     ref = np.linalg.norm(np.asarray(j_ref), axis=-1)
     for method in ("auto", "rowspace"):
-        _, n = L.batched.neuron_gradient_norms(f, params, x, ord=2, method=method, chunk_size=3)
+        _, n = L.batched.neuron_gradient_norms(f, params, x, p=2, method=method, chunk_size=3)
         np.testing.assert_allclose(n, ref, rtol=1e-10, err_msg=method)
     np.testing.assert_allclose(L.batched.margin(f, params, x, p=2), L.batched.margin(f, params, x, p=2, method="forward"), rtol=1e-10)
     roll = jax.jit(lambda p, u: L.roll_penalty(f, p, u, C=0.5))  # the training loss takes the same path
@@ -143,5 +143,5 @@ def test_rowspace_refuses_networks_that_read_x_beyond_the_first_layer():
     # method is exact there (the check passes for the right reason).
     rnet, rparams = L.from_nnx(L.RNN(6, 2, 2, negative_slope=0.1, length=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
     rx = jax.random.normal(jax.random.key(0), (3, 4, 6), jnp.float64)
-    a = L.batched.neuron_gradient_norms(rnet, rparams, rx, ord=2, method="rowspace")[1]
-    np.testing.assert_allclose(a, L.batched.neuron_gradient_norms(rnet, rparams, rx, ord=2, method="forward")[1], rtol=1e-10)
+    a = L.batched.neuron_gradient_norms(rnet, rparams, rx, p=2, method="rowspace")[1]
+    np.testing.assert_allclose(a, L.batched.neuron_gradient_norms(rnet, rparams, rx, p=2, method="forward")[1], rtol=1e-10)

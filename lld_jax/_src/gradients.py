@@ -22,18 +22,18 @@ Jacobian is only materialised by :func:`neuron_gradients`.
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import check_values, error_if, prepare, run_checked
+from lld_jax._src.checks import error_if
 from lld_jax._src.declarations import dense_mismatch, frozen_mismatch
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask, flat_preacts, mask_neurons, pattern_slopes
+from lld_jax._src.kernel import Kernel, Plan
+from lld_jax._src.network import ApplyFn, Network, PyTree, flat_mask, flat_preacts, mask_neurons, pattern_slopes
 
 Array = jax.Array
 METHODS = ("auto", "forward", "reverse", "template", "gram", "rowspace")
@@ -369,41 +369,48 @@ def resolve_method(
     return pick_method(net, method, ord, tuple(x.shape[1:] if batched else x.shape), hidden, chunk_size)
 
 
-# Examples per vectorised block in inference kernels on CPU: with the whole batch
-# at once the (B, N, r) tangent blocks spill out of cache (gram margins on the
-# MNIST net, batch 256: 1.6x faster in blocks of 16). Accelerators take the batch whole.
-CPU_EXAMPLE_BLOCK = 16
+class NeuronGradients(NamedTuple):
+    """Pre-activations and input gradients of every hidden neuron (one example; a leading ``B`` axis when batched).
+
+    Attributes:
+      preacts: ``(N,)``, all N hidden pre-activations z (layers concatenated, each flattened).
+      grads: ``(N, D)``, their gradients with respect to the flattened input
+        (paper Lemma 2: on x's region, z_j(x') = z_j + grads_j . (x' - x)).
+    """
+
+    preacts: Array
+    grads: Array
 
 
-def map_examples(fn, x: Array):
-    """``jax.vmap(fn)(x)``; on CPU evaluated in blocks of ``CPU_EXAMPLE_BLOCK`` examples (``lax.map``)."""
-    if jax.default_backend() != "cpu" or x.shape[0] <= CPU_EXAMPLE_BLOCK:
-        return jax.vmap(fn)(x)
-    return jax.lax.map(fn, x, batch_size=CPU_EXAMPLE_BLOCK)
+class NeuronGradientNorms(NamedTuple):
+    """Pre-activations and the norms of their input gradients (one example; a leading ``B`` axis when batched).
+
+    Attributes:
+      preacts: ``(N,)``, the hidden pre-activations z.
+      norms: ``(N,)``, ``||grad_x z_j||_p`` (or its square with ``squared=True``).
+    """
+
+    preacts: Array
+    norms: Array
 
 
-@functools.partial(jax.jit, static_argnames=("net", "method", "chunk", "ord", "squared", "check", "batched"))
-def _gradients(net, params, x, *, method, chunk, ord, squared, check, batched):
-    if check:
-        x = check_values(net, params, x, batched=batched)
+def _gradients_body(net, params, x, *, method, chunk, ord, squared):
     if ord is None:
-        one = lambda xi: jacobian_kernel(net, params, xi, method=method, chunk=chunk)
-    else:
-        one = lambda xi: norms_kernel(net, params, xi, ord=ord, method=method, chunk=chunk, squared=squared)
-    return map_examples(one, x) if batched else one(x)
+        return NeuronGradients(*jacobian_kernel(net, params, x, method=method, chunk=chunk))
+    return NeuronGradientNorms(*norms_kernel(net, params, x, ord=ord, method=method, chunk=chunk, squared=squared))
 
 
-def gradients_call(apply_fn, params, x, *, ord, method, chunk_size, squared, check, batched):
-    """Shared body of the per-example and batched public functions."""
-    net = as_network(apply_fn)
-    if squared and ord != 2:
-        raise ValueError(f"squared=True is for ord=2 (squared l2 norms); got ord={ord!r}.")
-    if ord is None and method in ("gram", "rowspace"):
-        raise ValueError(f"method={method!r} yields l2 norms only; use neuron_gradient_norms(..., ord=2).")
-    ord = None if ord is None else canonical_ord(ord)
-    x, hidden = prepare(net, params, x, batched=batched)
+def _gradients_plan(net, params, x, hidden, *, p, method, chunk_size, squared, batched):
+    if squared and p != 2:
+        raise ValueError(f"squared=True is for p=2 (squared l2 norms); got p={p!r}.")
+    if p is None and method in ("gram", "rowspace"):
+        raise ValueError(f"method={method!r} yields l2 norms only; use neuron_gradient_norms(..., p=2).")
+    ord = None if p is None else canonical_ord(p)
     method, chunk = resolve_method(net, method, ord, x, hidden, chunk_size, batched=batched)
-    return run_checked(_gradients, net, params, x, method=method, chunk=chunk, ord=ord, squared=squared, check=check, batched=batched)
+    return Plan(static=(("method", method), ("chunk", chunk), ("ord", ord), ("squared", squared)))
+
+
+GRADIENTS = Kernel(_gradients_body, _gradients_plan)
 
 
 def neuron_gradients(
@@ -423,9 +430,9 @@ def neuron_gradients(
       check: run the value checks (README: "What is checked, and when").
 
     Returns:
-      ``(z, grads)``: ``z`` of shape ``(N,)`` holds all N hidden
-      pre-activations (layers concatenated, each flattened), ``grads`` of shape
-      ``(N, D)`` their gradients with respect to the flattened input
+      :class:`NeuronGradients` ``(preacts, grads)``: ``preacts`` ``(N,)`` holds
+      all N hidden pre-activations (layers concatenated, each flattened),
+      ``grads`` ``(N, D)`` their gradients with respect to the flattened input
       (paper Lemma 2: on x's region, z_j(x') = z_j + grads_j . (x' - x)).
 
     Example:
@@ -435,7 +442,7 @@ def neuron_gradients(
       >>> g.tolist()
       [[1.0, 0.0], [0.0, 1.0]]
     """
-    return gradients_call(apply_fn, params, x, ord=None, method=method, chunk_size=chunk_size, squared=False, check=check, batched=False)
+    return GRADIENTS(apply_fn, params, x, p=None, method=method, chunk_size=chunk_size, squared=False, check=check)
 
 
 def neuron_gradient_norms(
@@ -443,31 +450,32 @@ def neuron_gradient_norms(
     params: PyTree,
     x: Array,
     *,
-    ord: float = 2,
+    p: float | str = 2,
     method: str = "auto",
     chunk_size: int | None = None,
     squared: bool = False,
     check: bool = True,
-) -> tuple[Array, Array]:
-    """Pre-activations and the ``ord``-norms of every neuron's input gradient, for ONE example.
+) -> NeuronGradientNorms:
+    """Pre-activations and the ``p``-norms of every neuron's input gradient, for ONE example.
 
-    Arguments as in :func:`neuron_gradients`, and for ``ord=2``
+    Arguments as in :func:`neuron_gradients`, and for ``p=2``
     ``method="gram"`` (MLPs with ``dense_layers``) and ``method="rowspace"``
     (feed-forward nets: JVPs along a basis of the first layer's row space,
     min(D, N_1) instead of D; a net that reads x beyond its first layer
     raises) are allowed.
 
     Args:
-      ord: 1, 2 or ``inf`` (the norm of the gradient, i.e. the dual of the
-        margin's p).
-      squared: with ``ord=2``, return the plain sum of squares
+      p: 1, 2 or ``inf``: the norm of the gradient (the dual exponent q of
+        the margin's norm: :func:`~lld_jax.margin` with ``p`` uses the
+        ``dual_exponent(p)``-norms of these gradients).
+      squared: with ``p=2``, return the plain sum of squares
         ||grad z_j||_2^2 (what ROLL differentiates); otherwise norms are
         accumulated scale-safely (no overflow or underflow of squares).
 
     Returns:
-      ``(z, norms)``, both of shape ``(N,)``.
+      :class:`NeuronGradientNorms` ``(preacts, norms)``, both ``(N,)``.
     """
-    return gradients_call(apply_fn, params, x, ord=ord, method=method, chunk_size=chunk_size, squared=squared, check=check, batched=False)
+    return GRADIENTS(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, squared=squared, check=check)
 
 
 def canonical_ord(ord: Any) -> float:

@@ -16,7 +16,6 @@ boundary); a NaN anywhere gives a NaN margin. Distances are in the units of ``x`
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -24,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import check_finite_array, check_values, poison, prepare, run_checked
-from lld_jax._src.gradients import canonical_ord, map_examples, norms_kernel, resolve_method
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, bounding_neuron, flat_preacts
+from lld_jax._src.checks import poison
+from lld_jax._src.gradients import canonical_ord, norms_kernel, resolve_method
+from lld_jax._src.kernel import Kernel, Plan
+from lld_jax._src.network import ApplyFn, Network, PyTree, bounding_neuron, flat_preacts
 
 Array = jax.Array
 
@@ -68,28 +68,25 @@ def margin_terms(z: Array, norms: Array) -> Array:
     return jnp.where(~jnp.isfinite(z) | jnp.isnan(norms), jnp.nan, terms)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "q", "method", "chunk", "hidden", "check", "batched"))
-def _margin(net, params, x, *, q, method, chunk, hidden, check, batched):
-    if check:
-        x = check_values(net, params, x, batched=batched)
+def _margin_body(net, params, x, *, q, method, chunk, hidden):
+    z, n = norms_kernel(net, params, x, ord=q, method=method, chunk=chunk)
+    terms = margin_terms(z, n)
+    j = jnp.argmin(terms)
+    return poison(terms[j], x, params), j
 
-    def one(xi):
-        z, n = norms_kernel(net, params, xi, ord=q, method=method, chunk=chunk)
-        terms = margin_terms(z, n)
-        j = jnp.argmin(terms)
-        return poison(terms[j], xi, params), j
 
-    r, j = map_examples(one, x) if batched else one(x)
+def _margin_plan(net, params, x, hidden, *, p, method, chunk_size, batched):
+    q = dual_exponent(p)
+    method, chunk = resolve_method(net, method, q, x, hidden, chunk_size, batched=batched)
+    return Plan(static=(("q", q), ("method", method), ("chunk", chunk), ("hidden", hidden)))
+
+
+def _margin_finish(out, *, check, hidden, **_):
+    r, j = out
     return Margin(r, *bounding_neuron(hidden, j, r))
 
 
-def margin_call(apply_fn, params, x, *, p, method, chunk_size, check, batched) -> Margin:
-    """Shared body of :func:`margin` / :func:`margin_with_neuron` and their batched forms."""
-    net = as_network(apply_fn)
-    q = dual_exponent(p)
-    x, hidden = prepare(net, params, x, batched=batched)
-    method, chunk = resolve_method(net, method, q, x, hidden, chunk_size, batched=batched)
-    return run_checked(_margin, net, params, x, q=q, method=method, chunk=chunk, hidden=hidden, check=check, batched=batched)
+MARGIN = Kernel(_margin_body, _margin_plan, _margin_finish)
 
 
 def margin(
@@ -128,7 +125,7 @@ def margin(
       >>> float(lld_jax.margin(f, jnp.array([[3.0, 4.0]]), jnp.array([1.0, 1.0]), p=2))
       1.4
     """
-    return margin_call(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check, batched=False).radius
+    return MARGIN(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check).radius
 
 
 def margin_with_neuron(
@@ -145,7 +142,7 @@ def margin_with_neuron(
 
     Arguments as in :func:`margin`.
     """
-    return margin_call(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check, batched=False)
+    return MARGIN(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check)
 
 
 def direction_like(x: Array, direction: Array, *, batched: bool) -> Array:
@@ -185,28 +182,20 @@ def _bisect_one(net, params, x, d, t_max, steps):
     return jnp.where(poisoned, jnp.nan, jnp.where(inside(t_max), jnp.inf, lo))
 
 
-@functools.partial(jax.jit, static_argnames=("net", "kind", "steps", "check", "batched"))
-def _directional(net, params, x, d, t_max, *, kind, steps, check, batched):
-    if check:
-        x = check_values(net, params, x, batched=batched)
-        d = check_finite_array(d, "direction", batched=batched)
-    if kind == "exact":
-        one = lambda xi, di: poison(_directional_one(net, params, xi, di), xi, di, params)
-    else:
-        one = lambda xi, di: poison(_bisect_one(net, params, xi, di, t_max, steps), xi, di, params)
-    return jax.vmap(one)(x, d) if batched else one(x, d)
+def _directional_body(net, params, x, d, t_max, *, kind, steps):
+    t = _directional_one(net, params, x, d) if kind == "exact" else _bisect_one(net, params, x, d, t_max, steps)
+    return poison(t, x, d, params)
 
 
-def directional_call(apply_fn, params, x, direction, *, kind, t_max, steps, check, batched) -> Array:
-    """Shared body of the directional margins, per example and batched."""
-    net = as_network(apply_fn)
-    x, _ = prepare(net, params, x, batched=batched)
+def _directional_plan(net, params, x, hidden, direction, *, kind, t_max, steps, batched):
     d = direction_like(x, direction, batched=batched)
     if not (0 < t_max < float("inf")):
         raise ValueError(f"t_max must be positive and finite, got {t_max}.")
     steps = positive_int(steps, "steps")
-    t_max = jnp.asarray(t_max, x.dtype)
-    return run_checked(_directional, net, params, x, d, t_max, kind=kind, steps=steps, check=check, batched=batched, extras={"direction": d})
+    return Plan(mapped=(d,), shared=(jnp.asarray(t_max, x.dtype),), static=(("kind", kind), ("steps", steps)), names=("direction",))
+
+
+DIRECTIONAL = Kernel(_directional_body, _directional_plan, block=False)
 
 
 def directional_margin(apply_fn: ApplyFn | Network, params: PyTree, x: Array, direction: Array, *, check: bool = True) -> Array:
@@ -231,7 +220,7 @@ def directional_margin(apply_fn: ApplyFn | Network, params: PyTree, x: Array, di
       >>> float(lld_jax.directional_margin(f, None, jnp.array([1.0, 2.0]), jnp.array([-1.0, 0.0])))
       1.0
     """
-    return directional_call(apply_fn, params, x, direction, kind="exact", t_max=1.0, steps=1, check=check, batched=False)
+    return DIRECTIONAL(apply_fn, params, x, direction, kind="exact", t_max=1.0, steps=1, check=check)
 
 
 def directional_margin_bisect(
@@ -250,4 +239,4 @@ def directional_margin_bisect(
     is still in the region, and otherwise a lower bound within
     ``t_max / 2**steps`` of :func:`directional_margin`.
     """
-    return directional_call(apply_fn, params, x, direction, kind="bisect", t_max=t_max, steps=steps, check=check, batched=False)
+    return DIRECTIONAL(apply_fn, params, x, direction, kind="bisect", t_max=t_max, steps=steps, check=check)

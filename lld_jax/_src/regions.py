@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from typing import Any, NamedTuple
@@ -23,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import CheckError, check_finite_array, check_values, example_shape, prepare, run_checked, working_dtype
+from lld_jax._src.checks import CheckError, example_shape, prepare
+from lld_jax._src.kernel import Kernel, Plan, vectorize
 from lld_jax._src.host import pad_rows
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts
 
@@ -34,42 +34,39 @@ def _pattern(net: Network, params: PyTree, x: Array) -> Array:
     return flat_preacts(net, params, x)[1] > 0
 
 
-@functools.partial(jax.jit, static_argnames=("net", "kind", "chunk", "check", "batched"))
-def _membership(net, params, x, other, *, kind, chunk, check, batched):
-    if check:
-        x = check_values(net, params, x, batched=batched)
-        if other is not None:
-            other = check_finite_array(other, "y" if kind == "same" else "vertices", batched=batched)
-
-    def one(xi, oi):
-        p0 = _pattern(net, params, xi)
-        if kind == "pattern":
-            return p0
-        if kind == "same":
-            return jnp.all(_pattern(net, params, oi) == p0)
-        same = jax.lax.map(lambda v: jnp.all(_pattern(net, params, v) == p0), oi, batch_size=chunk)
-        return jnp.all(same)
-
-    if other is None:
-        other = x  # unused by "pattern"
-    return jax.vmap(one)(x, other) if batched else one(x, other)
+def _membership_body(net, params, x, *other, kind, chunk):
+    p0 = _pattern(net, params, x)
+    if kind == "pattern":
+        return p0
+    (o,) = other
+    if kind == "same":
+        return jnp.all(_pattern(net, params, o) == p0)
+    vertices = l1_ball_vertices(x, o) if kind == "l1" else o
+    return jnp.all(jax.lax.map(lambda v: jnp.all(_pattern(net, params, v) == p0), vertices, batch_size=chunk))
 
 
-def membership_call(apply_fn, params, x, other, *, kind, chunk_size, check, batched) -> Array:
-    """Shared body of the pattern and membership functions, per example and batched."""
-    net = as_network(apply_fn)
-    x, _ = prepare(net, params, x, batched=batched)
-    if other is not None:
-        other = jnp.asarray(other, x.dtype)
-        lead = 1 if batched else 0
-        if kind == "same" and other.shape != x.shape:
-            raise ValueError(f"x and y must have the same shape, got {x.shape} and {other.shape}.")
-        if kind == "hull" and (other.ndim != x.ndim + 1 or other.shape[:lead] != x.shape[:lead] or other.shape[lead + 1 :] != x.shape[lead:]):
-            want = f"({x.shape[0]}, K, *{x.shape[1:]})" if batched else f"(K, *{x.shape})"
-            raise ValueError(f"vertices must have shape {want}; got {other.shape}.")
-    chunk_size = positive_int(chunk_size, "chunk_size")
-    extras = {} if other is None else {"y" if kind == "same" else "vertices": other}
-    return run_checked(_membership, net, params, x, other, kind=kind, chunk=chunk_size, check=check, batched=batched, extras=extras)
+def _membership_plan(net, params, x, hidden, *other, kind, chunk_size, batched):
+    static = (("kind", kind), ("chunk", positive_int(chunk_size, "chunk_size")))
+    if kind == "pattern":
+        return Plan(static=static)
+    (o,) = other
+    lead = 1 if batched else 0
+    if kind == "l1":
+        check_radius(o)
+        eps = jnp.asarray(o, x.dtype)  # the ball in the precision of the margins, never rounded below it
+        if eps.shape not in ((), x.shape[:lead]):
+            raise ValueError(f"eps must be a scalar{' or one radius per example ' + str(x.shape[:1]) if batched else ''}; got shape {eps.shape}.")
+        return Plan(mapped=(jnp.broadcast_to(eps, x.shape[:lead]),), static=static, names=("eps",))
+    o = jnp.asarray(o, x.dtype)
+    if kind == "same" and o.shape != x.shape:
+        raise ValueError(f"x and y must have the same shape, got {x.shape} and {o.shape}.")
+    if kind == "hull" and (o.ndim != x.ndim + 1 or o.shape[:lead] != x.shape[:lead] or o.shape[lead + 1 :] != x.shape[lead:]):
+        want = f"({x.shape[0]}, K, *{x.shape[1:]})" if batched else f"(K, *{x.shape})"
+        raise ValueError(f"vertices must have shape {want}; got {o.shape}.")
+    return Plan(mapped=(o,), static=static, names=("y" if kind == "same" else "vertices",))
+
+
+MEMBERSHIP = Kernel(_membership_body, _membership_plan, block=False)
 
 
 def activation_pattern(apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, check: bool = True) -> Array:
@@ -81,12 +78,12 @@ def activation_pattern(apply_fn: ApplyFn | Network, params: PyTree, x: Array, *,
       >>> lld_jax.activation_pattern(f, jnp.eye(3), jnp.array([1.0, 0.0, -2.0])).tolist()
       [True, False, False]
     """
-    return membership_call(apply_fn, params, x, None, kind="pattern", chunk_size=1, check=check, batched=False)
+    return MEMBERSHIP(apply_fn, params, x, kind="pattern", chunk_size=1, check=check)
 
 
 def same_region(apply_fn: ApplyFn | Network, params: PyTree, x: Array, y: Array, *, check: bool = True) -> Array:
     """Scalar bool: does ``y`` lie in the linear region of ``x`` (equal patterns)? ONE example each."""
-    return membership_call(apply_fn, params, x, y, kind="same", chunk_size=1, check=check, batched=False)
+    return MEMBERSHIP(apply_fn, params, x, y, kind="same", chunk_size=1, check=check)
 
 
 def hull_in_region(apply_fn: ApplyFn | Network, params: PyTree, x: Array, vertices: Array, *, chunk_size: int = 64, check: bool = True) -> Array:
@@ -97,7 +94,7 @@ def hull_in_region(apply_fn: ApplyFn | Network, params: PyTree, x: Array, vertic
       vertices: ``(K, *input_shape)``.
       chunk_size: vertices checked in parallel.
     """
-    return membership_call(apply_fn, params, x, vertices, kind="hull", chunk_size=chunk_size, check=check, batched=False)
+    return MEMBERSHIP(apply_fn, params, x, vertices, kind="hull", chunk_size=chunk_size, check=check)
 
 
 def l1_ball_vertices(x: Array, eps: Array | float) -> Array:
@@ -128,13 +125,14 @@ def l1_ball_in_region(
 ) -> Array:
     """Scalar bool: does the l1 ball of radius ``eps`` around ONE example lie in its region (Prop. 5)?
 
+    Args:
+      eps: the radius (a scalar; the batched form also takes one per example, ``(B,)``).
+      chunk_size: vertices checked in parallel.
+
     Raises:
       ValueError: a concrete ``eps`` that is negative, NaN or infinite.
     """
-    check_radius(eps)
-    x = jnp.asarray(x)
-    x = x.astype(working_dtype(params, x))  # the ball in the precision of the margins, never rounded below it
-    return hull_in_region(apply_fn, params, x, l1_ball_vertices(x, eps), chunk_size=chunk_size, check=check)
+    return MEMBERSHIP(apply_fn, params, x, eps, kind="l1", chunk_size=chunk_size, check=check)
 
 
 # --------------------------------------------------------------------------
@@ -148,19 +146,15 @@ class RegionCounts(NamedTuple):
     num_jacobians: int
 
 
-@functools.partial(jax.jit, static_argnames=("net", "check", "batched"))
-def _jacobians(net, params, x, *, check, batched):
-    del batched  # always a batch
-    if check:
-        x = check_values(net, params, x, batched=True, name="xs")
+def _jacobian_body(net, params, x):
+    f = lambda u: net.apply(params, u.reshape(x.shape))[0].reshape(-1)
+    out_dim = math.prod(jax.eval_shape(f, x.reshape(-1)).shape)
+    jac = jax.jacrev(f) if out_dim <= x.size else jax.jacfwd(f)
+    return jac(x.reshape(-1)), _pattern(net, params, x)
 
-    def one(xi):
-        f = lambda u: net.apply(params, u.reshape(xi.shape))[0].reshape(-1)
-        out_dim = math.prod(jax.eval_shape(f, xi.reshape(-1)).shape)
-        jac = jax.jacrev(f) if out_dim <= xi.size else jax.jacfwd(f)
-        return jac(xi.reshape(-1)), _pattern(net, params, xi)
 
-    return jax.vmap(one)(x)
+# The input-output Jacobian and the pattern of every row of a batch of xs (count_regions).
+_jacobians = vectorize(Kernel(_jacobian_body, lambda *a, batched: Plan(), block=False, xname="xs"))
 
 
 def count_regions(
@@ -209,7 +203,7 @@ def count_regions(
         m = len(xb)
         xb = jnp.asarray(pad_rows(xb, batch_size), first.dtype)
         try:
-            jac, pat = jax.device_get(run_checked(_jacobians, net, params, xb, check=check, batched=True, xname="xs"))
+            jac, pat = jax.device_get(_jacobians(net, params, xb, check=check))
         except CheckError as err:  # name the rows of xs, not of the padded batch
             raise CheckError(f"{err} (the batch holds rows {lo} to {lo + m - 1} of xs)") from err
         jac = np.round(jac[:m], decimals) + 0.0  # + 0.0 folds -0.0 into 0.0

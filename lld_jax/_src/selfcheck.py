@@ -47,10 +47,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import MARK, CheckError, check_values, poison, prepare, run_checked
-from lld_jax._src.gradients import CPU_EXAMPLE_BLOCK, canonical_ord, norms_kernel, resolve_method
+from lld_jax._src.checks import MARK, CheckError, poison
+from lld_jax._src.gradients import canonical_ord, norms_kernel, resolve_method
+from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.margins import dual_exponent, margin_terms
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, bounding_neuron, flat_preacts
+from lld_jax._src.network import ApplyFn, Network, PyTree, bounding_neuron, flat_preacts
 
 Array = jax.Array
 # Sample points evaluated together: bounds the memory of the (points, network) block.
@@ -219,22 +220,13 @@ def _host_raise(bad, radius, *stats, p: float, rtol: float, num_samples: int) ->
     return np.zeros(bad.shape, np.bool_)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "p", "method", "chunk", "num_samples", "rtol", "hidden", "check", "batched"))
-def _selfcheck(net, params, x, key, *, p, method, chunk, num_samples, rtol, hidden, check, batched):
-    if check:
-        x = check_values(net, params, x, batched=batched)
+def _selfcheck_body(net, params, x, key, *, p, method, chunk, num_samples, rtol, hidden):
     n_dir = min(max(1, num_samples // 2), sum(int(np.prod(s)) for s in hidden))
-    one = functools.partial(
-        _check_one, net, params, p=p, q=dual_exponent(p), method=method, chunk=chunk, n_dir=n_dir, n_rand=num_samples - n_dir, rtol=rtol
-    )
-    if not batched:
-        r, j, stats, failed = one(x, key)
-    else:
-        keys = jax.random.split(key, x.shape[0])
-        if jax.default_backend() != "cpu" or x.shape[0] <= CPU_EXAMPLE_BLOCK:
-            r, j, stats, failed = jax.vmap(one)(x, keys)
-        else:
-            r, j, stats, failed = jax.lax.map(lambda xk: one(*xk), (x, keys), batch_size=CPU_EXAMPLE_BLOCK)
+    return _check_one(net, params, x, key, p=p, q=dual_exponent(p), method=method, chunk=chunk, n_dir=n_dir, n_rand=num_samples - n_dir, rtol=rtol)
+
+
+def _selfcheck_finish(out, *, check, p, num_samples, rtol, hidden, **_):
+    r, j, stats, failed = out
     bad = failed | (stats[0] > rtol) | (stats[1] > rtol)
     if check.raising:  # eager calls and lld_jax.checked: the named error, with the measured deviations
         raise_ = functools.partial(_host_raise, p=p, rtol=rtol, num_samples=num_samples)
@@ -245,19 +237,20 @@ def _selfcheck(net, params, x, key, *, p, method, chunk, num_samples, rtol, hidd
     return CertificateCheck(r, *bounding_neuron(hidden, j, r), stats[0], stats[1], stats[2] + stats[3])
 
 
-def certificate_call(apply_fn, params, x, *, p, num_samples, key, rtol, method, chunk_size, check, batched) -> CertificateCheck:
-    """Shared body of :func:`check_certificate` and its batched form."""
-    net = as_network(apply_fn)
+def _selfcheck_plan(net, params, x, hidden, *, p, num_samples, key, rtol, method, chunk_size, batched):
     p = canonical_ord(p)
     num_samples = positive_int(num_samples, "num_samples")
     if rtol is not None and not (isinstance(rtol, (int, float)) and not isinstance(rtol, bool) and 0 < rtol < float("inf")):
         raise ValueError(f"rtol must be a positive finite number (or None: sqrt of the dtype's epsilon), got {rtol!r}.")
-    x, hidden = prepare(net, params, x, batched=batched)
-    rtol = float(np.sqrt(np.finfo(x.dtype).eps)) if rtol is None else rtol
+    rtol = float(np.sqrt(np.finfo(x.dtype).eps)) if rtol is None else float(rtol)
     method, chunk = resolve_method(net, method, dual_exponent(p), x, hidden, chunk_size, batched=batched)
     key = jax.random.key(0) if key is None else key
-    kw = {"p": p, "method": method, "chunk": chunk, "num_samples": num_samples, "rtol": float(rtol), "hidden": hidden}
-    return run_checked(_selfcheck, net, params, x, key, check=check, batched=batched, **kw)
+    keys = jax.random.split(key, x.shape[0]) if batched else key  # one key per example
+    static = (("p", p), ("method", method), ("chunk", chunk), ("num_samples", num_samples), ("rtol", rtol), ("hidden", hidden))
+    return Plan(mapped=(keys,), static=static, names=("",))
+
+
+CERTIFICATE = Kernel(_selfcheck_body, _selfcheck_plan, _selfcheck_finish)
 
 
 def check_certificate(
@@ -330,6 +323,4 @@ def check_certificate(
       ...
       lld_jax._src.checks.CheckError: [lld_jax] certificate self-check failed: the network is not linear on the region ...
     """
-    return certificate_call(
-        apply_fn, params, x, p=p, num_samples=num_samples, key=key, rtol=rtol, method=method, chunk_size=chunk_size, check=check, batched=False
-    )
+    return CERTIFICATE(apply_fn, params, x, p=p, num_samples=num_samples, key=key, rtol=rtol, method=method, chunk_size=chunk_size, check=check)

@@ -9,16 +9,17 @@ from the neuron Jacobian in one pass, a chunk of input axes at a time.
 
 from __future__ import annotations
 
-import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import check_values, poison, prepare, run_checked
-from lld_jax._src.gradients import default_chunk, linearize_preacts, map_examples
-from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_mask
+from lld_jax._src.checks import poison
+from lld_jax._src.gradients import default_chunk, linearize_preacts
+from lld_jax._src.kernel import Kernel, Plan
+from lld_jax._src.network import ApplyFn, Network, PyTree, flat_mask
 
 Array = jax.Array
 
@@ -60,27 +61,33 @@ def _bounds_one(net: Network, params: PyTree, x: Array, chunk: int) -> tuple[Arr
     return fix(lower), fix(upper)
 
 
-@functools.partial(jax.jit, static_argnames=("net", "chunk", "check", "batched"))
-def _stability(net, params, x, *, chunk, check, batched):
-    if check:
-        x = check_values(net, params, x, batched=batched)
-    one = lambda xi: _bounds_one(net, params, xi, chunk)
-    return map_examples(one, x) if batched else one(x)
+class StabilityBounds(NamedTuple):
+    """How far each input coordinate may move alone, each way, inside x's region (shaped like ``x``).
+
+    Attributes:
+      lower: the distance along -e_k (``x_k - lower_k`` is the interval's left end).
+      upper: the distance along +e_k.
+    """
+
+    lower: Array
+    upper: Array
 
 
-def stability_call(apply_fn, params, x, *, chunk_size, check, batched) -> tuple[Array, Array]:
-    """Shared body of :func:`stability_bounds` and its batched form."""
-    net = as_network(apply_fn)
-    x, hidden = prepare(net, params, x, batched=batched)
+def _stability_body(net, params, x, *, chunk):
+    return StabilityBounds(*_bounds_one(net, params, x, chunk))
+
+
+def _stability_plan(net, params, x, hidden, *, chunk_size, batched):
     dim = x[0].size if batched else x.size
     n = sum(math.prod(s) for s in hidden)
     chunk_size = positive_int(chunk_size, "chunk_size", allow_none=True)
-    return run_checked(_stability, net, params, x, chunk=chunk_size or default_chunk(dim, n), check=check, batched=batched)
+    return Plan(static=(("chunk", chunk_size or default_chunk(dim, n)),))
 
 
-def stability_bounds(
-    apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, chunk_size: int | None = None, check: bool = True
-) -> tuple[Array, Array]:
+STABILITY = Kernel(_stability_body, _stability_plan)
+
+
+def stability_bounds(apply_fn: ApplyFn | Network, params: PyTree, x: Array, *, chunk_size: int | None = None, check: bool = True) -> StabilityBounds:
     """Per-coordinate stability bounds of ONE example: how far each input coordinate may move alone.
 
     ``upper[k]`` is :func:`~lld_jax.directional_margin` along +e_k and
@@ -101,7 +108,7 @@ def stability_bounds(
       check: run the value checks.
 
     Returns:
-      ``(lower, upper)``, each shaped like ``x`` (NaN for non-finite inputs
+      :class:`StabilityBounds` ``(lower, upper)``, each shaped like ``x`` (NaN for non-finite inputs
       and mask-read coordinates).
 
     Example:
@@ -111,4 +118,4 @@ def stability_bounds(
       >>> lo.tolist(), up.tolist()
       ([2.0, inf], [inf, 0.5])
     """
-    return stability_call(apply_fn, params, x, chunk_size=chunk_size, check=check, batched=False)
+    return STABILITY(apply_fn, params, x, chunk_size=chunk_size, check=check)
