@@ -23,8 +23,8 @@ import numpy as np
 
 from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import CheckError, example_shape, prepare
-from lld_jax._src.kernel import Kernel, Plan, vectorize
 from lld_jax._src.host import pad_rows
+from lld_jax._src.kernel import Kernel, Plan, vectorize
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network, flat_preacts
 
 Array = jax.Array
