@@ -76,7 +76,7 @@ def matmul_peak(repeats: int, n: int = 2048) -> dict:
 
 
 def mnist_net(widths=(300, 300, 300, 300), d=784):
-    model = lld_jax.MLP(d, list(widths), 10, rngs=nnx.Rngs(0))
+    model = lld_jax.models.MLP(d, list(widths), 10, rngs=nnx.Rngs(0))
     return lld_jax.from_nnx(model)
 
 
@@ -184,7 +184,7 @@ def bench_rnn_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
     neuron, so its basis is all of R^D) do not apply at this size.
     """
     t_len, feats, hidden, b = 29, 12, (128 if quick else 512), 32
-    model = lld_jax.ScoRNN(feats, 9, hidden=hidden, length=t_len, variable_length=True, rngs=nnx.Rngs(0))
+    model = lld_jax.models.ScoRNN(feats, 9, hidden=hidden, length=t_len, variable_length=True, rngs=nnx.Rngs(0))
     net, params = lld_jax.from_nnx(model)
     rng = np.random.default_rng(0)
     seqs = [rng.normal(size=(int(n), feats)) for n in rng.integers(7, t_len + 1, b)]
@@ -246,7 +246,7 @@ RESNET_NOTES = {
     "timing": "the AOT-compiled step; 'timed' rows: min over calls after a warm-up call, 'once' rows: a single call without "
     "warm-up (tens of seconds each here), 'memory' rows: compiled, not run",
     "roll": "sampled ROLL (Eq. 10), axes stratified per channel (D'/3 each), lambda 1e-3, C 8; SGD Nesterov, momentum 0.5, lr 0.005",
-    "stem": "ROLL rows start the tangents after the stem (lld_jax.Stem: the stem kernel placed at each sampled pixel); "
+    "stem": "ROLL rows start the tangents after the stem (lld_jax.models.Stem: the stem kernel placed at each sampled pixel); "
     "'_dense_stem' rows push the one-hot tangents through the stem convolution by a dense JVP instead",
     "chunks": "on XLA:CPU a convolution's weight gradient inside a loop body (the chunked scan) runs on a slow naive emitter "
     "(jax-ml/jax#12868): chunk_size pays for its bounded memory with a several-fold slower step on CPU",
@@ -287,13 +287,13 @@ def bench_resnet_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
     one = data_mesh(jax.devices()[:1])
     rows = []
     for size, b, variants in settings:
-        net, params = lld_jax.from_nnx(lld_jax.resnet18(101, input_shape=(size, size, 3), rngs=nnx.Rngs(0)))
+        net, params = lld_jax.from_nnx(lld_jax.models.resnet18(101, input_shape=(size, size, 3), rngs=nnx.Rngs(0)))
         rng = np.random.default_rng(0)
         x = rng.uniform(size=(b, size, size, 3)).astype(np.float32)
         y = rng.integers(0, 101, b).astype(np.int32)
         base, unchunked_flops = None, {}
         for name, kw, mode in variants:
-            # stem=False: the first convolution's tangents by a dense JVP instead of its placed kernel (lld_jax.Stem)
+            # stem=False: the first convolution's tangents by a dense JVP instead of its placed kernel (lld_jax.models.Stem)
             cfg = {k: v for k, v in kw.items() if k != "stem"}
             tr = Trainer(
                 net if kw.get("stem", True) else dataclasses.replace(net, stem=None),
@@ -477,7 +477,7 @@ def bench_input_scaling(repeats: int, quick: bool) -> list[dict]:
     rows = []
     timed_exact = 32 if quick else 64
     for side in (16, 32, 64, 224) if quick else (16, 32, 64, 128, 224):
-        model = lld_jax.CNN((side, side, 3), (8, 16), (64,), 10, rngs=nnx.Rngs(0))
+        model = lld_jax.models.CNN((side, side, 3), (8, 16), (64,), 10, rngs=nnx.Rngs(0))
         net, params = lld_jax.from_nnx(model)
         x1 = jax.random.normal(jax.random.key(1), (1, side, side, 3))
         x8 = jax.random.normal(jax.random.key(2), (8, side, side, 3))
@@ -489,7 +489,7 @@ def bench_input_scaling(repeats: int, quick: bool) -> list[dict]:
         ce = lambda p: jnp.mean(task_losses(jax.vmap(lambda u: net.apply(p, u)[0])(x8), y8, "softmax")[0])
         vanilla = jax.grad(ce)
         sampled = jax.grad(lambda p, k: ce(p) + jnp.mean(sampled_penalties(net, p, x8, k, C=1.0, num_samples=3)))
-        no_stem = dataclasses.replace(net, stem=None)  # the first conv pushed through a dense JVP, as before lld_jax.Stem
+        no_stem = dataclasses.replace(net, stem=None)  # the first conv pushed through a dense JVP, as before lld_jax.models.Stem
         sampled_dense = jax.grad(lambda p, k: ce(p) + jnp.mean(sampled_penalties(no_stem, p, x8, k, C=1.0, num_samples=3)))
         key = jax.random.key(0)
         vanilla_jit, sampled_jit, dense_jit = jax.jit(vanilla), jax.jit(sampled), jax.jit(sampled_dense)
@@ -518,8 +518,8 @@ def bench_slices(quick: bool) -> list[dict]:
 
     rows = []
     cases = {
-        "mlp_2-100x4": (lld_jax.MLP(2, [100] * 4, 1, rngs=nnx.Rngs(0)), 1.5),
-        "resnet_16x16x3": (lld_jax.ResNet((16, 16, 3), (8, 16), (1, 1), 10, rngs=nnx.Rngs(0)), 0.1),
+        "mlp_2-100x4": (lld_jax.models.MLP(2, [100] * 4, 1, rngs=nnx.Rngs(0)), 1.5),
+        "resnet_16x16x3": (lld_jax.models.ResNet((16, 16, 3), (8, 16), (1, 1), 10, rngs=nnx.Rngs(0)), 0.1),
     }
     for name, (model, half) in cases.items():
         net, params = lld_jax.from_nnx(model)

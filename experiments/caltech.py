@@ -198,13 +198,15 @@ class Config:
 
 def build_model(config: Config, num_classes: int, mean: Sequence[float], std: Sequence[float]) -> tuple[lld_jax.Network, Any]:
     """The ResNet of ``config`` on [0, 1] pixels, as ``(network, params)``."""
-    model = lld_jax.ResNet((config.size, config.size, 3), config.widths, config.blocks, num_classes, stem="imagenet", rngs=nnx.Rngs(config.seed))
+    model = lld_jax.models.ResNet(
+        (config.size, config.size, 3), config.widths, config.blocks, num_classes, stem="imagenet", rngs=nnx.Rngs(config.seed)
+    )
     if config.torch_weights:
         if not os.path.exists(config.torch_weights):
             raise FileNotFoundError(
                 f"--torch-weights {config.torch_weights} does not exist (a torchvision ResNet-18 state_dict saved with torch.save)."
             )
-        lld_jax.load_torch_resnet(model, config.torch_weights)
+        lld_jax.models.load_torch_resnet(model, config.torch_weights)
     net, params = lld_jax.from_nnx(model)
     return lld_jax.normalized_inputs(net, mean, std), params
 
@@ -359,7 +361,9 @@ def evaluate(config: Config, data: ImageData, net: lld_jax.Network, params: Any,
     ek, gk = jax.random.split(key)
     block = 8
     expected = _in_blocks(
-        lambda xb, yb, k: lld_jax.expected_gradient_distortion(net, params, xb, yb, eps=config.eps, num_samples=config.uniform_samples, key=k),
+        lambda xb, yb, k: lld_jax.attribution.expected_gradient_distortion(
+            net, params, xb, yb, eps=config.eps, num_samples=config.uniform_samples, key=k
+        ),
         x,
         y,
         ek,
@@ -368,7 +372,7 @@ def evaluate(config: Config, data: ImageData, net: lld_jax.Network, params: Any,
         "expected distortion",
     )
     worst = _in_blocks(
-        lambda xb, yb, k: lld_jax.max_gradient_distortion(
+        lambda xb, yb, k: lld_jax.attribution.max_gradient_distortion(
             net, params, xb, yb, eps=config.eps, key=k, population=config.population, generations=config.generations, keep=config.keep
         ),
         x,
@@ -379,7 +383,7 @@ def evaluate(config: Config, data: ImageData, net: lld_jax.Network, params: Any,
         "maximal distortion (GA)",
     )
     expected = np.concatenate(expected)
-    res = lld_jax.GradientDistortion(*(np.concatenate(parts) for parts in zip(*worst)))
+    res = lld_jax.attribution.GradientDistortion(*(np.concatenate(parts) for parts in zip(*worst)))
     np.savez_compressed(
         os.path.join(run_dir, "eval.npz"),
         idx=idx,
@@ -524,7 +528,7 @@ def plot_figures(config: Config, data: ImageData, models: dict[str, tuple[lld_ja
             ax4[row, 2 + 2 * col].imshow(saliency(e["grad_worst"][j]), cmap="gray", vmin=0, vmax=1)
             ax4[row, 2 + 2 * col].set_title(f"{name}: adversarial (Δ={e['distortion'][j]:.3g})", fontsize=8)
             pts = jnp.asarray(np.stack([image, e["x_worst"][j]]))
-            ig = np.asarray(lld_jax.integrated_gradients(net, params, pts, jnp.array([y, y]), steps=config.ig_steps))
+            ig = np.asarray(lld_jax.attribution.integrated_gradients(net, params, pts, jnp.array([y, y]), steps=config.ig_steps))
             ax5[row, 1 + 2 * col].imshow(saliency(ig[0]), cmap="gray", vmin=0, vmax=1)
             ax5[row, 1 + 2 * col].set_title(f"{name}: IG, original image", fontsize=8)
             ax5[row, 2 + 2 * col].imshow(saliency(ig[1]), cmap="gray", vmin=0, vmax=1)

@@ -115,8 +115,8 @@ class Config:
             raise ValueError(f"train_size must be in [1, {MNIST_TRAIN - self.val_size}] (the training split), got {self.train_size}.")
         if self.test_size is not None and not 1 <= self.test_size <= MNIST_TEST:
             raise ValueError(f"test_size must be in [1, {MNIST_TEST}], got {self.test_size}.")
-        if self.init not in lld_jax.INITS:
-            raise ValueError(f"init must be one of {lld_jax.INITS}, got {self.init!r}.")
+        if self.init not in lld_jax.models.INITS:
+            raise ValueError(f"init must be one of {lld_jax.models.INITS}, got {self.init!r}.")
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"widths must be one or more positive layer widths, got {list(self.widths)}.")
         if self.grid and self.interim:
@@ -132,7 +132,7 @@ class Config:
 
 def build_model(widths: Sequence[int], seed: int, init: str = "torch") -> tuple[lld_jax.Network, Any]:
     """The MNIST MLP ``784 - widths - 10`` as ``(network, params)``, initialised by ``init``."""
-    return lld_jax.from_nnx(lld_jax.MLP((28, 28), list(widths), 10, init=init, rngs=nnx.Rngs(seed)))
+    return lld_jax.from_nnx(lld_jax.models.MLP((28, 28), list(widths), 10, init=init, rngs=nnx.Rngs(seed)))
 
 
 def load(config: Config) -> MNIST:

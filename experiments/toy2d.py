@@ -73,7 +73,7 @@ def two_moons(n: int = 100, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarr
 
 def train(config: Config, x, y, *, lam: float, regularizer: str):
     """Full-batch training; returns (network, params of the lowest training loss, their train accuracy)."""
-    model = lld_jax.MLP(2, list(config.widths), 1, rngs=nnx.Rngs(config.seed), param_dtype=jnp.float64)
+    model = lld_jax.models.MLP(2, list(config.widths), 1, rngs=nnx.Rngs(config.seed), param_dtype=jnp.float64)
     net, params = lld_jax.from_nnx(model)
     cfg = TrainConfig(
         epochs=1,

@@ -164,7 +164,7 @@ class VowelsData:
 
 def build_model(config: Config, length: int) -> tuple[lld_jax.Network, Any]:
     """The scoRNN of ``config`` for padded sequences of ``length`` frames, as ``(network, params)``."""
-    model = lld_jax.ScoRNN(
+    model = lld_jax.models.ScoRNN(
         12,
         9,
         hidden=config.hidden,

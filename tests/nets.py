@@ -35,26 +35,26 @@ def make(kind: str, dtype=jnp.float64, seed: int = 0):
     rngs = nnx.Rngs(seed)
     kx = jax.random.key(seed + 100)
     if kind == "mlp":
-        model, shape = L.MLP(6, [12, 12, 12], 3, rngs=rngs, param_dtype=dtype), (6,)
+        model, shape = L.models.MLP(6, [12, 12, 12], 3, rngs=rngs, param_dtype=dtype), (6,)
     elif kind == "narrow_mlp":  # D > N_1: the gram method's QR-compressed first layer
-        model, shape = L.MLP(10, [8, 7, 5], 3, rngs=rngs, param_dtype=dtype), (10,)
+        model, shape = L.models.MLP(10, [8, 7, 5], 3, rngs=rngs, param_dtype=dtype), (10,)
     elif kind == "leaky_mlp":
-        model, shape = L.MLP(6, [12, 12], 3, negative_slope=0.1, rngs=rngs, param_dtype=dtype), (6,)
+        model, shape = L.models.MLP(6, [12, 12], 3, negative_slope=0.1, rngs=rngs, param_dtype=dtype), (6,)
     elif kind == "cnn":
-        model, shape = L.CNN((6, 6, 2), (3, 4), (8,), 3, rngs=rngs, param_dtype=dtype), (6, 6, 2)
+        model, shape = L.models.CNN((6, 6, 2), (3, 4), (8,), 3, rngs=rngs, param_dtype=dtype), (6, 6, 2)
     elif kind == "cnn_stride":
-        model, shape = L.CNN((6, 6, 2), (3, 4), (8,), 3, downsample="stride", rngs=rngs, param_dtype=dtype), (6, 6, 2)
+        model, shape = L.models.CNN((6, 6, 2), (3, 4), (8,), 3, downsample="stride", rngs=rngs, param_dtype=dtype), (6, 6, 2)
     elif kind == "cnn_max":  # max-pooling: switching constraints as masked preacts (paper App. E)
-        model, shape = L.CNN((6, 6, 2), (3, 4), (8,), 3, downsample="max", rngs=rngs, param_dtype=dtype), (6, 6, 2)
+        model, shape = L.models.CNN((6, 6, 2), (3, 4), (8,), 3, downsample="max", rngs=rngs, param_dtype=dtype), (6, 6, 2)
     elif kind == "maxout":
-        model, shape = L.MaxoutMLP(6, [8, 8], 3, k=3, rngs=rngs, param_dtype=dtype), (6,)
+        model, shape = L.layers.MaxoutMLP(6, [8, 8], 3, k=3, rngs=rngs, param_dtype=dtype), (6,)
     elif kind == "resnet":
-        model, shape = L.ResNet((6, 6, 2), (3, 4), (1, 1), 3, rngs=rngs, param_dtype=dtype), (6, 6, 2)
+        model, shape = L.models.ResNet((6, 6, 2), (3, 4), (1, 1), 3, rngs=rngs, param_dtype=dtype), (6, 6, 2)
         _randomize_batchnorm(model, jax.random.key(seed + 7))
     elif kind == "rnn":
-        model, shape = L.RNN(3, 8, 4, negative_slope=0.1, length=5, rngs=rngs, param_dtype=dtype), (5, 3)
+        model, shape = L.models.RNN(3, 8, 4, negative_slope=0.1, length=5, rngs=rngs, param_dtype=dtype), (5, 3)
     elif kind == "scornn":
-        model = L.ScoRNN(3, 4, hidden=8, num_negative=3, negative_slope=0.1, length=5, rngs=rngs, param_dtype=dtype)
+        model = L.models.ScoRNN(3, 4, hidden=8, num_negative=3, negative_slope=0.1, length=5, rngs=rngs, param_dtype=dtype)
         shape = (5, 3)
     else:
         raise KeyError(kind)

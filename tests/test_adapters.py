@@ -16,7 +16,7 @@ SLOPE = 0.1
 
 
 def nnx_mlp():
-    model = L.MLP(SIZES[0], list(SIZES[1:-1]), SIZES[-1], negative_slope=SLOPE, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    model = L.models.MLP(SIZES[0], list(SIZES[1:-1]), SIZES[-1], negative_slope=SLOPE, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     randomize_biases(model, jax.random.key(1))
     return model
 

@@ -98,19 +98,19 @@ def test_return_types_do_not_change_with_arguments():
 def test_a_new_from_nnx_wrapper_of_the_same_model_does_not_recompile():
     from lld_jax._src.kernel import _run as _margin  # the one compiled runner of every kernel
 
-    model = L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(0))
+    model = L.models.MLP(5, [7, 6], 2, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (3, 5))
     net, params = L.from_nnx(model)
     L.batched.margin(net, params, x)
     L.margin(net, params, x[0])
     before = _margin._cache_size()
     for seed in range(5):  # fresh wrappers, and fresh models of the same structure
-        net2, params2 = L.from_nnx(model if seed == 0 else L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(seed)))
+        net2, params2 = L.from_nnx(model if seed == 0 else L.models.MLP(5, [7, 6], 2, rngs=nnx.Rngs(seed)))
         assert net2 == net and hash(net2) == hash(net)
         L.batched.margin(net2, params2, x)
         L.margin(net2, params2, x[0])
     assert _margin._cache_size() == before
-    net3, params3 = L.from_nnx(L.MLP(5, [7, 7], 2, rngs=nnx.Rngs(0)))  # another structure compiles anew
+    net3, params3 = L.from_nnx(L.models.MLP(5, [7, 7], 2, rngs=nnx.Rngs(0)))  # another structure compiles anew
     assert net3 != net
     L.batched.margin(net3, params3, x)
     assert _margin._cache_size() == before + 1
@@ -138,7 +138,7 @@ def test_public_surface_is_curated_and_documented():
 def test_geometry_is_traced_at_full_matmul_precision():
     # GPUs (TF32) and TPUs (bf16 passes) lower float32 products at reduced precision unless asked:
     # every certificate kernel must ask for HIGHEST, also inside a user's jit.
-    net, params = L.from_nnx(L.MLP(4, [5, 5], 2, rngs=nnx.Rngs(0)))
+    net, params = L.from_nnx(L.models.MLP(4, [5, 5], 2, rngs=nnx.Rngs(0)))
     x = jnp.ones((3, 4), jnp.float32)
     calls = {
         "margin": lambda p, u: L.batched.margin(net, p, u, p=2, method="forward", check=False),
@@ -233,7 +233,7 @@ def test_fresh_lambdas_partials_and_methods_reuse_compiled_code_and_captured_val
     from lld_jax._src.checks import _value_flags
     from lld_jax._src.kernel import _run
 
-    model = L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(0))
+    model = L.models.MLP(5, [7, 6], 2, rngs=nnx.Rngs(0))
     net, params = L.from_nnx(model)
     x = jax.random.normal(jax.random.key(0), (3, 5))
     want = np.asarray(L.batched.margin(net, params, x))

@@ -31,9 +31,11 @@ def test_wrong_shape(mlp):
         L.batched.margin(net, params, x[:, :4])
     one = rf"x has shape \({x.shape[1]},\), read as a batch \(batch axis first\); for one example pass x\[None\]"
     with pytest.raises(ValueError, match=one):
-        L.count_regions(net, params, x[0])  # names x's own shape, not that of its first row
+        L.evaluation.count_regions(net, params, x[0])  # names x's own shape, not that of its first row
     with pytest.raises(ValueError, match=one):
-        L.expected_gradient_distortion(net, params, x[0], jnp.zeros((), jnp.int32), eps=0.1, num_samples=2, key=jax.random.key(0), box=None)
+        L.attribution.expected_gradient_distortion(
+            net, params, x[0], jnp.zeros((), jnp.int32), eps=0.1, num_samples=2, key=jax.random.key(0), box=None
+        )
     plain = lambda p, u: net.apply(p, u)
     with pytest.raises(ValueError, match="could not be applied to one example"):
         L.batched.margin(plain, params, x[:, :4])

@@ -24,7 +24,7 @@ def test_non_finite_parameters_raise_eagerly_and_under_jit_and_poison_when_unche
         lambda: L.batched.margin(net, bad, x),
         lambda: L.margin(net, bad, x[0], p=1),
         lambda: L.batched.activation_pattern(net, bad, x),
-        lambda: L.count_regions(net, bad, np.asarray(x)),
+        lambda: L.evaluation.count_regions(net, bad, np.asarray(x)),
         lambda: L.batched.directional_margin(net, bad, x, x[0]),
         lambda: jax.vmap(L.checked(lambda u: L.margin(net, bad, u)))(x),
     ):
@@ -66,7 +66,7 @@ def test_piecewise_linearity_probe_looks_at_every_example():
     with pytest.raises(ValueError, match="not piecewise linear.*example\\(s\\) 2 of the batch"):
         L.batched.margin(fn, w, x)
     with pytest.raises(ValueError, match="not piecewise linear"):
-        L.count_regions(fn, w, np.asarray(x))
+        L.evaluation.count_regions(fn, w, np.asarray(x))
 
 
 def _rescale(params, kind, scales):
@@ -137,14 +137,14 @@ def test_integer_inputs_are_promoted_and_non_float_refused():
 
 def test_models_refuse_empty_layers():
     with pytest.raises(ValueError, match="every entry of widths must be a positive integer"):
-        L.MLP(4, [0], 2, rngs=nnx.Rngs(0))
+        L.models.MLP(4, [0], 2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="every entry of channels must be a positive integer"):
-        L.CNN((4, 4, 1), (0,), (3,), 2, rngs=nnx.Rngs(0))
+        L.models.CNN((4, 4, 1), (0,), (3,), 2, rngs=nnx.Rngs(0))
 
 
 def test_torch_initialisation_matches_pytorch_defaults_and_shares_compiled_code():
-    flax_model = L.MLP(784, [300, 300], 10, rngs=nnx.Rngs(0))
-    torch_model = L.MLP(784, [300, 300], 10, init="torch", rngs=nnx.Rngs(0))
+    flax_model = L.models.MLP(784, [300, 300], 10, rngs=nnx.Rngs(0))
+    torch_model = L.models.MLP(784, [300, 300], 10, init="torch", rngs=nnx.Rngs(0))
     net_f, _ = L.from_nnx(flax_model)
     net_t, params = L.from_nnx(torch_model)
     assert net_f == net_t  # the init lives in the values only
@@ -156,10 +156,10 @@ def test_torch_initialisation_matches_pytorch_defaults_and_shares_compiled_code(
             if w.size >= 300:
                 assert np.abs(w).max() > 0.98 * bound
                 np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.1)  # uniform, not normal
-    untouched = L.from_nnx(L.MLP(784, [300, 300], 10, init="flax", rngs=nnx.Rngs(0)))[1]
+    untouched = L.from_nnx(L.models.MLP(784, [300, 300], 10, init="flax", rngs=nnx.Rngs(0)))[1]
     jax.tree.map(np.testing.assert_array_equal, untouched, L.from_nnx(flax_model)[1])
     with pytest.raises(ValueError, match="init must be one of"):
-        L.MLP(4, [3], 2, init="he", rngs=nnx.Rngs(0))
+        L.models.MLP(4, [3], 2, init="he", rngs=nnx.Rngs(0))
 
 
 def test_a_tiny_gradient_row_gives_a_sound_margin_in_float32():
@@ -185,7 +185,7 @@ def test_a_tiny_gradient_row_gives_a_sound_margin_in_float32():
         got = float(L.margin(net, params, jnp.asarray(x), method=method))
         assert 0 < got <= exact * (1 + 1e-4), (method, got, exact)
     # The same network as a built-in MLP: the gram path (l1 bound for the underflowing row).
-    mlp_net, mlp_params = L.from_nnx(L.MLP(3, [4, 5], 2, rngs=nnx.Rngs(0)))
+    mlp_net, mlp_params = L.from_nnx(L.models.MLP(3, [4, 5], 2, rngs=nnx.Rngs(0)))
     mlp_params["layers"][0] = {"kernel": jnp.asarray(w1.T), "bias": jnp.zeros(4, jnp.float32)}
     mlp_params["layers"][1] = {"kernel": jnp.asarray(w2.T), "bias": jnp.asarray(b2)}
     got = float(L.margin(mlp_net, mlp_params, jnp.asarray(x), method="gram"))

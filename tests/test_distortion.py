@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lld_jax import (
+from lld_jax.attribution import (
     expected_gradient_distortion,
     input_gradient,
     integrated_gradients,

@@ -33,7 +33,7 @@ def test_report_over_ragged_batches_equals_per_example_results():
         for q in (25, 50, 75, 100):
             assert r[f"margin_l{p}"][f"P{q}"] == pytest.approx(0.5 * np.percentile(m[p], q), rel=1e-10)
         assert r[f"margin_l{p}_min"] == pytest.approx(0.5 * m[p].min(), rel=1e-10)
-    counts = L.count_regions(net, params, x)
+    counts = L.evaluation.count_regions(net, params, x)
     assert (r["num_patterns"], r["num_jacobians"]) == (counts.num_patterns, counts.num_jacobians)
     assert r["spearman_l1_l2"] == pytest.approx(spearmanr(m[1], m[2]).statistic, rel=1e-10)
     per = evaluate_model(net, params, np.asarray(x), y, scale=0.5, batch_size=7, per_example=True)["per_example"]

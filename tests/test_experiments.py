@@ -142,7 +142,7 @@ def test_region_plot_draws_every_region(tmp_path):
 
     x, y = toy2d.two_moons()
     assert x.shape == (100, 2) and set(np.unique(y)) == {0, 1}
-    net, params = L.from_nnx(L.MLP(2, [8, 8], 1, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
+    net, params = L.from_nnx(L.models.MLP(2, [8, 8], 1, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
     regions = enumerate_slice(net, params, jnp.zeros(2), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0]), [(-2, -2), (2, -2), (2, 2), (-2, 2)])
     for fill in ("random", "class", None):
         fig, ax = plt.subplots()

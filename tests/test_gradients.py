@@ -141,7 +141,7 @@ def test_rowspace_refuses_networks_that_read_x_beyond_the_first_layer():
     np.testing.assert_allclose(L.batched.margin(cancel, cp, fx, p=2), L.batched.margin(cancel, cp, fx, p=2, method="forward"), rtol=1e-5)
     # A recurrent net reports all its steps as ONE preact: its row space holds every gradient, so the
     # method is exact there (the check passes for the right reason).
-    rnet, rparams = L.from_nnx(L.RNN(6, 2, 2, negative_slope=0.1, length=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
+    rnet, rparams = L.from_nnx(L.models.RNN(6, 2, 2, negative_slope=0.1, length=4, rngs=nnx.Rngs(0), param_dtype=jnp.float64))
     rx = jax.random.normal(jax.random.key(0), (3, 4, 6), jnp.float64)
     a = L.batched.neuron_gradient_norms(rnet, rparams, rx, p=2, method="rowspace")[1]
     np.testing.assert_allclose(a, L.batched.neuron_gradient_norms(rnet, rparams, rx, p=2, method="forward")[1], rtol=1e-10)

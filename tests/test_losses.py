@@ -21,7 +21,7 @@ def batch_sampled(net, params, x, key, **kw):
 
 
 def tiny(d=4):
-    model = L.MLP(d, [5, 3], 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    model = L.models.MLP(d, [5, 3], 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     randomize_biases(model, jax.random.key(2))  # nonzero offsets: z = J x + b, not J x
     net, params = L.from_nnx(model)
     x = jax.random.normal(jax.random.key(1), (6, d), jnp.float64) * 2
@@ -96,7 +96,7 @@ def test_masked_aggregate_equals_numpy_over_the_example_neurons(gamma):
 
 @pytest.mark.parametrize("estimator,stratify", [("axes", False), ("gaussian", False), ("axes", True)])
 def test_sampled_estimator_is_unbiased(estimator, stratify):
-    model = L.CNN((4, 4, 3), (2,), (6,), 2, rngs=nnx.Rngs(3), param_dtype=jnp.float64)
+    model = L.models.CNN((4, 4, 3), (2,), (6,), 2, rngs=nnx.Rngs(3), param_dtype=jnp.float64)
     net, params = L.from_nnx(model)
     x = jax.random.normal(jax.random.key(2), (2, 4, 4, 3), jnp.float64)
     C = 0.5
@@ -157,7 +157,7 @@ def test_invalid_hyper_parameters_refused():
 
 @pytest.mark.parametrize("estimator,stratify", [("axes", True), ("gaussian", False)])
 def test_sampled_loss_chunks_change_nothing_value_or_gradient(estimator, stratify):
-    model = L.CNN((4, 4, 3), (3,), (5,), 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
+    model = L.models.CNN((4, 4, 3), (3,), (5,), 3, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
     net, params = L.from_nnx(model)
     x = jax.random.uniform(jax.random.key(2), (2, 4, 4, 3), jnp.float64)
     key = jax.random.key(4)

@@ -149,7 +149,7 @@ def test_max_pool_matches_flax_and_a_numpy_reference():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(7, 5, 3)))
     for window, strides in [((2, 2), None), ((3, 2), (1, 2)), (2, 1), ((1, 1), None)]:
-        res = L.max_pool(x, window, strides)
+        res = L.layers.max_pool(x, window, strides)
         w = (window, window) if isinstance(window, int) else window
         s = w if strides is None else ((strides, strides) if isinstance(strides, int) else strides)
         np.testing.assert_array_equal(res.output, nnx.max_pool(x, w, strides=s, padding="VALID"))
@@ -163,30 +163,30 @@ def test_max_pool_matches_flax_and_a_numpy_reference():
                 np.testing.assert_array_equal(res.constraints[i, j], want)
                 np.testing.assert_array_equal(res.mask[i, j], np.arange(u.shape[1]) != a[:, None])
     # Ties go to the first maximal index; the tie entry is a boundary (0, not positive: margin 0).
-    tie = L.max_constraints(jnp.array([1.0, 2.0, 2.0]))
+    tie = L.layers.max_constraints(jnp.array([1.0, 2.0, 2.0]))
     assert tie.constraints.tolist() == [1.0, -1.0, 0.0] and tie.mask.tolist() == [True, False, True]
     # The output's derivative flows through the arg-max only.
-    np.testing.assert_array_equal(jax.grad(lambda u: L.max_constraints(u).output)(jnp.array([1.0, 3.0, 2.0])), [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(jax.grad(lambda u: L.layers.max_constraints(u).output)(jnp.array([1.0, 3.0, 2.0])), [0.0, 1.0, 0.0])
 
 
 def test_bad_input_raises_clear_value_errors():
     x = jnp.zeros((2, 3, 1))
     with pytest.raises(ValueError, match="larger than the input"):
-        L.max_pool(x, (3, 3))
+        L.layers.max_pool(x, (3, 3))
     with pytest.raises(ValueError, match="window must be a positive integer"):
-        L.max_pool(x, 0)
+        L.layers.max_pool(x, 0)
     with pytest.raises(ValueError, match="strides must be a positive integer"):
-        L.max_pool(x, 2, strides=(1, -1))
+        L.layers.max_pool(x, 2, strides=(1, -1))
     with pytest.raises(ValueError, match=r"ONE example of shape \(H, W, C\)"):
-        L.max_pool(jnp.zeros((1, 4, 4, 1)), 2)
+        L.layers.max_pool(jnp.zeros((1, 4, 4, 1)), 2)
     with pytest.raises(ValueError, match=r"k \(affine pieces per maxout unit\) must be an integer >= 2"):
-        L.MaxoutMLP(4, [3], 2, k=1, rngs=nnx.Rngs(0))
+        L.layers.MaxoutMLP(4, [3], 2, k=1, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="every entry of widths must be a positive integer"):
-        L.MaxoutMLP(4, [3, 0], 2, rngs=nnx.Rngs(0))
+        L.layers.MaxoutMLP(4, [3, 0], 2, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="too small for 2 2x2 max-pools"):
-        L.CNN((3, 3, 1), (2, 2), (4,), 2, downsample="max", rngs=nnx.Rngs(0))
+        L.models.CNN((3, 3, 1), (2, 2), (4,), 2, downsample="max", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="downsample must be one of"):
-        L.CNN((4, 4, 1), (2,), (4,), 2, downsample="maxpool", rngs=nnx.Rngs(0))
+        L.models.CNN((4, 4, 1), (2,), (4,), 2, downsample="maxpool", rngs=nnx.Rngs(0))
     net, params, x = make("cnn_max")
     with pytest.raises(ValueError, match="frozen-pattern apply"):
         L.batched.margin(net, params, x, method="template")
@@ -200,7 +200,7 @@ def test_bad_input_raises_clear_value_errors():
 
 def test_from_nnx_sets_masks_only_for_pooled_models():
     for downsample in ("avg", "stride"):  # no max-pooling: no mask (fast paths stay available), frozen apply kept
-        net, _ = L.from_nnx(L.CNN((4, 4, 1), (1,), (2,), 2, downsample=downsample, rngs=nnx.Rngs(0)))
+        net, _ = L.from_nnx(L.models.CNN((4, 4, 1), (1,), (2,), 2, downsample=downsample, rngs=nnx.Rngs(0)))
         assert net.neuron_mask is None and net.apply_frozen is not None
     for kind in POOLED:
         net, params, x = make(kind)
@@ -300,7 +300,7 @@ def test_roll_loss_and_region_counts_include_the_constraints():
     # Points of one region count once; a point with another arg-max counts apart.
     eps = float(L.margin(net, params, x[0]))
     xs = jnp.stack([x[0], x[0] + 0.5 * eps / np.sqrt(6), x[1]])
-    assert L.count_regions(net, params, xs) == (2, 2)
+    assert L.evaluation.count_regions(net, params, xs) == (2, 2)
 
 
 # --------------------------------------------------------------------------
@@ -323,10 +323,10 @@ class HiddenMaxPoolCNN(nnx.Module):
 
 
 class ReportedMaxPoolCNN(HiddenMaxPoolCNN):
-    """The same function with its switching constraints reported (pooling before the ReLU, see lld_jax.NeuronRecorder)."""
+    """The same function with its switching constraints reported (pooling before the ReLU, see lld_jax.layers.NeuronRecorder)."""
 
     def forward(self, x):
-        rec = L.NeuronRecorder()
+        rec = L.layers.NeuronRecorder()
         h = rec.relu(rec.max_pool(self.c1(x), 2))
         h = rec.relu(rec.max_pool(self.c2(h), 2))
         return self.d2(rec.relu(self.d1(h.reshape(-1)))), rec

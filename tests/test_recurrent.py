@@ -18,8 +18,8 @@ F, H = 3, 6
 def _model(kind, seed=0, dtype=jnp.float64):
     rngs = nnx.Rngs(seed)
     if kind == "scornn":
-        return L.ScoRNN(F, 4, hidden=H, num_negative=2, negative_slope=0.1, variable_length=True, rngs=rngs, param_dtype=dtype)
-    return L.RNN(F, H, 4, negative_slope=0.0, variable_length=True, rngs=rngs, param_dtype=dtype)
+        return L.models.ScoRNN(F, 4, hidden=H, num_negative=2, negative_slope=0.1, variable_length=True, rngs=rngs, param_dtype=dtype)
+    return L.models.RNN(F, H, 4, negative_slope=0.0, variable_length=True, rngs=rngs, param_dtype=dtype)
 
 
 def _padded_and_alone(seed=0, lengths=(1, 4)):
@@ -97,7 +97,7 @@ def test_count_regions_ignores_padding_length():
     ref = {(len(q), np.asarray(L.activation_pattern(net, params, jnp.asarray(pad_sequences([q], dtype=np.float64)[0]))).tobytes()) for q in seqs}
     assert len(ref) == 3, "s and near share a region, t and u do not"
     for length in (7, 12):
-        counts = L.count_regions(net, params, jnp.asarray(pad_sequences(seqs, length=length, dtype=np.float64)))
+        counts = L.evaluation.count_regions(net, params, jnp.asarray(pad_sequences(seqs, length=length, dtype=np.float64)))
         assert counts.num_patterns == len(ref), length
 
 
@@ -105,7 +105,7 @@ def test_scornn_recurrent_matrix_stays_orthogonal_through_training():
     """After training, the forward pass uses W = (I + A)^-1 (I - A) D with A from the trained
     parameters and D's first num_negative entries -1 (a NumPy reconstruction), and W is orthogonal."""
     h, neg = 16, 5
-    model = L.ScoRNN(F, 3, hidden=h, num_negative=neg, negative_slope=0.1, variable_length=True, rngs=nnx.Rngs(1))
+    model = L.models.ScoRNN(F, 3, hidden=h, num_negative=neg, negative_slope=0.1, variable_length=True, rngs=nnx.Rngs(1))
     net, params = L.from_nnx(model)
     rng = np.random.default_rng(0)
     x = pad_sequences([rng.normal(size=(rng.integers(2, 7), F)) for _ in range(16)], dtype=np.float32)
@@ -123,7 +123,7 @@ def test_scornn_recurrent_matrix_stays_orthogonal_through_training():
 
     w0, w = w_numpy(params), w_numpy(state.params)
     assert np.abs(w - w0).max() > 1e-3, "training must move W"
-    lib = np.asarray(L.cayley_recurrent(state.params["skew"], neg), np.float64)  # what the model multiplies by
+    lib = np.asarray(L.models.cayley_recurrent(state.params["skew"], neg), np.float64)  # what the model multiplies by
     np.testing.assert_allclose(lib, w, atol=1e-5)
     np.testing.assert_allclose(lib.T @ lib, np.eye(h), atol=1e-5)
     q = jax.device_get(state.params)
@@ -141,7 +141,7 @@ def test_scornn_recurrent_matrix_stays_orthogonal_through_training():
 def test_stability_bounds_equal_one_direction_margins():
     for kind, shape in (("scornn", (4, F + 1)), ("mlp", (5,))):
         if kind == "mlp":
-            net, params = L.from_nnx(L.MLP(5, [7, 6], 2, rngs=nnx.Rngs(3), param_dtype=jnp.float64))
+            net, params = L.from_nnx(L.models.MLP(5, [7, 6], 2, rngs=nnx.Rngs(3), param_dtype=jnp.float64))
             x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
         else:
             net, params = L.from_nnx(_model("scornn", seed=2))

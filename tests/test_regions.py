@@ -49,10 +49,10 @@ def _brute_counts(net, params, xs, decimals=4):
 
 def test_counts_match_brute_force_with_shared_regions():
     # A tiny net on clustered points: many points share a region.
-    model = L.MLP(2, [3, 3], 2, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
+    model = L.models.MLP(2, [3, 3], 2, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
     net, params = L.from_nnx(model)
     xs = np.random.default_rng(0).normal(size=(157, 2))
-    counts = L.count_regions(net, params, xs, batch_size=32)  # 157 = 4*32 + 29: ragged last batch
+    counts = L.evaluation.count_regions(net, params, xs, batch_size=32)  # 157 = 4*32 + 29: ragged last batch
     ref = _brute_counts(net, params, xs)
     assert (counts.num_patterns, counts.num_jacobians) == ref
     assert 1 < counts.num_patterns < len(xs)
@@ -67,5 +67,5 @@ def test_counts_distinguish_patterns_with_equal_jacobians():
         return jnp.array([1.0, 0.0]) @ jax.nn.relu(z)[None].T, (z,)
 
     xs = np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
-    counts = L.count_regions(fn, None, xs, batch_size=3)
+    counts = L.evaluation.count_regions(fn, None, xs, batch_size=3)
     assert counts == (4, 2)

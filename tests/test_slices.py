@@ -50,7 +50,7 @@ def test_grid_points_match_their_polygon_and_areas_add_up(kind):
 
 
 def test_count_equals_brute_force_on_small_net():
-    model = L.MLP(2, [4, 4], 1, rngs=nnx.Rngs(2), param_dtype=jnp.float64)
+    model = L.models.MLP(2, [4, 4], 1, rngs=nnx.Rngs(2), param_dtype=jnp.float64)
     randomize_biases(model, jax.random.key(3))  # hyperplanes that do not all meet at 0
     net, params = L.from_nnx(model)
     x0, a, b = jnp.zeros(2), jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])

@@ -1,4 +1,4 @@
-"""The split-off first layer (lld_jax.Stem): placed kernels against real convolutions, the sampled loss
+"""The split-off first layer (lld_jax.models.Stem): placed kernels against real convolutions, the sampled loss
 with and without the stem, and networks behind an input standardisation (float64)."""
 
 import dataclasses
@@ -32,20 +32,20 @@ def test_conv_axis_tangent_is_the_convolution_of_each_one_hot(shape, ksize, stri
     kernel = jnp.asarray(rng.normal(size=(*ksize, shape[-1], 4)))
     d = int(np.prod(shape))
     want = jax.vmap(lambda e: _conv(e.reshape(shape), kernel, strides, padding))(jnp.eye(d))
-    got = jax.jit(jax.vmap(lambda k: L.conv_axis_tangent(kernel, k, shape, strides, padding)))(jnp.arange(d))
+    got = jax.jit(jax.vmap(lambda k: L.models.conv_axis_tangent(kernel, k, shape, strides, padding)))(jnp.arange(d))
     assert got.shape == want.shape
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_conv_axis_tangent_refuses_mismatched_channels():
     with pytest.raises(ValueError, match="channels"):
-        L.conv_axis_tangent(jnp.zeros((3, 3, 2, 4)), 0, (5, 5, 3), (1, 1), ((1, 1), (1, 1)))
+        L.models.conv_axis_tangent(jnp.zeros((3, 3, 2, 4)), 0, (5, 5, 3), (1, 1), ((1, 1), (1, 1)))
 
 
 def _resnet(stem, size, seed=0, stages=1):
     """A small float64 ResNet (one stage unless asked: compile time dominates these tests) with non-trivial BatchNorm."""
     widths = (4, 8)[:stages]
-    model = L.ResNet((size, size, 3), widths, (1,) * stages, 5, stem=stem, rngs=nnx.Rngs(seed), param_dtype=jnp.float64)
+    model = L.models.ResNet((size, size, 3), widths, (1,) * stages, 5, stem=stem, rngs=nnx.Rngs(seed), param_dtype=jnp.float64)
     net, params = L.from_nnx(model)
     # Non-trivial BatchNorm statistics, so the stem's slope is not the identity.
     rng = np.random.default_rng(seed)
@@ -101,7 +101,7 @@ def _stem_vs_dense(net, params, x, rtol, num_samples=6, chunk=None):
 @pytest.mark.parametrize("downsample,shape", [("avg", (7, 7, 3)), ("stride", (8, 9, 2))])
 def test_cnn_stem_splits_apply_and_gives_the_dense_loss(downsample, shape):
     """The CNN's first conv ("SAME" padding; stride 2 on an even side pads (0, 1), on an odd one (1, 1); a bias) placed per pixel."""
-    model = L.CNN(shape, (3, 4), (6,), 5, downsample=downsample, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
+    model = L.models.CNN(shape, (3, 4), (6,), 5, downsample=downsample, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
     net, params = L.from_nnx(model)
     assert net.stem is not None
     x = jnp.asarray(np.random.default_rng(8).uniform(size=shape))
@@ -120,7 +120,7 @@ def test_cnn_stem_splits_apply_and_gives_the_dense_loss(downsample, shape):
 def test_cnns_without_a_first_conv_output_have_no_stem():
     """Max pooling (preacts[0] is the pool's constraints) and no convolution at all: no stem, a named error."""
     for channels, downsample in (((3,), "max"), ((), "avg")):
-        model = L.CNN((6, 6, 1), channels, (4,), 3, downsample=downsample, rngs=nnx.Rngs(0))
+        model = L.models.CNN((6, 6, 1), channels, (4,), 3, downsample=downsample, rngs=nnx.Rngs(0))
         net, params = L.from_nnx(model)
         assert net.stem is None
         with pytest.raises(ValueError, match="no stem split"):
@@ -136,7 +136,7 @@ def test_stem_follows_the_input_size_not_the_built_one():
 
 
 def test_stem_with_float32_weights_and_float64_inputs():
-    model = L.ResNet((11, 11, 3), (4,), (1,), 5, stem="imagenet", rngs=nnx.Rngs(0))
+    model = L.models.ResNet((11, 11, 3), (4,), (1,), 5, stem="imagenet", rngs=nnx.Rngs(0))
     net, params = L.from_nnx(model)
     x = jnp.asarray(np.random.default_rng(6).uniform(size=(11, 11, 3)))  # float64
     _stem_vs_dense(net, params, x, 1e-5)

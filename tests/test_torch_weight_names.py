@@ -11,7 +11,7 @@ import lld_jax as L
 
 def _model(classes=3):
     # torchvision's layout on a small scale: 7x7 stem, stage 2 starts with a projection shortcut.
-    return L.ResNet((32, 32, 3), (4, 8), (1, 1), classes, stem="imagenet", rngs=nnx.Rngs(0))
+    return L.models.ResNet((32, 32, 3), (4, 8), (1, 1), classes, stem="imagenet", rngs=nnx.Rngs(0))
 
 
 def _state_dict(classes=3, seed=0):
@@ -57,7 +57,7 @@ def _expected(model, sd):
 
 def test_every_leaf_lands_where_torchvision_names_it():
     model, sd = _model(), _state_dict()
-    loaded = L.load_torch_resnet(model, {f"module.{k}": v for k, v in sd.items()})  # DataParallel prefix stripped
+    loaded = L.models.load_torch_resnet(model, {f"module.{k}": v for k, v in sd.items()})  # DataParallel prefix stripped
     assert sorted(loaded) == sorted(k for k in sd if not k.endswith("num_batches_tracked"))
     pairs = _expected(model, sd)
     assert len(pairs) == len(loaded)
@@ -69,14 +69,14 @@ def test_head_rules_and_named_mismatches():
     sd = _state_dict(classes=10)
     model = _model(classes=3)
     head = np.asarray(model.head.kernel[...])
-    loaded = L.load_torch_resnet(model, sd)  # head="auto": 10 classes do not fit 3, the fresh head stays
+    loaded = L.models.load_torch_resnet(model, sd)  # head="auto": 10 classes do not fit 3, the fresh head stays
     assert "fc.weight" not in loaded and np.array_equal(np.asarray(model.head.kernel[...]), head)
     with pytest.raises(ValueError, match=r"fc.weight: shape \(8, 10\) \(converted\), model expects \(8, 3\)"):
-        L.load_torch_resnet(_model(3), sd, head="load")
+        L.models.load_torch_resnet(_model(3), sd, head="load")
     ok = _state_dict(classes=3)
     skipped = _model(3)
     head = np.asarray(skipped.head.kernel[...])
-    assert "fc.weight" not in L.load_torch_resnet(skipped, ok, head="skip") and np.array_equal(np.asarray(skipped.head.kernel[...]), head)
+    assert "fc.weight" not in L.models.load_torch_resnet(skipped, ok, head="skip") and np.array_equal(np.asarray(skipped.head.kernel[...]), head)
     for change, match in [
         (lambda d: d.pop("layer2.0.bn1.running_mean"), "missing layer2.0.bn1.running_mean"),
         (lambda d: d.update({"layer3.0.conv1.weight": np.zeros((8, 8, 3, 3), np.float32)}), "blocks per stage"),
@@ -86,10 +86,10 @@ def test_head_rules_and_named_mismatches():
         bad = _state_dict()
         change(bad)
         with pytest.raises(ValueError, match=match):
-            L.load_torch_resnet(_model(), bad)
+            L.models.load_torch_resnet(_model(), bad)
     with pytest.raises(ValueError, match="imagenet"):
-        L.load_torch_resnet(L.ResNet((8, 8, 3), (4,), (1,), 2, rngs=nnx.Rngs(0)), ok)
+        L.models.load_torch_resnet(L.models.ResNet((8, 8, 3), (4,), (1,), 2, rngs=nnx.Rngs(0)), ok)
     with pytest.raises(ValueError, match="head must be"):
-        L.load_torch_resnet(_model(), ok, head="keep")
+        L.models.load_torch_resnet(_model(), ok, head="keep")
     with pytest.raises(FileNotFoundError, match="no state_dict file"):
-        L.load_torch_resnet(_model(), "/nonexistent/resnet.pth")
+        L.models.load_torch_resnet(_model(), "/nonexistent/resnet.pth")

@@ -32,8 +32,8 @@ def test_converted_resnet18_matches_torch_logits(tmp_path):
         want = tm(torch.from_numpy(x)).numpy()
     path = tmp_path / "resnet18.pth"
     torch.save(tm.state_dict(), path)
-    model = L.resnet18(7, input_shape=(64, 64, 3), rngs=nnx.Rngs(1))
-    loaded = L.load_torch_resnet(model, str(path))
+    model = L.models.resnet18(7, input_shape=(64, 64, 3), rngs=nnx.Rngs(1))
+    loaded = L.models.load_torch_resnet(model, str(path))
     assert "fc.weight" in loaded and "layer4.1.bn2.running_var" in loaded and len(loaded) == 102
     net, params = L.from_nnx(model)
     got = np.stack([np.asarray(net.apply(params, jnp.asarray(xi.transpose(1, 2, 0)))[0]) for xi in x])
@@ -42,16 +42,16 @@ def test_converted_resnet18_matches_torch_logits(tmp_path):
 
 def test_head_is_skipped_for_other_classes_and_errors_are_named():
     sd = _torch_model(1000).state_dict()
-    model = L.resnet18(5, input_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+    model = L.models.resnet18(5, input_shape=(32, 32, 3), rngs=nnx.Rngs(0))
     head = np.asarray(model.head.kernel[...])
-    loaded = L.load_torch_resnet(model, sd)  # head="auto": 1000 classes do not fit 5
+    loaded = L.models.load_torch_resnet(model, sd)  # head="auto": 1000 classes do not fit 5
     assert "fc.weight" not in loaded and np.array_equal(np.asarray(model.head.kernel[...]), head)
     np.testing.assert_array_equal(np.asarray(model.stem_conv.kernel[...]), sd["conv1.weight"].numpy().transpose(2, 3, 1, 0))
     with pytest.raises(ValueError, match="fc.weight: shape"):
-        L.load_torch_resnet(L.resnet18(5, input_shape=(32, 32, 3), rngs=nnx.Rngs(0)), sd, head="load")
+        L.models.load_torch_resnet(L.models.resnet18(5, input_shape=(32, 32, 3), rngs=nnx.Rngs(0)), sd, head="load")
     bad = dict(sd)
     del bad["layer2.0.bn1.running_mean"]
     with pytest.raises(ValueError, match="missing layer2.0.bn1.running_mean"):
-        L.load_torch_resnet(L.resnet18(5, input_shape=(32, 32, 3), rngs=nnx.Rngs(0)), bad)
+        L.models.load_torch_resnet(L.models.resnet18(5, input_shape=(32, 32, 3), rngs=nnx.Rngs(0)), bad)
     with pytest.raises(ValueError, match="imagenet"):
-        L.load_torch_resnet(L.ResNet((8, 8, 3), (4,), (1,), 2, rngs=nnx.Rngs(0)), sd)
+        L.models.load_torch_resnet(L.models.ResNet((8, 8, 3), (4,), (1,), 2, rngs=nnx.Rngs(0)), sd)

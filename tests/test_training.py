@@ -37,7 +37,7 @@ def small_problem(n=50, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 6)).astype(np.float32)
     y = (x[:, 0] * x[:, 1] > 0).astype(np.int32)
-    model = L.MLP(6, [16, 16], 2, rngs=nnx.Rngs(seed))
+    model = L.models.MLP(6, [16, 16], 2, rngs=nnx.Rngs(seed))
     net, params = L.from_nnx(model)
     return net, params, x, y
 
@@ -67,7 +67,7 @@ def test_evaluate_equals_numpy_task_loss_over_ragged_batches(task_loss):
     x = rng.normal(size=(13, 6)).astype(np.float32)
     outputs = 1 if task_loss == "sigmoid" else 3
     y = rng.integers(0, 2 if task_loss == "sigmoid" else 3, 13).astype(np.int32)
-    net, params = L.from_nnx(L.MLP(6, [8], outputs, rngs=nnx.Rngs(0)))
+    net, params = L.from_nnx(L.models.MLP(6, [8], outputs, rngs=nnx.Rngs(0)))
     m = Trainer(net, TrainConfig(lam=0.0, task_loss=task_loss, eval_batch_size=5)).evaluate(params, x, y)
     s = np.asarray(jax.vmap(lambda u: net.apply(params, u)[0])(x), np.float64)
     if task_loss == "sigmoid":
@@ -151,7 +151,7 @@ def test_other_data_or_initialisation_refused(tmp_path):
     other = jax.tree.map(lambda a: a * 2, params)
     with pytest.raises(ValueError, match="run.init_sha1"):
         fit(net, other, cfg, (x, y), (x, y), str(tmp_path), progress=False)
-    wide_net, wide = L.from_nnx(L.MLP(6, [17, 16], 2, rngs=nnx.Rngs(0)))
+    wide_net, wide = L.from_nnx(L.models.MLP(6, [17, 16], 2, rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="run.params"):
         fit(wide_net, wide, cfg, (x, y), (x, y), str(tmp_path), progress=False)
 

@@ -473,7 +473,7 @@ def max_gradient_distortion(
     Example:
       >>> import jax, jax.numpy as jnp, lld_jax
       >>> f = lambda w, x: (jnp.stack([jax.nn.relu(x[0] - 0.5), jnp.array(0.01)]), (x - 0.5,))
-      >>> res = lld_jax.max_gradient_distortion(f, None, jnp.array([[0.55, 0.2]]), jnp.array([0]),
+      >>> res = lld_jax.attribution.max_gradient_distortion(f, None, jnp.array([[0.55, 0.2]]), jnp.array([0]),
       ...                                       eps=0.1, key=jax.random.key(0), population=64, generations=3)
       >>> float(res.distortion[0]), bool(res.prediction_changed[0]), bool(res.x_worst[0, 0] <= 0.5)
       (1.0, True, True)

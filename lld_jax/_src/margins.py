@@ -48,13 +48,7 @@ class Margin(NamedTuple):
 
 
 def dual_exponent(p: float | str) -> float:
-    """q with 1/p + 1/q = 1 for p in {1, 2, inf}.
-
-    Example:
-      >>> from lld_jax import dual_exponent
-      >>> dual_exponent(1), dual_exponent(2), dual_exponent("inf")
-      (inf, 2, 1)
-    """
+    """q with 1/p + 1/q = 1 for p in {1, 2, inf}: 1 -> inf, 2 -> 2, inf -> 1."""
     p = canonical_ord(p)
     if p == 1:
         return np.inf

@@ -135,7 +135,7 @@ class CNN(nnx.Module):
     affine functions (pooling after a ReLU ties wherever a window has two
     inactive inputs, and a tie is a boundary: margin 0). Each pool reports its
     constraints ``(H', W', C, 4)`` as a pre-activation just before the pooled
-    neurons (paper App. E, :func:`lld_jax.max_pool`), the model's
+    neurons (paper App. E, :func:`lld_jax.layers.max_pool`), the model's
     ``neuron_mask(x)`` marks their arg-max entries, and there is no
     frozen-pattern apply (``method="template"`` is unavailable). With "avg"
     and "stride" ``neuron_mask`` is all True and :func:`lld_jax.from_nnx` sets
@@ -242,10 +242,10 @@ class CNN(nnx.Module):
         return self.dense[-1](h), preacts, tuple(masks.get(i, jnp.ones(p.shape, bool)) for i, p in enumerate(preacts))
 
     def stem_split(self) -> Stem:
-        """The network split after the first conv's pre-activation: :class:`lld_jax.Stem` (not with max pooling).
+        """The network split after the first conv's pre-activation: :class:`lld_jax.models.Stem` (not with max pooling).
 
         Its derivative along an input axis is the first 3x3 kernel placed at
-        the pixel (:func:`lld_jax.conv_axis_tangent`; the bias drops out).
+        the pixel (:func:`lld_jax.models.conv_axis_tangent`; the bias drops out).
         With ``downsample="max"`` the first pre-activation is the pool's
         switching constraints, which depend on the arg-max at ``x``, so there
         is no stem (and :func:`lld_jax.from_nnx` sets none).
@@ -332,7 +332,7 @@ class ResNet(nnx.Module):
     example, float64 throughout when asked; the paper's ResNet-18 variant replaces the
     stem's max pooling by average pooling (App. I), which :func:`resnet18`
     builds. Convolutions pad like PyTorch's, so torchvision weights load
-    exactly (:func:`lld_jax.load_torch_resnet`).
+    exactly (:func:`lld_jax.models.load_torch_resnet`).
 
     Args:
       input_shape: (H, W, C).
@@ -386,10 +386,10 @@ class ResNet(nnx.Module):
         return self.head(jnp.mean(h, axis=(0, 1))), tuple(act.preacts)
 
     def stem_split(self) -> Stem:
-        """The network split after the stem's pre-activation (conv, BatchNorm): :class:`lld_jax.Stem`.
+        """The network split after the stem's pre-activation (conv, BatchNorm): :class:`lld_jax.models.Stem`.
 
         Its derivative along an input axis is the stem kernel placed at the
-        pixel times BatchNorm's slope (:func:`lld_jax.conv_axis_tangent`).
+        pixel times BatchNorm's slope (:func:`lld_jax.models.conv_axis_tangent`).
         """
         conv = self.stem_conv
         strides = _strides(conv)

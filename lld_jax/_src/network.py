@@ -118,7 +118,7 @@ class Network:
         of the unpadded one.
       stem: ``params -> Stem``: the network split after its first
         pre-activation, with that layer's derivative along an input axis
-        computed directly (:class:`lld_jax.Stem`; a convolution's kernel
+        computed directly (:class:`lld_jax.models.Stem`; a convolution's kernel
         placed at the pixel). The sampled loss's axis estimator then runs
         JVPs from the first pre-activation on (ResNet-18 at 299x299, D' = 18:
         18% less time per training step on CPU).

@@ -116,7 +116,7 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
     chain, and modules with a ``neuron_mask(x)`` method (padded sequences,
     max-pooling and maxout) the :attr:`~lld_jax.Network.neuron_mask` that
     marks the entries that are not neurons, and modules with a
-    ``stem_split()`` method (:class:`~lld_jax.ResNet`, :class:`~lld_jax.CNN`) the
+    ``stem_split()`` method (:class:`~lld_jax.models.ResNet`, :class:`~lld_jax.models.CNN`) the
     :attr:`~lld_jax.Network.stem` of the sampled loss's fast path. Three optional module attributes,
     read here once, switch these off: ``supports_frozen_pattern = False``
     (no frozen-pattern apply even with a ``slopes`` keyword: max-pooling,

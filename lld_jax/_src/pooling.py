@@ -27,7 +27,7 @@ Pool pre-activations, not activations: a max-pool after a ReLU ties (every
 inactive input of a window is 0), and a tie is a boundary, margin 0. Max
 commutes with the monotone ReLU/LeakyReLU, so ``act(max_pool(z))`` is the same
 function as ``max_pool(act(z))`` with switching constraints between affine
-functions and no systematic ties; :class:`lld_jax.CNN` with
+functions and no systematic ties; :class:`lld_jax.models.CNN` with
 ``downsample="max"`` does this.
 """
 
@@ -79,7 +79,7 @@ def max_constraints(u: Array) -> MaxConstraints:
 
     Example:
       >>> import jax.numpy as jnp, lld_jax
-      >>> c = lld_jax.max_constraints(jnp.array([1.0, 3.0, 0.5]))
+      >>> c = lld_jax.layers.max_constraints(jnp.array([1.0, 3.0, 0.5]))
       >>> float(c.output), c.constraints.tolist(), c.mask.tolist()
       (3.0, [2.0, -1.0, 2.5], [True, False, True])
     """
@@ -139,7 +139,7 @@ def max_pool(x: Array, window: int | Sequence[int], strides: int | Sequence[int]
     Example:
       >>> import jax.numpy as jnp, lld_jax
       >>> x = jnp.arange(16.0).reshape(4, 4, 1)
-      >>> pool = lld_jax.max_pool(x, 2)
+      >>> pool = lld_jax.layers.max_pool(x, 2)
       >>> pool.output[..., 0].tolist()
       [[5.0, 7.0], [13.0, 15.0]]
       >>> pool.constraints[0, 0, 0].tolist(), pool.mask[0, 0, 0].tolist()
@@ -170,7 +170,7 @@ class NeuronRecorder:
       ...         self.conv = nnx.Conv(1, 2, (3, 3), rngs=rngs)
       ...         self.head = nnx.Linear(8, 3, rngs=rngs)
       ...     def forward(self, x):
-      ...         rec = lld_jax.NeuronRecorder()
+      ...         rec = lld_jax.layers.NeuronRecorder()
       ...         h = rec.max_pool(self.conv(x), 2)  # pool the pre-activation ...
       ...         h = rec.relu(h)  # ... then ReLU: the function of ReLU-then-pool, without ties
       ...         return self.head(h.reshape(-1)), rec
@@ -263,7 +263,7 @@ class MaxoutMLP(nnx.Module):
     Example:
       >>> import jax.numpy as jnp, lld_jax
       >>> from flax import nnx
-      >>> net, params = lld_jax.from_nnx(lld_jax.MaxoutMLP(4, [5, 5], 2, k=3, rngs=nnx.Rngs(0)))
+      >>> net, params = lld_jax.from_nnx(lld_jax.layers.MaxoutMLP(4, [5, 5], 2, k=3, rngs=nnx.Rngs(0)))
       >>> out, pre = net.apply(params, jnp.ones(4))
       >>> out.shape, [p.shape for p in pre], net.apply_frozen is None
       ((2,), [(5, 3), (5, 3)], True)

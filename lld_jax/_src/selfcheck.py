@@ -2,7 +2,7 @@
 
 Margins are exact only if ``preacts`` exposes EVERY nonlinearity of the
 network (paper Lemma 2): each ReLU-like input and each max-pool or maxout
-switch (App. E, :func:`lld_jax.max_pool`). Then x's region S(x), the polytope
+switch (App. E, :func:`lld_jax.layers.max_pool`). Then x's region S(x), the polytope
 of its activation pattern, is a linear region of the network and contains the
 margin's l_p ball. A nonlinearity the pre-activations do not expose (a plain
 ``nnx.max_pool``, an ``abs``, a ``jnp.maximum`` of two features) cuts S(x)
@@ -202,7 +202,7 @@ def _failure_message(bad: np.ndarray, radius: np.ndarray, stats: tuple[np.ndarra
     if bent:
         cause = (
             "Likely cause: a nonlinearity the pre-activations do not expose (e.g. a max-pool whose switching constraints are not reported: "
-            "report them with lld_jax.max_pool or lld_jax.NeuronRecorder and a neuron_mask method), or preacts that are not the inputs "
+            "report them with lld_jax.layers.max_pool or lld_jax.layers.NeuronRecorder and a neuron_mask method), or preacts that are not the inputs "
             "of the network's ReLU-like units."
         )
     else:

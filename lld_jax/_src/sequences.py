@@ -27,7 +27,7 @@ def pad_sequences(seqs: Sequence[np.ndarray], length: int | None = None, dtype=n
     """Stacks sequences of shapes ``(T_i, F)`` into ``(B, T, F + 1)``: zero padding at the end, a frame flag last.
 
     The flag channel is 1 on real frames and 0 on padding; models built with
-    ``variable_length=True`` (:class:`lld_jax.RNN`, :class:`lld_jax.ScoRNN`)
+    ``variable_length=True`` (:class:`lld_jax.models.RNN`, :class:`lld_jax.models.ScoRNN`)
     read it, and their results on a padded sequence equal those on the
     sequence alone.
 

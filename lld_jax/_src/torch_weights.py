@@ -1,4 +1,4 @@
-"""Loading torchvision ResNet weights (a local ``state_dict`` file; no network access) into :class:`lld_jax.ResNet`."""
+"""Loading torchvision ResNet weights (a local ``state_dict`` file; no network access) into :class:`lld_jax.models.ResNet`."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def load_torch_resnet(model: ResNet, source: str | Mapping[str, Any], *, head: s
     ``fc`` becomes the head. Block ``layer{s}.{b}`` is the b-th block of stage s.
 
     Args:
-      model: a :class:`lld_jax.ResNet` with ``stem="imagenet"`` and torchvision's
-        stage layout (e.g. :func:`lld_jax.resnet18`).
+      model: a :class:`lld_jax.models.ResNet` with ``stem="imagenet"`` and torchvision's
+        stage layout (e.g. :func:`lld_jax.models.resnet18`).
       source: a ``state_dict`` (mapping of names to tensors or arrays) or the
         path of a file saved with ``torch.save(model.state_dict(), path)``
         (reading a file needs PyTorch).
