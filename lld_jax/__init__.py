@@ -10,8 +10,9 @@ from these, checks raised as named errors eagerly).
   :func:`activation_pattern`, :func:`same_region`, :func:`hull_in_region`,
   :func:`l1_ball_in_region` (:func:`l1_ball_vertices`),
   :func:`neuron_gradients`, :func:`neuron_gradient_norms`,
-  :func:`stability_bounds`, and the certificate self-check
-  :func:`check_certificate`.
+  :func:`stability_bounds`, the certificate self-check
+  :func:`check_certificate`, and the robustness radius the regions certify
+  :func:`certified_radius`.
 * Learning: :func:`roll_penalty`, :func:`roll_penalty_sampled`,
   :func:`distance_penalty` (more in :mod:`lld_jax.losses`; the training
   loop in :mod:`lld_jax.training`).
@@ -20,7 +21,7 @@ from these, checks raised as named errors eagerly).
   :func:`from_linen`, :func:`from_equinox`; :class:`ProtocolError`,
   :class:`CheckError` and :func:`checked`.
 * Results: :class:`Margin`, :class:`CertificateCheck`,
-  :class:`NeuronGradients`, :class:`NeuronGradientNorms`,
+  :class:`CertifiedRadius`, :class:`NeuronGradients`, :class:`NeuronGradientNorms`,
   :class:`StabilityBounds`.
 
 Namespaces: :mod:`lld_jax.models` (built-in models, the conv stem, torch
@@ -32,6 +33,7 @@ reports), :mod:`lld_jax.data`, :mod:`lld_jax.training`, :mod:`lld_jax.slices`.
 
 from lld_jax import attribution, batched, data, evaluation, layers, losses, models, slices, training
 from lld_jax._src.adapters import from_equinox, from_linen
+from lld_jax._src.certify import CertifiedRadius, certified_radius
 from lld_jax._src.checks import CheckError, checked
 from lld_jax._src.gradients import NeuronGradientNorms, NeuronGradients, neuron_gradient_norms, neuron_gradients
 from lld_jax._src.losses import distance_penalty, roll_penalty, roll_penalty_sampled
@@ -59,6 +61,7 @@ __all__ = [
     "neuron_gradient_norms",
     "stability_bounds",
     "check_certificate",
+    "certified_radius",
     # losses
     "roll_penalty",
     "roll_penalty_sampled",
@@ -76,6 +79,7 @@ __all__ = [
     # results
     "Margin",
     "CertificateCheck",
+    "CertifiedRadius",
     "NeuronGradients",
     "NeuronGradientNorms",
     "StabilityBounds",

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+from lld_jax._src import certify as _certify
 from lld_jax._src import gradients as _gradients
 from lld_jax._src import margins as _margins
 from lld_jax._src import regions as _regions
@@ -39,9 +40,11 @@ hull_in_region = _vectorize(_regions.hull_in_region)
 l1_ball_in_region = _vectorize(_regions.l1_ball_in_region)
 stability_bounds = _vectorize(_stability.stability_bounds)
 check_certificate = _vectorize(_selfcheck.check_certificate)
+certified_radius = _vectorize(_certify.certified_radius)
 
 __all__ = [
     "activation_pattern",
+    "certified_radius",
     "check_certificate",
     "directional_margin",
     "directional_margin_bisect",
