@@ -641,7 +641,7 @@ def main(argv=None) -> None:
 
         trows = torch_run(repeats=repeats)
         rows += trows
-        ours = {(r["bench"], r.get("batch"), r.get("method"), r.get("variant")): r["min_s"] for r in rows}
+        ours = {(r["bench"], r.get("batch"), r.get("method"), r.get("variant")): r["min_s"] for r in rows if "min_s" in r}
         for r in trows:
             if r["bench"] == "torch_margin_l2":
                 best = min(v for (b, bs, m, _), v in ours.items() if b == "margin_l2" and bs == r["batch"])

@@ -105,3 +105,25 @@ def test_a_stem_that_is_not_the_first_layer_poisons_the_sampled_loss():
     assert np.isnan(float(L.roll_penalty_sampled(bad, params, x[0], key, C=1.0, num_samples=4)))
     with pytest.raises(L.CheckError, match="stem"):
         L.batched.margin(bad, params, x)
+
+
+def test_training_verifies_declarations_once_per_batch_and_refuses_a_wrong_one_by_name(leaky, tmp_path):
+    """The train step skips the per-example checks (they cost as much as a sampled loss) and checks x[0]:
+    a wrong declaration still gives NaN, never a step on the wrong geometry; fit refuses it up front."""
+    from lld_jax.training import TrainConfig, fit, make_loss_fn
+
+    net, params, x = leaky
+    y = jnp.zeros(len(x), jnp.int32)
+    for cfg in (TrainConfig(lam=1.0, C=1.0, method="gram"), TrainConfig(lam=1.0, C=1.0, regularizer="sampled", num_samples=2)):
+        loss = jax.jit(make_loss_fn(net, cfg))
+        total, _ = loss(params, x[:8], y[:8], jnp.ones(8), jax.random.key(0))
+        assert np.isnan(float(total)), cfg.regularizer
+        fixed = dataclasses.replace(net, negative_slope=0.2)
+        total, _ = jax.jit(make_loss_fn(fixed, cfg))(params, x[:8], y[:8], jnp.ones(8), jax.random.key(0))
+        assert np.isfinite(float(total)), cfg.regularizer
+        text = str(jax.make_jaxpr(make_loss_fn(fixed, cfg))(params, x[:8], y[:8], jnp.ones(8), jax.random.key(0)))
+        assert "callback" not in text
+    with pytest.raises(L.CheckError, match=r"declared structure \(dense_layers/negative_slope\)"):
+        data = (np.asarray(x), np.asarray(y))
+        fit(net, params, TrainConfig(lam=1.0, C=1.0, epochs=1, batch_size=8), data, data, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

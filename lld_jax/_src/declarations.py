@@ -21,13 +21,37 @@ with it (NaN); the value checks turn it into a named error.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from lld_jax._src.network import Array, Network, PyTree, pattern_slopes
+
+# Whether kernels verify declarations per example (trace-time, static). The training step turns it
+# off for its per-example losses and verifies one example of each batch instead: a wrong declaration
+# is wrong at (almost) every input, and the check costs about as much as a sampled ROLL loss.
+_PER_EXAMPLE: contextvars.ContextVar[bool] = contextvars.ContextVar("lld_jax_verify_per_example", default=True)
+
+
+@contextlib.contextmanager
+def verified_per_batch() -> Iterator[None]:
+    """Within: kernels traced skip their per-example declaration checks (the caller verifies once per batch)."""
+    token = _PER_EXAMPLE.set(False)
+    try:
+        yield
+    finally:
+        _PER_EXAMPLE.reset(token)
+
+
+def poison_mismatch(z: Array, mismatch: Callable[[Network, PyTree, Array], Array], net: Network, params: PyTree, x: Array) -> Array:
+    """``z`` with NaN when ``mismatch(net, params, x)`` (a declaration a fast path trusts is not the network)."""
+    if not _PER_EXAMPLE.get():
+        return z
+    return jnp.where(mismatch(net, params, x), jnp.nan, z)
 
 
 def _direction(x: Array) -> Array:
@@ -63,20 +87,26 @@ def dense_mismatch(net: Network, params: PyTree, x: Array) -> Array:
     layers = net.dense_layers(params)
     if len(layers) < len(pre):
         return jnp.ones((), bool)  # fewer layers than pre-activations: not this network's stack
-    h, dh = jnp.ravel(x), jnp.ravel(_direction(x))
+    # Value and directional derivative in one (D, 2) product per layer. The tolerance scale bounds
+    # |W| |h| by the largest absolute row sum of W (independent of x: computed once under vmap)
+    # times max |h|, instead of a second matrix product per layer.
+    hd = jnp.stack([jnp.ravel(x), jnp.ravel(_direction(x))], axis=1)
     bad = jnp.zeros((), bool)
     alpha = net.negative_slope
     for i, (w, b) in enumerate(layers):
-        if w.ndim != 2 or w.shape[1] != h.shape[0]:
+        if w.ndim != 2 or w.shape[1] != hd.shape[0]:
             return jnp.ones((), bool)
-        z, dz = w @ h + b, w @ dh
+        zd = w @ hd
+        z, dz = zd[:, 0] + b, zd[:, 1]
         ref, dref = (pre[i], dpre[i]) if i < len(pre) else (out, dout)
-        bad |= _differ(z, ref, _layer_scale(jnp.abs(w) @ jnp.abs(h) + jnp.abs(b), ref), w.dtype)
-        bad |= _differ(dz, dref, _layer_scale(jnp.abs(w) @ jnp.abs(dh), dref), w.dtype)
+        row = jnp.max(jnp.sum(jnp.abs(w), axis=1))
+        reach = row * jnp.max(jnp.abs(hd), axis=0)  # bounds on max |W h| and max |W dh|
+        bad |= _differ(z, ref, _layer_scale(reach[0] + jnp.max(jnp.abs(b)), ref), w.dtype)
+        bad |= _differ(dz, dref, _layer_scale(reach[1], dref), w.dtype)
         if i + 1 == len(layers) or i + 1 > len(pre):
             break
         slope = jnp.where(z > 0, 1.0, alpha).astype(z.dtype)
-        h, dh = slope * z, slope * dz
+        hd = slope[:, None] * jnp.stack([z, dz], axis=1)
     return bad
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from lld_jax._src.arguments import positive_int
 from lld_jax._src.checks import error_if
-from lld_jax._src.declarations import dense_mismatch, frozen_mismatch
+from lld_jax._src.declarations import dense_mismatch, frozen_mismatch, poison_mismatch
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.network import ApplyFn, Network, PyTree, flat_mask, flat_preacts, mask_neurons, pattern_slopes
 
@@ -149,7 +149,7 @@ def _template(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     _, pre = net.apply(params, x)
     slopes = jax.lax.stop_gradient(pattern_slopes(net, pre))
     z = jnp.concatenate([jnp.ravel(p) for p in pre])
-    z = jnp.where(frozen_mismatch(net, params, x), jnp.nan, z)  # a frozen apply that is not this network: poison
+    z = poison_mismatch(z, frozen_mismatch, net, params, x)  # a frozen apply that is not this network: poison
     g = lambda u: jnp.concatenate([jnp.ravel(p) for p in net.apply_frozen(params, u.reshape(shape), slopes)[1]])
     g0 = g(jnp.zeros((dim,), x.dtype))
     block = lambda t: jax.vmap(g)(t) - g0  # biases cancel: columns of the Jacobian
@@ -193,7 +193,7 @@ def mlp_tangent_rows(net: Network, params, x, f1: Array) -> tuple[Array, Array]:
     """
     _, pre = net.apply(params, x)
     z = jnp.concatenate([jnp.ravel(p) for p in pre])
-    z = jnp.where(dense_mismatch(net, params, x), jnp.nan, z)  # a dense stack that is not this network: poison
+    z = poison_mismatch(z, dense_mismatch, net, params, x)  # a dense stack that is not this network: poison
     slopes = jax.lax.stop_gradient(pattern_slopes(net, pre))
     layers = net.dense_layers(params)[: len(pre)]
     rows = [f1]
@@ -310,7 +310,7 @@ def _gram(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     # parameters (free: unbatched), so norms are invariant to rescaling the layers.
     _, pre = net.apply(params, x)
     z = jnp.concatenate([jnp.ravel(p) for p in pre])
-    z = jnp.where(dense_mismatch(net, params, x), jnp.nan, z)  # a dense stack that is not this network: poison
+    z = poison_mismatch(z, dense_mismatch, net, params, x)  # a dense stack that is not this network: poison
     slopes = pattern_slopes(net, pre)
     scale = _exponent(f1)
     f = jnp.ldexp(f1, -scale)

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.checkpoints import Checkpoints
+from lld_jax._src.checks import eager_value_checks, working_dtype
+from lld_jax._src.declarations import declared_names
 from lld_jax._src.gradients import check_method
 from lld_jax._src.host import epoch_order, round_up
 from lld_jax._src.network import Network, PyTree
@@ -112,6 +114,10 @@ def check_data(net: Network, params: PyTree, cfg: TrainConfig, name: str, x: np.
     if not np.isfinite(x).all():
         raise ValueError(f"the {name} split holds NaN or Inf inputs (first at example {int(np.argmax(~np.isfinite(x.reshape(len(x), -1)).any(1)))}).")
     _check_labels(net, params, cfg, name, np.asarray(y), jax.ShapeDtypeStruct(shape, x.dtype))
+    if name == "training" and cfg.lam != 0 and declared_names(net):
+        # The train step verifies the declarations on one example per batch (NaN loss if wrong);
+        # check them here first, so that a wrong one is refused by name before any step runs.
+        eager_value_checks(net, params, jnp.asarray(x[:1], working_dtype(params, x)), batched=True)
 
 
 def _check_labels(net: Network, params: PyTree, cfg: TrainConfig, name: str, y: np.ndarray, example: jax.ShapeDtypeStruct) -> None:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from lld_jax._src.declarations import stem_mismatch
+from lld_jax._src.declarations import poison_mismatch, stem_mismatch
 from lld_jax._src.network import Array, Network, PyTree, flat_mask, mask_neurons
 
 
@@ -109,7 +109,7 @@ def stem_columns(net: Network, params: PyTree, x: Array, idx: Array) -> tuple[Ar
     t1 = jax.vmap(lambda k: stem.axis_tangent(k, tuple(x.shape)))(idx).astype(z1.dtype)
     cols = jnp.concatenate([t1.reshape(idx.shape[0], -1), jax.vmap(lin)(t1)], axis=1)
     z = jnp.concatenate([jnp.ravel(z1), z_rest])
-    z = jnp.where(stem_mismatch(net, params, x), jnp.nan, z)  # a stem that is not this network's first layer: poison
+    z = poison_mismatch(z, stem_mismatch, net, params, x)  # a stem that is not this network's first layer: poison
     z, cols_t = mask_neurons(flat_mask(net, params, x), z, cols.T)
     return z, cols_t.T
 

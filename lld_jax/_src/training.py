@@ -24,6 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lld_jax._src.arguments import positive_int
+from lld_jax._src.declarations import declaration_mismatch, declared_names, verified_per_batch
 from lld_jax._src.gradients import METHODS
 from lld_jax._src.host import pad_rows, round_up
 from lld_jax._src.losses import check_gamma, check_hyper, distance_penalty, roll_penalty, roll_penalty_sampled
@@ -166,9 +167,13 @@ def make_loss_fn(net: Network, cfg: TrainConfig) -> Callable:
     def loss_fn(params, x, y, mask, key):
         logits = jax.vmap(lambda xi: net.apply(params, xi)[0])(x)
         task, correct = task_losses(logits, y, cfg.task_loss)
-        pen = penalty(params, x, key)
+        with verified_per_batch():  # the declarations are verified once below, not per example
+            pen = penalty(params, x, key)
         w = mask / jnp.maximum(jnp.sum(mask), 1)
         total = jnp.sum(w * (task + cfg.lam * pen))
+        if cfg.lam != 0 and declared_names(net):
+            # A declaration that is not the network (a stale dense stack or stem) poisons the step: NaN loss.
+            total = jnp.where(declaration_mismatch(net, jax.lax.stop_gradient(params), x[0]), jnp.nan, total)
         metrics = {"loss": total, "task_loss": jnp.sum(w * task), "penalty": jnp.sum(w * pen), "accuracy": jnp.sum(w * correct)}
         return total, metrics
 
