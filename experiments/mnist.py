@@ -4,6 +4,7 @@ One run::
 
     python -m experiments.mnist --lam 2 --C 0.25 --out runs/mnist/roll_c0.25
     python -m experiments.mnist --lam 2 --C 0.25 --out runs/mnist/roll_c0.25 --interim   # while it trains: its best checkpoint so far
+    python -m experiments.mnist --lam 2 --C 0.25 --out runs/mnist/roll_c0.25 --certify   # a finished run's certified accuracy (l2, l-inf)
 
 Grid with the paper's selection rule and the Figure 2 plot::
 
@@ -33,7 +34,7 @@ from flax import nnx
 import lld_jax
 from experiments import _cli, _figures
 from lld_jax.data import MNIST, MNIST_STD, load_mnist
-from lld_jax.evaluation import evaluate_model, table1_markdown
+from lld_jax.evaluation import certify_dataset, evaluate_model, table1_markdown
 from lld_jax.training import RunDir, TrainConfig, fit, load_best, maybe_initialize_distributed
 
 MNIST_TRAIN, MNIST_TEST = 60000, 10000
@@ -69,6 +70,10 @@ class Config:
     grid_C: tuple[float, ...] = tuple(2.0**k for k in range(-2, 4))
     grid_gamma: tuple[str | float, ...] = ("max", 25.0, 50.0, 75.0, 100.0)
     grid_cross: bool = dataclasses.field(default=False, metadata={"help": "only the two slices Figure 2 plots"})
+    certify: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "certified radii and accuracy (l2, l-inf) of the finished run in --out (certify.json, certify.npz); trains nothing"},
+    )
     interim: bool = dataclasses.field(
         default=False,
         metadata={"help": "evaluate the run in --out at its best checkpoint so far, without training (report_interim.json)"},
@@ -119,8 +124,10 @@ class Config:
             raise ValueError(f"init must be one of {lld_jax.models.INITS}, got {self.init!r}.")
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"widths must be one or more positive layer widths, got {list(self.widths)}.")
-        if self.grid and self.interim:
-            raise ValueError("--interim evaluates one run: drop --grid.")
+        if self.grid and (self.interim or self.certify):
+            raise ValueError("--interim and --certify evaluate one run: drop --grid.")
+        if self.interim and self.certify:
+            raise ValueError("--interim and --certify are two separate evaluations: give one.")
         if self.grid and not (self.grid_lam and self.grid_C and self.grid_gamma):
             raise ValueError("the grid needs at least one value of each of --grid-lam, --grid-C and --grid-gamma.")
         for lam, C, gamma in self.points():
@@ -224,6 +231,42 @@ def interim_report(config: Config, data: MNIST, workdir: str) -> dict:
     return report
 
 
+# Radii of the certified-accuracy curves, in pixel units ([0, 1] images): the robustness literature's
+# MNIST radii (l2 0.3, l-inf 0.1) and smaller ones, where regions of this size certify anything.
+CERTIFY_EPS = {2: (0.001, 0.003, 0.01, 0.03, 0.1, 0.3), "inf": (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)}
+
+
+def certify_run(config: Config, data: MNIST, workdir: str) -> dict:
+    """Certified radii (:func:`lld_jax.certified_radius`) of a finished run's model on the test set, l2 and l-inf.
+
+    Writes ``certify.json`` (accuracy, exact and attack-success fractions,
+    lower/upper percentiles, certified-accuracy curves at :data:`CERTIFY_EPS`)
+    and ``certify.npz`` (per-example lower, upper, exact, correct) in pixel units.
+    """
+    rd = RunDir(workdir, write=jax.process_index() == 0)
+    if not os.path.exists(rd.file("report.json")):
+        raise FileNotFoundError(f"{workdir} holds no finished run (no report.json): train it first.")
+    cfg = config.train_config(config.lam, config.C, config.gamma)
+    diffs = rd.differences(
+        {"train": dataclasses.asdict(cfg), "experiment": _experiment(config, data)}, defaults=TrainConfig.record_defaults(), parts=True
+    )
+    if diffs:
+        raise ValueError(f"{workdir} holds a run with other settings ({'; '.join(diffs)}): give --certify the run's own flags.")
+    net, params = build_model(config.widths, config.seed, config.init)
+    params = load_best(workdir, params)
+    out, arrays = {}, {}
+    for p in (2, "inf"):
+        t0 = time.time()
+        rep = certify_dataset(net, params, data.test.x, data.test.y, p=p, eps=CERTIFY_EPS[p], scale=MNIST_STD, progress=config.progress)
+        for k, v in rep.pop("per_example").items():
+            arrays[f"l{p}_{k}"] = v
+        out[f"l{p}"] = {**rep, "time_s": time.time() - t0}
+    if rd.write:
+        np.savez_compressed(rd.file("certify.npz"), **arrays)
+    rd.write_json("certify.json", out)
+    return out
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict:
     """One run in ``workdir``; returns its report (a grid is :func:`run_grid`)."""
     if config.grid:
@@ -302,6 +345,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     maybe_initialize_distributed()
     if config.grid:
         run_grid(config, config.out)
+        return
+    if config.certify:
+        print(
+            json.dumps(
+                {
+                    k: {f: v[f] for f in ("accuracy", "exact_fraction", "lower", "upper", "curve")}
+                    for k, v in certify_run(config, load(config), config.out).items()
+                },
+                indent=2,
+            )
+        )
         return
     report = interim_report(config, load(config), config.out) if config.interim else train_and_evaluate(config, config.out)
     print(json.dumps({k: report[k] for k in ("accuracy", "num_patterns", "num_jacobians", "margin_l1", "margin_l2", "spearman_l1_l2")}, indent=2))

@@ -162,3 +162,108 @@ def test_a_fresh_adapter_of_the_same_model_does_not_recompile():
         assert again[0] == nets[name][0]
         L.batched.margin(*again, x)
         assert _margin._cache_size() == before, name
+
+
+# A small CNN, the same weights in every framework: conv 3x3 (SAME) -> LeakyReLU -> conv 3x3 stride 2 (SAME) -> LeakyReLU -> dense.
+CNN_IN, CNN_CH, CNN_OUT = (6, 6, 2), (4, 5), 3
+PAD2 = ((0, 1), (0, 1))  # Flax's SAME padding of a stride-2 3x3 conv on 6x6
+
+
+def cnn_weights():
+    ks = jax.random.split(jax.random.key(11), 6)
+    w1 = 0.4 * jax.random.normal(ks[0], (3, 3, CNN_IN[2], CNN_CH[0]), jnp.float64)
+    w2 = 0.3 * jax.random.normal(ks[1], (3, 3, CNN_CH[0], CNN_CH[1]), jnp.float64)
+    wd = 0.2 * jax.random.normal(ks[2], (3 * 3 * CNN_CH[1], CNN_OUT), jnp.float64)
+    bs = [0.3 * jax.random.normal(k, (n,), jnp.float64) for k, n in zip(ks[3:], (*CNN_CH, CNN_OUT))]
+    return (w1, bs[0]), (w2, bs[1]), (wd, bs[2])
+
+
+def _conv(x, w, b, stride, pad):
+    y = jax.lax.conv_general_dilated(x[None], w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+    return y + b
+
+
+def plain_cnn(p, x):
+    (w1, b1), (w2, b2), (wd, bd) = p
+    z1 = _conv(x, w1, b1, 1, ((1, 1), (1, 1)))
+    z2 = _conv(jax.nn.leaky_relu(z1, SLOPE), w2, b2, 2, PAD2)
+    return jax.nn.leaky_relu(z2, SLOPE).reshape(-1) @ wd + bd, (z1, z2)
+
+
+class NnxCNN(nnx.Module):
+    def __init__(self, ws):
+        (w1, b1), (w2, b2), (wd, bd) = ws
+        r = nnx.Rngs(0)
+        self.c1 = nnx.Conv(CNN_IN[2], CNN_CH[0], (3, 3), padding="SAME", rngs=r, param_dtype=jnp.float64)
+        self.c2 = nnx.Conv(CNN_CH[0], CNN_CH[1], (3, 3), strides=2, padding="SAME", rngs=r, param_dtype=jnp.float64)
+        self.d = nnx.Linear(wd.shape[0], CNN_OUT, rngs=r, param_dtype=jnp.float64)
+        for layer, (w, b) in zip((self.c1, self.c2, self.d), ws):
+            layer.kernel[...], layer.bias[...] = w, b
+
+    def __call__(self, x):
+        z1 = self.c1(x)
+        z2 = self.c2(nnx.leaky_relu(z1, SLOPE))
+        return self.d(nnx.leaky_relu(z2, SLOPE).reshape(-1)), (z1, z2)
+
+
+class LinenCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        z1 = nn.Conv(CNN_CH[0], (3, 3), padding="SAME", param_dtype=jnp.float64, name="c1")(x)
+        self.sow("intermediates", "z1", z1)
+        z2 = nn.Conv(CNN_CH[1], (3, 3), strides=2, padding="SAME", param_dtype=jnp.float64, name="c2")(nn.leaky_relu(z1, SLOPE))
+        self.sow("intermediates", "z2", z2)
+        return nn.Dense(CNN_OUT, param_dtype=jnp.float64, name="d")(nn.leaky_relu(z2, SLOPE).reshape(-1))
+
+
+class EqxCNN(eqx.Module):
+    c1: eqx.nn.Conv2d
+    c2: eqx.nn.Conv2d
+    d: eqx.nn.Linear
+
+    def __init__(self, ws):
+        (w1, b1), (w2, b2), (wd, bd) = ws
+        k = jax.random.key(0)
+        c1 = eqx.nn.Conv2d(CNN_IN[2], CNN_CH[0], 3, padding=1, key=k, dtype=jnp.float64)
+        c2 = eqx.nn.Conv2d(CNN_CH[0], CNN_CH[1], 3, stride=2, padding=PAD2, key=k, dtype=jnp.float64)
+        d = eqx.nn.Linear(wd.shape[0], CNN_OUT, key=k, dtype=jnp.float64)
+        # Equinox is channels-first: kernels (out, in, kh, kw), biases (out, 1, 1).
+        self.c1 = eqx.tree_at(lambda m: (m.weight, m.bias), c1, (w1.transpose(3, 2, 0, 1), b1[:, None, None]))
+        self.c2 = eqx.tree_at(lambda m: (m.weight, m.bias), c2, (w2.transpose(3, 2, 0, 1), b2[:, None, None]))
+        self.d = eqx.tree_at(lambda m: (m.weight, m.bias), d, (wd.T, bd))
+
+    def __call__(self, x):  # x: (H, W, C) like the others
+        z1 = self.c1(x.transpose(2, 0, 1))
+        z2 = self.c2(jax.nn.leaky_relu(z1, SLOPE))
+        # Flatten in HWC order so that the dense weights are the same as the others'.
+        return self.d(jax.nn.leaky_relu(z2, SLOPE).transpose(1, 2, 0).reshape(-1)), (z1, z2)
+
+
+def test_same_cnn_weights_same_geometry_in_every_framework():
+    ws = cnn_weights()
+    nets = {"plain": (L.as_network(plain_cnn, input_shape=CNN_IN), ws), "nnx": L.from_nnx(NnxCNN(ws))}
+    linen = LinenCNN()
+    names = ("c1", "c2", "d")
+    variables = {"params": {n: {"kernel": w, "bias": b} for n, (w, b) in zip(names, ws)}}
+    nets["linen"] = L.from_linen(linen, variables, input_shape=CNN_IN)
+    nets["equinox"] = L.from_equinox(EqxCNN(ws), input_shape=CNN_IN)
+    x = jax.random.normal(jax.random.key(5), (6, *CNN_IN), jnp.float64)
+    ref = None
+    for name, (net, params) in nets.items():
+        got = {f"margin_l{p}": np.asarray(L.batched.margin(net, params, x, p=p)) for p in (1, 2, "inf")}
+        # The pattern in one canonical order: Equinox's pre-activations are channels-first.
+        pre = jax.vmap(lambda u, n=net, q=params: n.apply(q, u)[1])(x)
+        if name == "equinox":
+            pre = tuple(a.transpose(0, 2, 3, 1) for a in pre)
+        got["pattern"] = np.concatenate([np.asarray(a > 0).reshape(len(x), -1) for a in pre], axis=1)
+        got["stability_upper"] = np.asarray(L.batched.stability_bounds(net, params, x).upper)
+        got["roll"] = np.asarray(jax.vmap(lambda u, n=net, q=params: L.roll_penalty(n, q, u, C=1.0))(x))
+        if ref is None:
+            ref = got
+            assert ref["pattern"].any() and not ref["pattern"].all()
+            continue
+        for key, value in got.items():
+            if value.dtype == bool:
+                np.testing.assert_array_equal(value, ref[key], err_msg=f"{name} {key}")
+            else:
+                np.testing.assert_allclose(value, ref[key], rtol=1e-10, err_msg=f"{name} {key}")

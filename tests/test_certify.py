@@ -182,3 +182,25 @@ def test_bad_labels_are_refused_by_name():
         L.batched.certified_radius(_apply, wj, jnp.zeros((2, 6)), jnp.array([0, 1, 2]))
     with pytest.raises(ValueError, match="at least 2 logits"):
         L.certified_radius(lambda w, u: (jnp.sum(u)[None], (u,)), None, x, 0)
+
+
+def test_certify_dataset_summarises_per_example_radii_and_curves():
+    w = _weights(7, [20, 32, 32, 5])
+    wj = jax.tree.map(jnp.asarray, w)
+    rng = np.random.default_rng(3)
+    xs = rng.normal(size=(11, 20))
+    ys = _predict_np(w, xs)
+    ys[:3] = (ys[:3] + 1) % 5  # three misclassified examples
+    rep = L.evaluation.certify_dataset(_apply, wj, xs, ys, p=2, eps=(0.0, 1e-3, 1e9), batch_size=4, scale=2.0)
+    one = [L.certified_radius(_apply, wj, jnp.asarray(x), int(y)) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(rep["per_example"]["lower"], 2.0 * np.array([float(r.lower) for r in one]), rtol=1e-12)
+    np.testing.assert_array_equal(rep["per_example"]["correct"], _predict_np(w, xs) == ys)
+    assert rep["n"] == 11 and rep["accuracy"] == pytest.approx(8 / 11)
+    lower, upper = rep["per_example"]["lower"], rep["per_example"]["upper"]
+    assert rep["curve"]["certified"] == [np.mean(lower > e) for e in (0.0, 1e-3, 1e9)]
+    assert rep["curve"]["certified"][0] == pytest.approx(8 / 11) and rep["curve"]["certified"][2] == 0
+    # The attack bound is never below the certified fraction: lower <= upper everywhere.
+    assert all(a >= c for a, c in zip(rep["curve"]["attack_bound"], rep["curve"]["certified"]))
+    assert np.all(lower <= upper)
+    with pytest.raises(ValueError, match="same positive number"):
+        L.evaluation.certify_dataset(_apply, wj, xs, ys[:3])

@@ -52,6 +52,16 @@ def test_mnist_report_matches_an_independent_evaluation(tmp_path):
         mnist.interim_report(dataclasses.replace(cfg, C=0.5), data, str(tmp_path))
     with pytest.raises(FileNotFoundError, match="holds no run"):
         mnist.interim_report(cfg, data, str(tmp_path / "nothing"))
+    # --certify: the finished run's certified radii, in pixel units, agree with certified_radius per example.
+    cert = mnist.certify_run(cfg, data, str(tmp_path))
+    assert json.loads((tmp_path / "certify.json").read_text())["l2"]["accuracy"] == pytest.approx(saved["accuracy"])
+    with np.load(tmp_path / "certify.npz") as z:
+        lower2, correct = z["l2_lower"], z["l2_correct"]
+    i = int(np.argmax(correct))
+    want = L.certified_radius(net, params, jnp.asarray(test.x[i]), int(test.y[i]))
+    assert lower2[i] == pytest.approx(float(want.lower) * L.data.MNIST_STD, rel=1e-4)
+    assert np.all(lower2[correct] <= m2[correct] * (1 + 1e-4))  # never beyond the region margin
+    assert cert["linf"]["curve"]["eps"][-1] == 0.1 and len(cert["linf"]["curve"]["certified"]) == 7
 
 
 def test_mnist_grid_selects_and_plots(tmp_path):
