@@ -39,6 +39,16 @@ CALLS = {
     "l1_ball": (lambda n, p, x: L.l1_ball_in_region(n, p, x, 1e-4), lambda n, p, x: L.batched.l1_ball_in_region(n, p, x, 1e-4)),
     "certificate": (lambda n, p, x: L.check_certificate(n, p, x).radius, lambda n, p, x: L.batched.check_certificate(n, p, x).radius),
     "roll": (lambda n, p, x: L.roll_penalty(n, p, x, C=1.0), None),
+    "same_region": (lambda n, p, x: L.same_region(n, p, x, x + 1e-6), lambda n, p, x: L.batched.same_region(n, p, x, x + 1e-6)),
+    "bisect": (
+        lambda n, p, x: L.directional_margin_bisect(n, p, x, -jnp.ones_like(x), t_max=50.0),
+        lambda n, p, x: L.batched.directional_margin_bisect(n, p, x, -jnp.ones(x.shape[1:], x.dtype), t_max=50.0),
+    ),
+    # The certified radius's lower bound, against the float64 one (its attack's upper bound depends on the path taken).
+    "certified_lower": (
+        lambda n, p, x: L.certified_radius(n, p, x, jnp.argmax(n.apply(p, x)[0].reshape(-1))).lower,
+        lambda n, p, x: L.batched.certified_radius(n, p, x, jnp.argmax(jax.vmap(lambda u: n.apply(p, u)[0].reshape(-1))(x), -1)).lower,
+    ),
 }
 
 

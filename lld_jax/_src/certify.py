@@ -18,7 +18,9 @@ the dual exponent of p:
   exit (:func:`lld_jax.directional_margin`) into the next region and repeat.
   After ``max_steps // 2`` regions without success the aim switches to the
   point nearest to the current one (DeepFool's step, on exact pieces), which
-  cannot cycle; at most ``max_steps`` regions in all. Every candidate is confirmed by a forward
+  cycles less; at most ``max_steps`` steps in all. The attack can stall on a
+  facet between two regions whose pieces point across each other: then
+  ``upper`` is +inf. Every candidate is confirmed by a forward
   pass, then moved towards x by bisection on the prediction along the
   segment from x (``upper`` only decreases).
 """
@@ -45,6 +47,8 @@ _OVERSHOOT = 4.0 ** np.arange(14)
 # A point counts as adversarial only if another logit beats the label's by this many epsilons of
 # the logits' scale: more than the rounding of any implementation of the same forward pass.
 _CONFIRM = 64
+# Relative slack, in epsilons, taken off the certified radius for the rounding of its computation.
+_SLACK = 64
 # Bisection steps that move a confirmed adversarial point towards x.
 _BISECT = 40
 
@@ -54,7 +58,8 @@ class CertifiedRadius(NamedTuple):
 
     Attributes:
       lower: a certified radius: no point at l_p distance < ``lower`` from x
-        changes the prediction (``min(region_margin, boundary_distance)``).
+        changes the prediction (``min(region_margin, boundary_distance)``,
+        less 64 epsilons of the dtype, relative, for rounding).
       upper: the l_p distance of ``adversarial`` (+inf when the attack found none).
       exact: ``lower`` is the radius: the boundary point lies inside x's region
         and was confirmed, and ``upper`` equals ``lower`` up to rounding
@@ -66,7 +71,8 @@ class CertifiedRadius(NamedTuple):
         of the logits' scale.
       region_margin: d_B, the l_p margin of x's region.
       boundary_distance: d_D, the distance to the decision boundary of x's affine piece.
-      steps: regions the attack visited (0 when the radius is exact).
+      steps: attack steps taken (each a region or a move within one; 0 when
+        the boundary point of x's own piece was confirmed).
     """
 
     lower: Array
@@ -147,7 +153,10 @@ def _certify_body(net, params, x, y, *, p, q, method, chunk, max_steps):
     z, norms = norms_kernel(net, params, x, ord=q, method=method, chunk=chunk)
     d_b = jnp.min(margin_terms(z, norms))
     d_d, u0 = _target(net, params, x, x, y, p, q)
-    lower = jnp.minimum(d_b, d_d)
+    eps = jnp.finfo(x.dtype).eps
+    # Room for the rounding of d_B and d_D (relative ~N eps): the certificate errs on the safe side.
+    lower = jnp.minimum(d_b, d_d) * (1 - _SLACK * eps)
+    wrong = jnp.argmax(_logits(net, params, x)) != y
     # Inside the region: the boundary point of the affine piece is adversarial at distance d_D.
     t0, adv0 = _confirm(net, params, x, u0, d_d, y)
     inside = (d_d <= d_b) & jnp.isfinite(t0)
@@ -172,17 +181,18 @@ def _certify_body(net, params, x, y, *, p, q, method, chunk, max_steps):
         return (i < max_steps) & ~jnp.isfinite(t) & jnp.all(jnp.isfinite(xc))
 
     start = (x, jnp.where(inside, t0, jnp.inf), jnp.where(inside, adv0, jnp.nan), jnp.zeros((), jnp.int32))
-    _, t, adv, steps = jax.lax.while_loop(lambda s: ~inside & go_on(s), attack_step, start)
+    _, t, adv, steps = jax.lax.while_loop(lambda s: ~inside & ~wrong & go_on(s), attack_step, start)
     found = jnp.isfinite(t)
     adv = jnp.where(found, _bisect(net, params, x, jnp.where(found, adv, x), y), adv)
-    upper = jnp.maximum(jnp.where(found, _norm(adv - x, p), jnp.inf), lower)
-    eps = jnp.finfo(x.dtype).eps
-    exact = inside & (upper - lower <= min(float(np.sqrt(eps)), float(4**10 * eps)) * lower)
+    # Not clamped to lower: a confirmed point closer than the certificate would expose a bug (tested).
+    upper = jnp.where(found, _norm(adv - x, p), jnp.inf)
+    exact = inside & (jnp.abs(upper - lower) <= min(float(np.sqrt(eps)), float(4**10 * eps)) * lower)
     # Already misclassified: the radius is 0 and x itself is the adversarial point.
-    wrong = jnp.argmax(_logits(net, params, x)) != y
     lower, upper, exact = jnp.where(wrong, 0.0, lower), jnp.where(wrong, 0.0, upper), exact | wrong
     adv = jnp.where(wrong, x, adv)
-    bad = lambda a: poison(a, x, params)
+    # A label outside [0, K) (only possible when traced: concrete ones are refused) poisons everything.
+    bad_label = (y < 0) | (y >= _logits(net, params, x).shape[0])
+    bad = lambda a: jnp.where(bad_label, jnp.nan, poison(a, x, params))
     return CertifiedRadius(
         bad(lower),
         bad(upper),

@@ -42,7 +42,7 @@ def percentiles(values: np.ndarray, scale: float = 1.0) -> dict[str, float]:
 
 
 @functools.partial(jax.jit, static_argnames="net")
-def _predictions(net: Network, params: PyTree, x: jax.Array) -> jax.Array:
+def predict_labels(net: Network, params: PyTree, x: jax.Array) -> jax.Array:
     return jnp.argmax(jax.vmap(lambda xi: net.apply(params, xi)[0].reshape(-1))(x), -1)
 
 
@@ -87,7 +87,7 @@ def evaluate_model(
         for p in ps:
             r = _batched_margin(net, params, xb, p=p)
             margins[p].append(np.asarray(r)[:n])
-        correct.append(np.asarray(_predictions(net, params, xb))[:n] == y[lo : lo + n])
+        correct.append(np.asarray(predict_labels(net, params, xb))[:n] == y[lo : lo + n])
     m = {p: np.concatenate(v) for p, v in margins.items()}
     correct = np.concatenate(correct)
     counts = count_regions(net, params, x, batch_size=batch_size, progress=progress)

@@ -465,9 +465,8 @@ def neuron_gradient_norms(
     raises) are allowed.
 
     Args:
-      p: 1, 2 or ``inf``: the norm of the gradient (the dual exponent q of
-        the margin's norm: :func:`~lld_jax.margin` with ``p`` uses the
-        ``dual_exponent(p)``-norms of these gradients).
+      p: 1, 2 or ``inf``: the norm of the gradient. (:func:`~lld_jax.margin`
+        with norm p uses the q-norms of these gradients, 1/p + 1/q = 1.)
       squared: with ``p=2``, return the plain sum of squares
         ||grad z_j||_2^2 (what ROLL differentiates); otherwise norms are
         accumulated scale-safely (no overflow or underflow of squares).

@@ -3,11 +3,13 @@
 A :class:`Kernel` pairs a host-side ``plan`` (argument checks, method and
 chunk choice: static, cheap, raising ``ValueError``) with a pure per-example
 ``body``. Calling it runs, in order: the protocol and shape checks
-(:func:`~lld_jax._src.checks.prepare`), the plan, then one compiled function
-(:func:`_run`) that holds the value checks (poisoning under a trace, named
-errors eagerly: :func:`~lld_jax._src.checks.run_checked`), the body on one
-example or mapped over a batch (vmap, or blocks of examples on CPU), and an
-optional ``finish`` over the stacked results.
+(:func:`~lld_jax._src.checks.prepare`), the plan, then
+:func:`~lld_jax._src.checks.run_checked`: eagerly, the value checks as their
+own compiled function returning flags (named errors), then the kernel;
+traced, the kernel alone, carrying the value checks (poison). The kernel is
+one compiled function (:func:`_run`): the body on one example or mapped over
+a batch (vmap, or blocks of examples on CPU), and an optional ``finish`` over
+the stacked results.
 
 The same kernel serves both layers: a public per-example function calls it;
 :func:`vectorize` turns that function into its batched form (every

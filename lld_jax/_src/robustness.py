@@ -10,10 +10,11 @@ import numpy as np
 
 from lld_jax._src.arguments import positive_int
 from lld_jax._src.certify import certified_radius
+from lld_jax._src.evaluation import predict_labels
 from lld_jax._src.gradients import canonical_ord
 from lld_jax._src.host import pad_rows
 from lld_jax._src.kernel import vectorize
-from lld_jax._src.network import Network, PyTree
+from lld_jax._src.network import ApplyFn, Network, PyTree, as_network
 
 _batched_certify = vectorize(certified_radius)
 
@@ -36,7 +37,7 @@ def robustness_curve(lower: np.ndarray, upper: np.ndarray, eps: Sequence[float])
 
 
 def certify_dataset(
-    net: Network,
+    net: ApplyFn | Network,
     params: PyTree,
     x: np.ndarray,
     y: np.ndarray,
@@ -71,7 +72,7 @@ def certify_dataset(
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0 or len(x) != len(y):
         raise ValueError(f"x and y must hold the same positive number of examples; got {len(x)} and {len(y)}.")
-    parts: dict[str, list[np.ndarray]] = {"lower": [], "upper": [], "exact": []}
+    parts: dict[str, list[np.ndarray]] = {"lower": [], "upper": [], "exact": [], "correct": []}
     it = range(0, len(x), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -82,11 +83,15 @@ def certify_dataset(
         xb = jnp.asarray(pad_rows(x[lo : lo + n], batch_size))
         yb = jnp.asarray(pad_rows(y[lo : lo + n], batch_size))
         r = _batched_certify(net, params, xb, yb, p=p, max_steps=max_steps)
-        for k in parts:
+        for k in ("lower", "upper", "exact"):
             parts[k].append(np.asarray(getattr(r, k))[:n])
-    lower, upper, exact = (np.concatenate(parts[k]) for k in ("lower", "upper", "exact"))
+        parts["correct"].append(np.asarray(predict_labels(as_network(net), params, xb))[:n] == y[lo : lo + n])
+    lower, upper, exact, correct = (np.concatenate(parts[k]) for k in ("lower", "upper", "exact", "correct"))
+    if np.isnan(lower).any() or np.isnan(upper).any():
+        raise ValueError(
+            f"certified radii are NaN at example(s) {np.flatnonzero(np.isnan(lower) | np.isnan(upper))[:5].tolist()}: check those inputs."
+        )
     lower, upper = lower * scale, upper * scale
-    correct = upper > 0  # misclassified: lower = upper = 0; a correct one has its adversarial point (if any) at a positive distance
     pct = lambda v: {f"P{q}": float(np.percentile(v, q)) for q in (25, 50, 75)} if v.size else {}
     return {
         "p": "inf" if p_value == np.inf else int(p_value),

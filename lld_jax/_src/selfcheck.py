@@ -287,7 +287,10 @@ def check_certificate(
       x: one input, shape ``input_shape``.
       p: 1, 2 or ``inf``: the ball of :func:`lld_jax.margin` ``(..., p=p)``.
       num_samples: directions sampled (each tested at two points).
-      key: ``jax.random`` key of the random points (default ``key(0)``).
+      key: ``jax.random`` key of the random points (default ``key(0)``). The
+        batched form splits it into one key per example
+        (``jax.random.split(key, B)``), so its points differ from a
+        per-example call with ``key`` itself.
       rtol: tolerance on the deviation of the output and the
         pre-activations from their first-order expansion, relative to their
         scale (sup norms). Default: the square root of the working dtype's
