@@ -127,3 +127,21 @@ def test_training_verifies_declarations_once_per_batch_and_refuses_a_wrong_one_b
         data = (np.asarray(x), np.asarray(y))
         fit(net, params, TrainConfig(lam=1.0, C=1.0, epochs=1, batch_size=8), data, data, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_neuron_at_its_kink_is_no_declaration_mismatch(dtype):
+    """At inputs that put a neuron within rounding of z = 0 the declared stack and apply may round to
+    different sides; the check follows apply's own pattern, so a correct declaration is never refused there."""
+    net, params, x = make("leaky_mlp", dtype=dtype)
+    (w1, b1) = net.dense_layers(params)[0]
+    flagged = 0
+    for i in range(x.shape[0]):
+        for j in range(w1.shape[0]):
+            xi = x[i] - (w1[j] @ x[i] + b1[j]) / (w1[j] @ w1[j]) * w1[j]  # z_j(xi) = 0 up to rounding
+            for tiny in (0.0, 1e-7, -1e-7):
+                flagged += int(dense_mismatch(net, params, xi + tiny * w1[j]))
+    assert flagged == 0
+    # ... while a wrong slope is still seen at such inputs.
+    wrong = dataclasses.replace(net, negative_slope=0.3)
+    assert bool(jnp.any(jax.vmap(lambda u: dense_mismatch(wrong, params, u))(x)))
