@@ -1,0 +1,41 @@
+"""The README's result tables are the committed runs': numbers recomputed from the per-run files, and checked independently."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import mnist_summary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEEDS_DIR = os.path.join(ROOT, "docs", "results", "mnist_seeds")
+
+
+def _readme_block(name: str) -> str:
+    text = open(os.path.join(ROOT, "README.md")).read()
+    start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+    assert start in text and end in text, f"README lacks the {name} block"
+    return text[text.index(start) + len(start) : text.index(end)]
+
+
+def test_mnist_seeds_summary_is_the_committed_runs_and_the_readme_shows_it():
+    committed = json.load(open(os.path.join(SEEDS_DIR, "summary.json")))
+    again = mnist_summary.summarize(SEEDS_DIR)
+    assert json.dumps(again, sort_keys=True) == json.dumps(committed, sort_keys=True)  # deterministic (bootstrap seed 0)
+    assert _readme_block("mnist_seeds").strip() == mnist_summary.markdown(committed).strip()
+    # Independent checks of what the tables claim, from the raw per-run files.
+    for model in mnist_summary.MODELS:
+        accs = [json.load(open(os.path.join(SEEDS_DIR, f"{model}_seed{s}.json")))["accuracy"] for s in (1, 2, 3)]
+        assert committed["models"][model]["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+        for s in (1, 2, 3):
+            with np.load(os.path.join(SEEDS_DIR, f"{model}_seed{s}.eval.npz")) as z:
+                assert z["correct"].mean() == pytest.approx(accs[s - 1])  # the per-example file is the report's run
+                if model != "vanilla":
+                    with np.load(os.path.join(SEEDS_DIR, f"vanilla_seed{s}.eval.npz")) as v:
+                        ratio = np.median(z["margin_l2"]) / np.median(v["margin_l2"])
+                    paired = committed["models"][model]["paired"][str(s)]["median_l2_ratio"]
+                    assert paired["estimate"] == pytest.approx(ratio)
+                    assert paired["ci95"][0] < ratio < paired["ci95"][1]
