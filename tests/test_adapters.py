@@ -80,6 +80,15 @@ def all_frameworks():
     return nets
 
 
+def _assert_agree(name, got, ref):
+    """Every result of framework ``name`` equals the first framework's: booleans exactly, floats to 1e-10."""
+    for key, value in got.items():
+        if value.dtype == bool:
+            np.testing.assert_array_equal(value, ref[key], err_msg=f"{name} {key}")
+        else:
+            np.testing.assert_allclose(value, ref[key], rtol=1e-10, err_msg=f"{name} {key}")
+
+
 def test_same_weights_same_margins_patterns_and_losses_in_every_framework():
     nets = all_frameworks()
     # The dense stack and its slope are recognised where the structure allows (not for the plain function).
@@ -100,11 +109,7 @@ def test_same_weights_same_margins_patterns_and_losses_in_every_framework():
             ref = got
             assert ref["pattern"].any() and not ref["pattern"].all()
             continue
-        for key, value in got.items():
-            if value.dtype == bool:
-                np.testing.assert_array_equal(value, ref[key], err_msg=f"{name} {key}")
-            else:
-                np.testing.assert_allclose(value, ref[key], rtol=1e-10, err_msg=f"{name} {key}")
+        _assert_agree(name, got, ref)
 
 
 def test_linen_sown_order_is_call_order_and_statistics_stay_constant():
@@ -262,8 +267,4 @@ def test_same_cnn_weights_same_geometry_in_every_framework():
             ref = got
             assert ref["pattern"].any() and not ref["pattern"].all()
             continue
-        for key, value in got.items():
-            if value.dtype == bool:
-                np.testing.assert_array_equal(value, ref[key], err_msg=f"{name} {key}")
-            else:
-                np.testing.assert_allclose(value, ref[key], rtol=1e-10, err_msg=f"{name} {key}")
+        _assert_agree(name, got, ref)

@@ -156,7 +156,8 @@ def _certify_body(net, params, x, y, *, p, q, method, chunk, max_steps):
     eps = jnp.finfo(x.dtype).eps
     # Room for the rounding of d_B and d_D (relative ~N eps): the certificate errs on the safe side.
     lower = jnp.minimum(d_b, d_d) * (1 - _SLACK * eps)
-    wrong = jnp.argmax(_logits(net, params, x)) != y
+    f0 = _logits(net, params, x)
+    wrong = jnp.argmax(f0) != y
     # Inside the region: the boundary point of the affine piece is adversarial at distance d_D.
     t0, adv0 = _confirm(net, params, x, u0, d_d, y)
     inside = (d_d <= d_b) & jnp.isfinite(t0)
@@ -191,7 +192,7 @@ def _certify_body(net, params, x, y, *, p, q, method, chunk, max_steps):
     lower, upper, exact = jnp.where(wrong, 0.0, lower), jnp.where(wrong, 0.0, upper), exact | wrong
     adv = jnp.where(wrong, x, adv)
     # A label outside [0, K) (only possible when traced: concrete ones are refused) poisons everything.
-    bad_label = (y < 0) | (y >= _logits(net, params, x).shape[0])
+    bad_label = (y < 0) | (y >= f0.shape[0])
     bad = lambda a: jnp.where(bad_label, jnp.nan, poison(a, x, params))
     return CertifiedRadius(
         bad(lower),

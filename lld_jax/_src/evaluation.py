@@ -9,16 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lld_jax import batched
 from lld_jax._src.host import pad_rows
-from lld_jax._src.kernel import vectorize
-from lld_jax._src.margins import margin
 from lld_jax._src.network import Network, PyTree
 from lld_jax._src.regions import count_regions
 
 PERCENTILES = (25, 50, 75, 100)
-
-
-_batched_margin = vectorize(margin)  # lld_jax.batched.margin (that module imports this one's package)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,7 +81,7 @@ def evaluate_model(
         n = len(xb)
         xb = jnp.asarray(pad_rows(xb, batch_size))
         for p in ps:
-            r = _batched_margin(net, params, xb, p=p)
+            r = batched.margin(net, params, xb, p=p)
             margins[p].append(np.asarray(r)[:n])
         correct.append(np.asarray(predict_labels(net, params, xb))[:n] == y[lo : lo + n])
     m = {p: np.concatenate(v) for p, v in margins.items()}

@@ -8,15 +8,12 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from lld_jax import batched
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.certify import certified_radius
 from lld_jax._src.evaluation import predict_labels
 from lld_jax._src.gradients import canonical_ord
 from lld_jax._src.host import pad_rows
-from lld_jax._src.kernel import vectorize
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network
-
-_batched_certify = vectorize(certified_radius)
 
 
 def robustness_curve(lower: np.ndarray, upper: np.ndarray, eps: Sequence[float]) -> dict[str, list[float]]:
@@ -82,7 +79,7 @@ def certify_dataset(
         n = min(batch_size, len(x) - lo)
         xb = jnp.asarray(pad_rows(x[lo : lo + n], batch_size))
         yb = jnp.asarray(pad_rows(y[lo : lo + n], batch_size))
-        r = _batched_certify(net, params, xb, yb, p=p, max_steps=max_steps)
+        r = batched.certified_radius(net, params, xb, yb, p=p, max_steps=max_steps)
         for k in ("lower", "upper", "exact"):
             parts[k].append(np.asarray(getattr(r, k))[:n])
         parts["correct"].append(np.asarray(predict_labels(as_network(net), params, xb))[:n] == y[lo : lo + n])
