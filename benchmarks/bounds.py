@@ -110,3 +110,40 @@ def crown_margins(layers: list[tuple[Array, Array]], slope: float, x: Array, y: 
 def certified(margins_fn, layers, slope: float, x: Array, y: Array, eps: Array, p: float) -> Array:
     """Is ONE example certified at ``eps`` by ``margins_fn`` (all lower bounds positive, and correctly classified)?"""
     return jnp.all(margins_fn(layers, slope, x, y, eps, p) > 0)
+
+
+def pgd_attack(apply_logits, x: Array, y: Array, eps: Array, p: float, key: Array, *, steps: int = 40, restarts: int = 2) -> Array:
+    """Did PGD find a misclassified point within ``||d||_p <= eps`` of x? (Madry et al. 2018; one example.)
+
+    Gradient steps on the margin ``f_y - max_{k != y} f_k`` (signed steps for
+    l-inf, normalised ones for l2), projected on the ball, from ``restarts``
+    random starts; step size 2.5 eps / steps. No clipping to a pixel box: the
+    same threat model as the certificates, which hold over all of R^D. A hit
+    is an upper bound on robustness (an attack), never a certificate.
+    """
+
+    def margin(u):
+        z = apply_logits(u)
+        return z[y] - jnp.max(jnp.where(jnp.arange(z.shape[0]) == y, -jnp.inf, z))
+
+    def project(d):
+        if p == np.inf:
+            return jnp.clip(d, -eps, eps)
+        n = jnp.linalg.norm(d)
+        return d * jnp.minimum(1.0, eps / jnp.maximum(n, 1e-30))
+
+    step = 2.5 * eps / steps
+
+    def one(k):
+        d0 = project(jax.random.uniform(k, x.shape, x.dtype, -1.0, 1.0) * eps * (1.0 if p == np.inf else 1.0 / jnp.sqrt(x.size)))
+
+        def body(_, carry):
+            d, hit = carry
+            m, g = jax.value_and_grad(margin)(x + d)
+            move = jnp.sign(g) if p == np.inf else g / jnp.maximum(jnp.linalg.norm(g), 1e-30)
+            return project(d - step * move), hit | (m <= 0)
+
+        d, hit = jax.lax.fori_loop(0, steps, body, (d0, jnp.zeros((), bool)))
+        return hit | (margin(x + d) <= 0)
+
+    return jnp.any(jax.vmap(one)(jax.random.split(key, restarts)))

@@ -231,6 +231,7 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     records: ImageRecords | None = None
+    source: str = ""  # the data set's name in reports: the image folder's name, or tfds:NAME
 
     @classmethod
     def load(cls, config: Config) -> ImageData:
@@ -263,7 +264,8 @@ class ImageData:
             mean, std = channel_stats(images[train], size=config.size, max_images=1000, seed=config.seed, workers=config.workers)
         records = images if isinstance(images, ImageRecords) else None
         paths = np.asarray(records.names()) if records is not None else images
-        return cls(paths, labels, names, train, val, test, tuple(map(float, mean)), tuple(map(float, std)), records)
+        source = f"tfds:{config.tfds}" if config.tfds else os.path.basename(os.path.normpath(where))
+        return cls(paths, labels, names, train, val, test, tuple(map(float, mean)), tuple(map(float, std)), records, source)
 
     def images(self, idx: np.ndarray) -> np.ndarray | ImageRecords:
         """The images ``idx``: file paths, or a lazy view of the TFDS records."""
@@ -417,9 +419,7 @@ def run_model(config: Config, data: ImageData, name: str) -> dict:
     cfg = config.train_config(lam)
     net, params = build_model(config, len(data.class_names), data.mean, data.std)
     experiment = {
-        "dataset": f"tfds:{config.tfds}"
-        if config.tfds
-        else os.path.basename(os.path.normpath(locate("caltech101", config.data_dir, download=False))),
+        "dataset": data.source,
         "classes": len(data.class_names),
         "size": config.size,
         "train_size": len(data.train),

@@ -20,3 +20,39 @@ jax.config.update("jax_enable_x64", True)
 
 # Worker scripts run as subprocesses, and the optional-torch reference model: not imported at collection.
 collect_ignore = ["data", "fixtures.py", "killable_fit.py", "multiprocess_fit.py", "torch_resnet.py"]
+
+
+import pytest  # noqa: E402
+
+
+def _mapped_regions() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as fh:
+            return fh.read().count(b"\n")
+    except OSError:  # not Linux: no per-process map limit to watch
+        return 0
+
+
+def _map_budget() -> int:
+    try:
+        with open("/proc/sys/vm/max_map_count") as fh:
+            return int(fh.read()) // 2
+    except (OSError, ValueError):
+        return 32765
+
+
+_MAP_BUDGET = _map_budget()
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    """Drop every compiled program once this process holds half of Linux's memory-map limit.
+
+    XLA:CPU maps about nine memory regions per loaded executable and keeps them while the
+    executable is cached; a pytest worker that compiled ~7000 programs reached the default
+    ``vm.max_map_count`` (65530) and died inside the compiler (a segfault or an abort, at a
+    different test each run). Clearing only when needed keeps the programs tests share.
+    """
+    yield
+    if _mapped_regions() > _MAP_BUDGET:
+        jax.clear_caches()

@@ -1,5 +1,7 @@
 """The same weights as an NNX, Linen, Equinox and plain-function network give the same geometry and losses (float64)."""
 
+import dataclasses
+
 import equinox as eqx
 import flax.linen as nn
 import jax
@@ -268,3 +270,78 @@ def test_same_cnn_weights_same_geometry_in_every_framework():
             assert ref["pattern"].any() and not ref["pattern"].all()
             continue
         _assert_agree(name, got, ref)
+
+
+class EqxCNNChannelsFirst(eqx.Module):
+    """The same CNN written the Equinox way: channels-first input, no transposes inside."""
+
+    c1: eqx.nn.Conv2d
+    c2: eqx.nn.Conv2d
+    d: eqx.nn.Linear
+
+    def __init__(self, ws):
+        base = EqxCNN(ws)
+        self.c1, self.c2, self.d = base.c1, base.c2, base.d
+
+    def __call__(self, x):  # x: (C, H, W)
+        z1 = self.c1(x)
+        z2 = self.c2(jax.nn.leaky_relu(z1, SLOPE))
+        return self.d(jax.nn.leaky_relu(z2, SLOPE).transpose(1, 2, 0).reshape(-1)), (z1, z2)
+
+
+def _sampled_loss_and_grad(net, params, x):
+    loss = lambda p: L.roll_penalty_sampled(net, p, x, jax.random.key(2), C=8.0, num_samples=12)  # noqa: E731
+    return jax.value_and_grad(loss)(params)
+
+
+def test_linen_and_equinox_first_convs_reach_the_stem():
+    """A first conv read from the input becomes the sampled loss's stem: placed kernels equal the conv's Jacobian, and the
+    loss and its gradient equal the generic JVP path's (float64); a fresh adapter of the same model is the same network."""
+    ws = cnn_weights()
+    variables = {"params": {n: {"kernel": w, "bias": b} for n, (w, b) in zip(("c1", "c2", "d"), ws)}}
+    x = jax.random.normal(jax.random.key(6), CNN_IN, jnp.float64)
+    cases = {
+        "linen": (lambda: L.from_linen(LinenCNN(), variables, input_shape=CNN_IN), x),
+        "equinox": (lambda: L.from_equinox(EqxCNNChannelsFirst(ws), input_shape=(CNN_IN[2], *CNN_IN[:2])), x.transpose(2, 0, 1)),
+    }
+    for name, (make, u) in cases.items():
+        net, params = make()
+        assert net.stem is not None, name
+        assert make()[0] == net and hash(make()[0]) == hash(net), name
+        st = net.stem(params)
+        pre = net.apply(params, u)[1]
+        np.testing.assert_allclose(st.first(u), pre[0], rtol=1e-12, atol=1e-14)
+        jac = jax.jacfwd(st.first)(u).reshape(*pre[0].shape, -1)
+        cols = jax.vmap(lambda k, s=st, v=u: s.axis_tangent(k, v.shape))(jnp.arange(u.size))
+        np.testing.assert_allclose(cols, jnp.moveaxis(jac, -1, 0), rtol=1e-12, atol=1e-14)
+        a, ga = _sampled_loss_and_grad(net, params, u)
+        b, gb = _sampled_loss_and_grad(dataclasses.replace(net, stem=None), params, u)
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+        for g, h in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+            np.testing.assert_allclose(g, h, rtol=1e-10, atol=1e-12)
+    # The channels-last Equinox model transposes x before its conv: the conv does not read the input, no stem.
+    assert L.from_equinox(EqxCNN(ws), input_shape=CNN_IN)[0].stem is None
+
+
+def test_a_first_conv_that_is_not_the_whole_first_layer_gets_no_stem():
+    """Dilation, or the raw input used again after the conv (a residual from x): the generic path, never a wrong stem."""
+
+    class Dilated(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            z = nn.Conv(3, (3, 3), kernel_dilation=2, padding="SAME", param_dtype=jnp.float64)(x)
+            self.sow("intermediates", "z", z)
+            return nn.Dense(2, param_dtype=jnp.float64)(nn.relu(z).reshape(-1))
+
+    class InputAgain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            z = nn.Conv(2, (3, 3), padding="SAME", param_dtype=jnp.float64)(x)
+            self.sow("intermediates", "z", z)
+            return nn.Dense(2, param_dtype=jnp.float64)((nn.relu(z) + x).reshape(-1))
+
+    for module in (Dilated(), InputAgain()):
+        variables = module.init(jax.random.key(0), jnp.ones(CNN_IN, jnp.float64))
+        net, params = L.from_linen(module, variables, input_shape=CNN_IN)
+        assert net.stem is None, type(module).__name__
+        assert np.isfinite(float(L.margin(net, params, jnp.full(CNN_IN, 0.3))))

@@ -1,5 +1,8 @@
 """Every bad input is refused with an error that names the problem."""
 
+import os
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,15 +225,33 @@ def test_command_line_os_and_format_errors_are_one_line(tmp_path, capsys):
 
     tiny = ["--data-dir", MNIST_DIR, "--train-size", "32", "--val-size", "16", "--test-size", "16", "--widths", "4", "--epochs", "1", "--no-progress"]
     (tmp_path / "file").write_text("x")
+
+    def tree():  # every path under tmp_path with its contents: "nothing written" means this does not change
+        return {str(q): (q.read_bytes() if q.is_file() else None) for q in sorted(tmp_path.rglob("*"))}
+
+    before = tree()
     for out in (tmp_path / "file", tmp_path / "file" / "run"):
         with pytest.raises(SystemExit) as exit_:
             _cli.run(mnist.main, [*tiny, "--out", str(out)])
         err = capsys.readouterr().err.strip()
         assert exit_.value.code == 2 and err.startswith("error: ") and "\n" not in err and str(tmp_path / "file") in err
+        assert tree() == before, out
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text("{not json")
+    before = tree()
     with pytest.raises(SystemExit) as exit_:
         _cli.run(mnist.main, [*tiny, "--out", str(run)])
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and "config.json is not valid JSON" in err and "\n" not in err
+    assert tree() == before
+    # An unwritable folder: a read-only one, or /sys for root (who writes anywhere else).
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    locked = locked if os.geteuid() != 0 else pathlib.Path("/sys/lld_jax_test")
+    before = tree()
+    with pytest.raises(SystemExit) as exit_:
+        _cli.run(mnist.main, [*tiny, "--out", str(locked / "run")])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("error: ") and str(locked) in err and "\n" not in err
+    assert tree() == before and not os.path.exists(locked / "run")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.bounds import crown_margins, ibp_margins
+from benchmarks.bounds import crown_margins, ibp_margins, pgd_attack
 
 
 def _net(seed, widths):
@@ -46,3 +46,17 @@ def test_bounds_are_sound_by_sampling_and_exact_at_zero_radius(slope, p):
         # CROWN's linear relaxations are tighter than IBP's boxes on these nets (a property of the papers).
         assert np.mean(crown[other]) >= np.mean(ibp[other])
     jax.block_until_ready(crown_margins(layers, slope, jnp.zeros(8), 0, 0.1, p))
+
+
+@pytest.mark.parametrize("p", [2, np.inf])
+def test_pgd_breaks_a_linear_classifier_just_past_its_exact_radius_and_not_before(p):
+    """On an affine 3-class map the minimal adversarial distance is closed form: min_k (f_y - f_k) / ||w_y - w_k||_q."""
+    rng = np.random.default_rng(4)
+    w, b = jnp.asarray(rng.normal(size=(3, 6))), jnp.asarray(rng.normal(size=3))
+    q = 1 if p == np.inf else 2
+    for x in rng.normal(size=(4, 6)):
+        f = np.asarray(w @ x + b)
+        y = int(np.argmax(f))
+        radius = min((f[y] - f[k]) / np.linalg.norm(np.asarray(w[y] - w[k]), ord=q) for k in range(3) if k != y)
+        hit = lambda e: bool(pgd_attack(lambda u: w @ u + b, jnp.asarray(x), y, e, p, jax.random.key(0)))  # noqa: B023, E731
+        assert hit(1.05 * radius) and not hit(0.95 * radius)

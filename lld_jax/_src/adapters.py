@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from lld_jax._src.adapter_stems import adopt_stem, equinox_convs, equinox_stem_at, linen_stem
 from lld_jax._src.declarations import dense_mismatch
 from lld_jax._src.network import Array, Network, ProtocolError, PyTree, function_key
 
@@ -118,7 +119,10 @@ def from_linen(module: Any, variables: PyTree, *, input_shape: Sequence[int] | N
     ``deterministic=True``); collections other than ``params`` (BatchNorm
     statistics) are held constant (no gradient). A module whose parameters
     are a chain of ``nn.Dense`` layers gets the dense-stack declaration (the
-    ``gram`` path), with its activation's slope recognised and verified.
+    ``gram`` path), with its activation's slope recognised and verified; one
+    whose first pre-activation is an ``nn.Conv`` applied to the input gets
+    the stem of the sampled loss's conv path (:class:`~lld_jax.models.Stem`),
+    verified likewise.
 
     Args:
       module: the ``flax.linen.Module``.
@@ -154,7 +158,7 @@ def from_linen(module: Any, variables: PyTree, *, input_shape: Sequence[int] | N
     if all(hasattr(top[k], "keys") and set(top[k]) == {"kernel", "bias"} for k in names):
         dense = _LinenDense(names)
         net = _adopt_dense(net, params, dense(params), dense)
-    return net, params
+    return linen_stem(net, params, module), params
 
 
 class _Static:
@@ -198,6 +202,24 @@ class _EqxDense(_Static):
         return [(layer.weight, layer.bias) for layer in eqx.combine(params, self.static).layers]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _EqxStem(_Static):
+    """``params -> Stem`` of an Equinox model whose first pre-activation is the ``eqx.nn.Conv2d`` at ``path`` applied to the input."""
+
+    static: Any
+    path: tuple
+    input_shape: tuple[int, ...]
+
+    def _key(self) -> tuple:
+        return (super()._key(), self.path, self.input_shape)
+
+    def apply_with(self, model: Any, x: Array) -> tuple[Array, tuple[Array, ...]]:
+        return _pair_or_sown(model(x), (), type(model).__name__)
+
+    def __call__(self, params: PyTree) -> Any:
+        return equinox_stem_at(self, params)
+
+
 def from_equinox(model: Any, *, input_shape: Sequence[int] | None = None) -> tuple[Network, PyTree]:
     """Adapts an Equinox model to the protocol; returns ``(network, params)``.
 
@@ -207,7 +229,9 @@ def from_equinox(model: Any, *, input_shape: Sequence[int] | None = None) -> tup
     Dropout in inference mode first (``eqx.nn.inference_mode(model)``). A
     model with a ``layers`` sequence of ``eqx.nn.Linear`` (biases on) whose
     pre-activations are those layers' outputs gets the dense-stack
-    declaration (the ``gram`` path), verified as in :func:`from_linen`.
+    declaration (the ``gram`` path), and one whose first pre-activation is
+    an ``eqx.nn.Conv2d`` applied to the (channels-first) input gets the
+    conv stem, each verified as in :func:`from_linen`.
 
     Args:
       model: the ``equinox.Module``.
@@ -228,4 +252,9 @@ def from_equinox(model: Any, *, input_shape: Sequence[int] | None = None) -> tup
     if isinstance(layers, (list, tuple)) and layers and all(isinstance(la, eqx.nn.Linear) and la.bias is not None for la in layers):
         dense = _EqxDense(static)
         net = _adopt_dense(net, params, dense(params), dense)
+    if net.input_shape is not None and len(net.input_shape) == 3:
+        for path in equinox_convs(model)[:4]:  # the first conv called is almost always among the first few in the tree
+            cand = adopt_stem(net, params, _EqxStem(static, path, net.input_shape))
+            if cand is not net:
+                return cand, params
     return net, params
