@@ -113,7 +113,14 @@ def main() -> None:
     for name, flags in RUNS.items():
         config = mnist.Config(data_dir=args.data_dir, seed=args.seed, **flags)
         data = mnist.load(config)
-        results[name] = compare(os.path.join(args.runs, f"{name}_seed{args.seed}"), config, data.test.x[: args.timing_n], data.test.y[: args.timing_n], args.n, mnist.CERTIFY_EPS)
+        results[name] = compare(
+            os.path.join(args.runs, f"{name}_seed{args.seed}"),
+            config,
+            data.test.x[: args.timing_n],
+            data.test.y[: args.timing_n],
+            args.n,
+            mnist.CERTIFY_EPS,
+        )
     info = {"device": jax.devices()[0].device_kind, "machine": platform.machine(), "cpu_count": os.cpu_count(), "jax": jax.__version__}
     with open(args.out, "w") as fh:
         json.dump({"info": info, "n": args.n, "seed": args.seed, "results": results}, fh, indent=2)
