@@ -100,6 +100,39 @@ def compare(run_dir: str, config: mnist.Config, x_all: np.ndarray, y_all: np.nda
     return out
 
 
+NAMES = {"vanilla": "Vanilla", "sampled_c0.25": "ROLL sampled, C = 0.25", "sampled_c1": "ROLL sampled, C = 1"}
+
+
+def markdown(summary: dict) -> str:
+    """The README's tables of a ``results_certify.json``: accuracy certified and attack bounds per radius, then times."""
+    out = []
+    results = summary["results"]
+    for norm, label in (("l2", "l2"), ("linf", "l-inf")):
+        eps = next(iter(results.values()))[norm]["eps"]
+        out.append(f"| {label}, first {summary['n']} test images, seed {summary['seed']} | " + " | ".join(f"eps {e:g}" for e in eps) + " |")
+        out.append("|---|" + "---|" * len(eps))
+        for name, res in results.items():
+            r = res[norm]
+            cells = zip(r["ours_certified"], r["crown_certified"], r["ibp_certified"])
+            out.append(f"| {NAMES[name]}: certified, regions / CROWN / IBP | " + " | ".join(f"{a:.1%} / {b:.1%} / {c:.1%}" for a, b, c in cells) + " |")
+            cells = zip(r["ours_attack_bound"], r["pgd_bound"])
+            out.append(f"| {NAMES[name]}: attack bound, regions / PGD | " + " | ".join(f"{a:.1%} / {b:.1%}" for a, b in cells) + " |")
+        out.append("")
+    out.append(
+        "| model | norm | certified_radius, 10k images (s) | margin, 10k images (s) | ratio | CROWN, all radii (s) | IBP, all radii (s) | PGD, all radii (s) | unsound examples |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for name, res in results.items():
+        for norm, label in (("l2", "l2"), ("linf", "l-inf")):
+            r = res[norm]
+            t, ta = r["time_s"], r["time_s_all_test_images"]
+            out.append(
+                f"| {NAMES[name]} | {label} | {ta['certified_radius']:.1f} | {ta['margin']:.1f} | {r['certified_radius_over_margin']:.2f} "
+                f"| {t['crown_all_radii']:.1f} | {t['ibp_all_radii']:.2f} | {t['pgd_all_radii']:.1f} | {r['unsound_examples']} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", required=True, help="folder with the runs of experiments/mnist_seeds.sh")

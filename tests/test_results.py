@@ -39,3 +39,38 @@ def test_mnist_seeds_summary_is_the_committed_runs_and_the_readme_shows_it():
                     paired = committed["models"][model]["paired"][str(s)]["median_l2_ratio"]
                     assert paired["estimate"] == pytest.approx(ratio)
                     assert paired["ci95"][0] < ratio < paired["ci95"][1]
+
+
+def test_mnist_certified_tables_are_the_per_example_radii():
+    """Certified and attack-bound accuracy recomputed from each run's per-example radii (pixel units)."""
+    committed = json.load(open(os.path.join(SEEDS_DIR, "summary.json")))
+    for model in mnist_summary.MODELS:
+        for norm in ("l2", "linf"):
+            table = committed["models"][model]["certified"][norm]
+            per_seed = []
+            for s in (1, 2, 3):
+                with np.load(os.path.join(SEEDS_DIR, f"{model}_seed{s}.certify.npz")) as z:
+                    lower, upper, correct = z[f"{norm}_lower"], z[f"{norm}_upper"], z[f"{norm}_correct"]
+                with np.load(os.path.join(SEEDS_DIR, f"{model}_seed{s}.eval.npz")) as e:
+                    assert np.array_equal(correct, e["correct"])  # the certified run is the evaluated model
+                assert np.all(lower <= upper) and np.all(lower >= 0)
+                assert np.array_equal(upper > 0, correct)  # radius 0 exactly for the misclassified
+                per_seed.append([[np.mean(lower > eps), np.mean(upper > eps)] for eps in table["eps"]])
+            mean = np.mean(per_seed, axis=0)
+            np.testing.assert_allclose(table["certified_mean"], mean[:, 0], rtol=1e-12)
+            np.testing.assert_allclose(table["attack_bound_mean"], mean[:, 1], rtol=1e-12)
+
+
+def test_certify_compare_table_is_the_committed_benchmark():
+    """The README's CROWN/IBP/PGD comparison is ``benchmarks/results_certify.json``; the region bounds bracket the peers."""
+    from benchmarks import certify_compare
+
+    results = json.load(open(os.path.join(ROOT, "benchmarks", "results_certify.json")))
+    assert _readme_block("certify_compare").strip() == certify_compare.markdown(results).strip()
+    for res in results["results"].values():
+        for r in res.values():
+            assert r["unsound_examples"] == 0
+            # Every sound certificate is at most every attack's bound, radius by radius.
+            for sound in ("ours_certified", "crown_certified", "ibp_certified"):
+                for upper in ("ours_attack_bound", "pgd_bound"):
+                    assert np.all(np.asarray(r[sound]) <= np.asarray(r[upper]))
