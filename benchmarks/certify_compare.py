@@ -11,6 +11,7 @@ margin are also timed on all 10k test images (their cost ratio). Radii in
 pixel units.
 
     python -m benchmarks.certify_compare --runs /work/runs/mnist_seeds --data-dir DIR [--n 1000]
+    python -m benchmarks.certify_compare --runs - --plot-only   # redraw the figure from the JSON
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ def markdown(summary: dict) -> str:
         for name, res in results.items():
             r = res[norm]
             cells = zip(r["ours_certified"], r["crown_certified"], r["ibp_certified"])
-            out.append(f"| {NAMES[name]}: certified, regions / CROWN / IBP | " + " | ".join(f"{a:.1%} / {b:.1%} / {c:.1%}" for a, b, c in cells) + " |")
+            out.append(
+                f"| {NAMES[name]}: certified, regions / CROWN / IBP | " + " | ".join(f"{a:.1%} / {b:.1%} / {c:.1%}" for a, b, c in cells) + " |"
+            )
             cells = zip(r["ours_attack_bound"], r["pgd_bound"])
             out.append(f"| {NAMES[name]}: attack bound, regions / PGD | " + " | ".join(f"{a:.1%} / {b:.1%}" for a, b in cells) + " |")
         out.append("")
@@ -133,6 +136,40 @@ def markdown(summary: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def plot(summary: dict, stem: str) -> None:
+    """Certified accuracy against the radius: regions (lower), CROWN, IBP and the two attacks' bounds, per model."""
+    from experiments import _figures
+
+    plt = _figures.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    colours = {"vanilla": "tab:gray", "sampled_c0.25": "tab:blue", "sampled_c1": "tab:red"}
+    for ax, (norm, label) in zip(axes, (("l2", "l2"), ("linf", "l-inf"))):
+        for name, res in summary["results"].items():
+            r, c = res[norm], colours[name]
+            ax.plot(r["eps"], r["ours_certified"], "-o", color=c, ms=3, label=f"{NAMES[name]}: regions, certified")
+            ax.plot(r["eps"], r["crown_certified"], "-.s", color=c, ms=3, label=f"{NAMES[name]}: CROWN, certified")
+            ax.plot(r["eps"], r["ibp_certified"], ":", color=c, lw=1, label=f"{NAMES[name]}: IBP, certified")
+            upper = np.minimum(r["ours_attack_bound"], r["pgd_bound"])
+            ax.plot(r["eps"], upper, "--", color=c, lw=1, label=f"{NAMES[name]}: attack bound (regions and PGD)")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"{label} radius (pixel scale [0, 1])")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"MNIST {label}, first {summary['n']} test images, seed {summary['seed']}", fontsize=10)
+    from matplotlib.lines import Line2D
+
+    # One legend: colour is the model, line style the method.
+    handles = [Line2D([], [], color=c, lw=3, label=NAMES[n]) for n, c in colours.items()]
+    handles += [
+        Line2D([], [], color="k", ls="-", marker="o", ms=3, label="regions: certified (lower)"),
+        Line2D([], [], color="k", ls="-.", marker="s", ms=3, label="CROWN: certified"),
+        Line2D([], [], color="k", ls=":", lw=1, label="IBP: certified"),
+        Line2D([], [], color="k", ls="--", lw=1, label="attack bound: min(regions, PGD)"),
+    ]
+    axes[1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    _figures.save(fig, stem, dpi=100, small_png=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", required=True, help="folder with the runs of experiments/mnist_seeds.sh")
@@ -141,7 +178,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="compare on the first N test images")
     ap.add_argument("--timing-n", type=int, default=10000, help="time certified_radius and margin on the first N test images")
     ap.add_argument("--out", default="benchmarks/results_certify.json")
+    ap.add_argument("--figure", default="docs/figures/certify_compare", help="figure stem (.png and .pdf)")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the figure from --out without rerunning")
     args = ap.parse_args()
+    if args.plot_only:
+        with open(args.out) as fh:
+            plot(json.load(fh), args.figure)
+        return
     results = {}
     for name, flags in RUNS.items():
         config = mnist.Config(data_dir=args.data_dir, seed=args.seed, **flags)
@@ -157,7 +200,9 @@ def main() -> None:
     info = {"device": jax.devices()[0].device_kind, "machine": platform.machine(), "cpu_count": os.cpu_count(), "jax": jax.__version__}
     with open(args.out, "w") as fh:
         json.dump({"info": info, "n": args.n, "seed": args.seed, "results": results}, fh, indent=2)
-    print(f"wrote {args.out}")
+    with open(args.out) as fh:
+        plot(json.load(fh), args.figure)
+    print(f"wrote {args.out} and {args.figure}.png")
 
 
 if __name__ == "__main__":
