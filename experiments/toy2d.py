@@ -122,11 +122,14 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     results = {}
     print(f"training vanilla ({config.steps} steps)...", flush=True)
     results["vanilla"] = (0.0, *train(config, x, y, lam=0.0, regularizer="roll"))
+    sweep: dict[str, list[dict]] = {}
     for name, reg in (("distance", "distance"), ("relaxed", "roll")):
         best = None
+        sweep[name] = []
         for lam in config.lambdas:  # the largest lambda that keeps the training set perfectly classified
             net, params, acc = train(config, x, y, lam=lam, regularizer=reg)
             print(f"  {name}: lambda={lam:g} train accuracy={acc:.3f}", flush=True)
+            sweep[name].append({"lambda": lam, "train_accuracy": acc})
             if acc < 1.0:
                 break
             best = (lam, net, params, acc)
@@ -142,20 +145,40 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         regions, margins, grads = analyse(net, params, x, box)
         panels[name] = (net, params, regions, margins, grads)
         rows[name] = {"lambda": lam, "train_accuracy": acc, "num_regions": len(regions), "margin_l2": percentiles(margins)}
-    summary = {"config": dataclasses.asdict(config), "box": box, "models": rows, "seconds": time.time() - t0}
+    selection = {
+        "rule": "the paper's (App. F): the largest lambda, tried in increasing order, that keeps the training set perfectly "
+        "classified; the sweep stops at the first lambda that does not",
+        "split": "training set (the toy has no other)",
+        "candidates": list(config.lambdas),
+        "sweep": sweep,
+    }
+    summary = {"config": dataclasses.asdict(config), "box": box, "selection": selection, "models": rows, "seconds": time.time() - t0}
     RunDir(workdir).write_json("toy2d.json", summary)
-    table = ["| model | lambda | train acc | #regions in box | margin P25 | P50 | P75 | P100 |", "|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
+    with open(os.path.join(workdir, "toy2d.md"), "w") as fh:
+        fh.write(markdown(summary))
+    print(markdown(summary))
+    plot(panels, rows, x, y, box, os.path.join(workdir, "toy2d"))
+    print(f"figure: {workdir}/toy2d.png  ({time.time() - t0:.0f} s)")
+    return summary
+
+
+def markdown(summary: dict) -> str:
+    """The README's table of a ``toy2d.json`` summary: the chosen models, then the selection sweep."""
+    table = ["| model | lambda | train acc | #regions in box | l2 margin P25 | P50 | P75 | P100 |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in summary["models"].items():
         m = r["margin_l2"]
         table.append(
             f"| {name} | {r['lambda']:g} | {r['train_accuracy']:.2f} | {r['num_regions']} | {m['P25']:.4f} | {m['P50']:.4f} | {m['P75']:.4f} | {m['P100']:.4f} |"
         )
-    with open(os.path.join(workdir, "toy2d.md"), "w") as fh:
-        fh.write("\n".join(table) + "\n")
-    print("\n".join(table))
-    plot(panels, x, y, box, os.path.join(workdir, "toy2d"))
-    print(f"figure: {workdir}/toy2d.png  ({time.time() - t0:.0f} s)")
-    return summary
+    sweep = summary.get("selection", {}).get("sweep", {})
+    if sweep:
+        table += ["", "| selection sweep (training accuracy) | " + " | ".join(f"lambda {c:g}" for c in summary["selection"]["candidates"]) + " |"]
+        table.append("|---|" + "---|" * len(summary["selection"]["candidates"]))
+        for name, tried in sweep.items():
+            accs = {t["lambda"]: t["train_accuracy"] for t in tried}
+            cells = [f"{accs[c]:.3f}" if c in accs else "not run" for c in summary["selection"]["candidates"]]
+            table.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(table) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -164,19 +187,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return train_and_evaluate(config, config.out)
 
 
-def plot(panels, x, y, box, path):
+def plot(panels, rows, x, y, box, path):
+    """Figure 1: one panel per model (regions, decision boundary, margins, gradients), with axes, legend and lambda."""
+    from matplotlib.lines import Line2D
+
     plt = _figures.pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     titles = {"vanilla": "(a) vanilla", "distance": "(b) distance regularisation (Eq. 4)", "relaxed": "(c) relaxed regularisation (Eq. 7)"}
     for ax, (name, (net, params, regions, margins, grads)) in zip(axes, panels.items()):
         draw_regions(ax, regions)
         # Arrow length proportional to the gradient norm; the longest spans 12% of the box width.
         scale = 0.12 * (box[1] - box[0]) / max(float(np.linalg.norm(grads, axis=1).max()), 1e-12)
         draw_points(ax, x, y, margins=margins, grads=grads, arrow_scale=scale)
-        ax.set_title(f"{titles[name]}: {len(regions)} regions")
+        r = rows[name]
+        lam = "" if name == "vanilla" else f", lambda = {r['lambda']:g}"
+        ax.set_title(f"{titles[name]}\n{len(regions)} regions{lam}, train acc {r['train_accuracy']:.2f}", fontsize=10)
+        ax.set_xlabel("x1")
+        ax.set_ylabel("x2")
         inset = ax.inset_axes([0.72, 0.72, 0.27, 0.27])
         predict = jax.jit(jax.vmap(lambda u: jax.nn.sigmoid(net.apply(params, u)[0][0])))
         draw_heatmap(inset, lambda pts: predict(jnp.asarray(pts)), box, n=120)
+    handles = [
+        Line2D([], [], ls="", marker="o", mfc="tab:blue", mec="k", label="class 0"),
+        Line2D([], [], ls="", marker="o", mfc="tab:red", mec="k", label="class 1"),
+        Line2D([], [], ls="", marker="o", mfc="none", mec="tab:green", ms=10, label="exact l2 margin (ball in the region)"),
+        Line2D([], [], color="0.1", marker=">", label="input gradient (length ~ norm)"),
+        Line2D([], [], color="k", lw=2, label="decision boundary (inset: P(class 1))"),
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     _figures.save(fig, path, dpi=80, small_png=True)
 
 

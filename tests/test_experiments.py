@@ -140,8 +140,11 @@ def test_toy_experiment_end_to_end(tmp_path):
         assert row["num_regions"] >= 1 and 0 <= row["train_accuracy"] <= 1
         m = row["margin_l2"]
         assert 0 <= m["P25"] <= m["P50"] <= m["P75"] <= m["P100"]
-    assert _png(tmp_path / "toy2d.png") == (416, 1200)
-    assert json.loads((tmp_path / "toy2d.json").read_text())["config"]["steps"] == 20
+    assert _png(tmp_path / "toy2d.png") == (352, 1200)
+    written = json.loads((tmp_path / "toy2d.json").read_text())
+    assert written["config"]["steps"] == 20 and written["selection"]["candidates"] == [0.1, 1.0]
+    for name in ("distance", "relaxed"):  # the sweep behind each chosen lambda is recorded
+        assert summary["models"][name]["lambda"] in [t["lambda"] for t in written["selection"]["sweep"][name]]
 
 
 def test_region_plot_draws_every_region(tmp_path):

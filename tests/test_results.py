@@ -74,3 +74,24 @@ def test_certify_compare_table_is_the_committed_benchmark():
             for sound in ("ours_certified", "crown_certified", "ibp_certified"):
                 for upper in ("ours_attack_bound", "pgd_bound"):
                     assert np.all(np.asarray(r[sound]) <= np.asarray(r[upper]))
+
+
+def test_toy2d_table_is_the_committed_run_and_follows_the_selection_rule():
+    """Figure 1's table is ``docs/results/toy2d/toy2d.json``; each lambda is the one the rule picks from the sweep."""
+    from experiments import toy2d
+
+    summary = json.load(open(os.path.join(ROOT, "docs", "results", "toy2d", "toy2d.json")))
+    assert _readme_block("toy2d").strip() == toy2d.markdown(summary).strip()
+    candidates = summary["selection"]["candidates"]
+    assert candidates == sorted(candidates)
+    for name, tried in summary["selection"]["sweep"].items():
+        lams = [t["lambda"] for t in tried]
+        accs = [t["train_accuracy"] for t in tried]
+        assert lams == candidates[: len(lams)]  # tried in increasing order, none skipped
+        failures = [i for i, a in enumerate(accs) if a < 1.0]
+        # The sweep stops at the first lambda that misclassifies a training point.
+        assert failures == [] and len(lams) == len(candidates) or failures == [len(lams) - 1]
+        perfect = [lam for lam, a in zip(lams, accs) if a == 1.0]
+        chosen = summary["models"][name]
+        assert chosen["lambda"] == (perfect[-1] if perfect else candidates[0])
+        assert chosen["train_accuracy"] == accs[lams.index(chosen["lambda"])]
