@@ -1,4 +1,4 @@
-"""Test set-up: float64 available everywhere, 8 fake CPU devices for sharding tests, fast compiles."""
+"""Test set-up: float32 by default as users run, float64 where a test opts in, 8 fake CPU devices, fast compiles."""
 
 import os
 
@@ -15,8 +15,6 @@ os.environ.pop("LLD_JAX_DATA", None)
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="lld_jax_test_cache_")
 
 import jax  # noqa: E402
-
-jax.config.update("jax_enable_x64", True)
 
 # Worker scripts run as subprocesses, and the optional-torch reference model: not imported at collection.
 collect_ignore = ["data", "fixtures.py", "killable_fit.py", "multiprocess_fit.py", "torch_resnet.py"]
@@ -42,6 +40,21 @@ def _map_budget() -> int:
 
 
 _MAP_BUDGET = _map_budget()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "float64: run with jax_enable_x64 on, for exactness against float64 references (brute force, linear programs, "
+        "1e-10 agreement); unmarked tests run in float32 with JAX's defaults, the precision users run",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _precision(request):
+    """float32 unless the test is marked ``float64`` (autouse, so it wraps every other fixture the test builds)."""
+    with jax.enable_x64(request.node.get_closest_marker("float64") is not None):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -30,8 +30,9 @@ def randomize_biases(model, key):
             layer.bias[...] = 0.3 * jax.random.normal(k, layer.bias.shape, layer.bias.dtype)
 
 
-def make(kind: str, dtype=jnp.float64, seed: int = 0):
-    """Returns (network, params, x batch) for each kind of :data:`KINDS`."""
+def make(kind: str, dtype=None, seed: int = 0):
+    """Returns (network, params, x batch) for each kind of :data:`KINDS`, in float64 where x64 is on, else float32."""
+    dtype = jnp.asarray(1.0).dtype if dtype is None else dtype
     rngs = nnx.Rngs(seed)
     kx = jax.random.key(seed + 100)
     if kind == "mlp":

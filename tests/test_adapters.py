@@ -13,6 +13,9 @@ from nets import randomize_biases
 
 import lld_jax as L
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 SIZES = (6, 12, 10, 3)  # input, two hidden layers, output
 SLOPE = 0.1
 

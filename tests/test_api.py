@@ -38,6 +38,7 @@ CASES = [(name, "mlp", jnp.float64) for name in sorted(PER_EXAMPLE)] + [
 ]
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("name,kind,dtype", CASES)
 def test_per_example_functions_compose_with_jit_and_vmap(name, kind, dtype):
     one, batched = PER_EXAMPLE[name]
@@ -59,6 +60,7 @@ def test_per_example_functions_compose_with_jit_and_vmap(name, kind, dtype):
         jax.tree.map(lambda a, b: close(a, np.asarray(b)[1]), single, ref)
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("p", [1, 2, "inf"])
 def test_grad_of_margin_matches_finite_differences(p):
     net, params, x = make("mlp")
@@ -217,6 +219,7 @@ def test_values_sown_by_an_earlier_call_are_not_parameters():
     assert [p.shape for p in pre] == [(4,)]
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("kind", KINDS)
 def test_float64_models_are_float64_throughout(kind):
     """Every leaf of a float64 built-in model is float64 (Flax keeps BatchNorm statistics in float32),

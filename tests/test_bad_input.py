@@ -164,7 +164,7 @@ def test_nnx_module_that_sows_preacts():
 def test_traced_hyper_parameters_are_not_checked_but_work(mlp):
     net, params, x = mlp
     swept = jax.jit(lambda c, lam: lam * L.roll_penalty(net, params, x[0], C=c))(0.5, 2.0)
-    np.testing.assert_allclose(swept, 2.0 * L.roll_penalty(net, params, x[0], C=0.5), rtol=1e-12)
+    np.testing.assert_allclose(swept, 2.0 * L.roll_penalty(net, params, x[0], C=0.5), rtol=1e-6)  # float32
     with pytest.raises(ValueError, match="C \\(hinge weight\\) must be >= 0"):
         L.roll_penalty(net, params, x[0], C=-1.0)
 

@@ -7,6 +7,8 @@ import pytest
 
 from benchmarks.bounds import crown_margins, ibp_margins, pgd_attack
 
+pytestmark = pytest.mark.float64  # exact at eps = 0 to float64 rounding
+
 
 def _net(seed, widths):
     rng = np.random.default_rng(seed)

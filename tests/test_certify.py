@@ -9,6 +9,9 @@ import pytest
 
 import lld_jax as L
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 
 def _weights(seed, widths):
     rng = np.random.default_rng(seed)

@@ -114,6 +114,7 @@ def test_half_precision_inputs_are_promoted(dtype, kind):
         np.testing.assert_allclose(got, r, rtol=1e-5)
 
 
+@pytest.mark.float64
 @pytest.mark.parametrize("method", ["forward", "template", "reverse", "gram"])
 def test_float64_network_with_float32_inputs(method):
     net, params, x = make("mlp", dtype=jnp.float64)

@@ -15,6 +15,9 @@ from nets import make, randomize_biases
 import lld_jax as L
 from lld_jax._src.declarations import declaration_mismatch, dense_mismatch, frozen_mismatch, stem_mismatch
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 
 class LeakyNoSlope(nnx.Module):
     """The issue's case: LeakyReLU(0.2) inside, a dense_layers() method, no negative_slope attribute."""

@@ -14,6 +14,9 @@ from lld_jax.attribution import (
     sample_linf_ball,
 )
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 KEY = jax.random.key(0)
 
 

@@ -10,6 +10,9 @@ from scipy.stats import spearmanr
 import lld_jax as L
 from lld_jax.evaluation import evaluate_model, spearman, table1_markdown
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 
 def test_spearman_with_ties_equals_scipy():
     rng = np.random.default_rng(0)

@@ -20,6 +20,9 @@ from nets import make
 
 import lld_jax as L
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 KINDS = ("mlp", "cnn", "scornn", "maxout")  # dense, conv, recurrent (masked), pooled
 
 # name -> (per-example call, batched call); every call takes (net, params, x) of ONE example or a batch.

@@ -9,6 +9,9 @@ from nets import KINDS, POOLED, make
 
 import lld_jax as L
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 
 def brute_force(net, params, x):
     def one(xi):

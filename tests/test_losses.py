@@ -10,6 +10,9 @@ from nets import randomize_biases
 import lld_jax as L
 from lld_jax.losses import aggregate, distance_penalty, roll_penalty, roll_penalty_sampled
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 
 def batch_roll(net, params, x, **kw):
     return jax.vmap(lambda xi: roll_penalty(net, params, xi, **kw))(x)

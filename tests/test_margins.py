@@ -11,6 +11,9 @@ from scipy.optimize import linprog
 
 import lld_jax as L
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 N_SAMPLES = 2000
 
 

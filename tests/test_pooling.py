@@ -13,6 +13,9 @@ from scipy.optimize import linprog
 import lld_jax as L
 from lld_jax._src.gradients import pick_method
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 SEEDS = (0, 1, 2)
 
 

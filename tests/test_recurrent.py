@@ -12,6 +12,9 @@ import lld_jax as L
 from lld_jax.data import load_japanese_vowels, pad_sequences, sequence_lengths
 from lld_jax.training import TrainConfig, Trainer
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 F, H = 3, 6
 
 

@@ -9,6 +9,9 @@ from nets import make
 
 import lld_jax as L
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 
 def test_pattern_matches_preacts_and_same_region():
     net, params, x = make("resnet")

@@ -10,6 +10,9 @@ from nets import make, randomize_biases
 import lld_jax as L
 from lld_jax.slices import TooManyRegions, enumerate_slice, locate, polygon_area
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 BOX = [(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
 
 

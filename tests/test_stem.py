@@ -12,6 +12,9 @@ from flax import nnx
 import lld_jax as L
 from lld_jax._src.losses import roll_penalty_sampled
 
+# Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
+pytestmark = pytest.mark.float64
+
 
 def _conv(x, kernel, strides, padding):
     return jax.lax.conv_general_dilated(x[None], kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
