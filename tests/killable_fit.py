@@ -13,9 +13,6 @@ import sys
 
 import jax
 import numpy as np
-
-jax.config.update("jax_enable_x64", True)  # as in the test process (conftest)
-
 from test_training import crash_config, small_problem  # noqa: E402
 
 from lld_jax.training import Checkpoints, RunDir, fit  # noqa: E402

@@ -12,7 +12,6 @@ import numpy as np
 
 from lld_jax.training import fit, maybe_initialize_distributed
 
-jax.config.update("jax_enable_x64", True)  # as in the test process (conftest)
 maybe_initialize_distributed()
 
 from test_training import multiprocess_config, small_problem  # noqa: E402  (after initialize: no devices touched before)

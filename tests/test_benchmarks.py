@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 from fixtures import MNIST_DIR as DATA
 
 from benchmarks import accelerator
 
 
+@pytest.mark.float64
 def test_accelerator_check_writes_precision_and_timings(tmp_path):
     out = tmp_path / "acc.json"
     accelerator.main(["--data-dir", DATA, "--out", str(out), "--test-size", "16", "--precision-examples", "8", "--repeats", "1"])

@@ -92,6 +92,7 @@ def test_run_directory_refuses_other_data_or_architecture(tmp_path):
     assert report["best_epoch"] == 1 + int(np.argmin([h["val_loss"] for h in history]))
 
 
+@pytest.mark.float64
 def test_mnist_slice_rebuilds_the_recorded_architecture(tmp_path):
     mnist.train_and_evaluate(dataclasses.replace(TINY, widths=(12, 10)), str(tmp_path / "run"))
     net, params, cfg = mnist_slice.load_run(str(tmp_path / "run"))
@@ -147,6 +148,7 @@ def test_toy_experiment_end_to_end(tmp_path):
         assert summary["models"][name]["lambda"] in [t["lambda"] for t in written["selection"]["sweep"][name]]
 
 
+@pytest.mark.float64
 def test_region_plot_draws_every_region(tmp_path):
     import matplotlib
 

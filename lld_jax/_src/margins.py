@@ -116,7 +116,7 @@ def margin(
     Example:
       >>> import jax.numpy as jnp, lld_jax
       >>> f = lambda w, x: (jnp.sum(w @ x), (w @ x,))   # one hidden layer, z = W x
-      >>> float(lld_jax.margin(f, jnp.array([[3.0, 4.0]]), jnp.array([1.0, 1.0]), p=2))
+      >>> round(float(lld_jax.margin(f, jnp.array([[3.0, 4.0]]), jnp.array([1.0, 1.0]), p=2)), 6)
       1.4
     """
     return MARGIN(apply_fn, params, x, p=p, method=method, chunk_size=chunk_size, check=check).radius
