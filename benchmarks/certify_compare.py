@@ -29,6 +29,7 @@ import numpy as np
 import lld_jax
 from benchmarks.bounds import crown_margins, ibp_margins, pgd_attack
 from experiments import mnist
+from experiments.mnist_summary import COLOURS, NAMES
 from lld_jax.data import MNIST_STD
 
 RUNS = {
@@ -101,9 +102,6 @@ def compare(run_dir: str, config: mnist.Config, x_all: np.ndarray, y_all: np.nda
     return out
 
 
-NAMES = {"vanilla": "Vanilla", "sampled_c0.25": "ROLL sampled, C = 0.25", "sampled_c1": "ROLL sampled, C = 1"}
-
-
 def markdown(summary: dict) -> str:
     """The README's tables of a ``results_certify.json``: accuracy certified and attack bounds per radius, then times."""
     out = []
@@ -142,10 +140,9 @@ def plot(summary: dict, stem: str) -> None:
 
     plt = _figures.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    colours = {"vanilla": "tab:gray", "sampled_c0.25": "tab:blue", "sampled_c1": "tab:red"}
     for ax, (norm, label) in zip(axes, (("l2", "l2"), ("linf", "l-inf"))):
         for name, res in summary["results"].items():
-            r, c = res[norm], colours[name]
+            r, c = res[norm], COLOURS[name]
             ax.plot(r["eps"], r["ours_certified"], "-o", color=c, ms=3, label=f"{NAMES[name]}: regions, certified")
             ax.plot(r["eps"], r["crown_certified"], "-.s", color=c, ms=3, label=f"{NAMES[name]}: CROWN, certified")
             ax.plot(r["eps"], r["ibp_certified"], ":", color=c, lw=1, label=f"{NAMES[name]}: IBP, certified")
@@ -159,7 +156,7 @@ def plot(summary: dict, stem: str) -> None:
     from matplotlib.lines import Line2D
 
     # One legend: colour is the model, line style the method.
-    handles = [Line2D([], [], color=c, lw=3, label=NAMES[n]) for n, c in colours.items()]
+    handles = [Line2D([], [], color=c, lw=3, label=NAMES[n]) for n, c in COLOURS.items()]
     handles += [
         Line2D([], [], color="k", ls="-", marker="o", ms=3, label="regions: certified (lower)"),
         Line2D([], [], color="k", ls="-.", marker="s", ms=3, label="CROWN: certified"),

@@ -25,6 +25,7 @@ import numpy as np
 
 MODELS = ("vanilla", "sampled_c0.25", "sampled_c1")
 NAMES = {"vanilla": "Vanilla", "sampled_c0.25": "ROLL sampled, C = 0.25", "sampled_c1": "ROLL sampled, C = 1"}
+COLOURS = {"vanilla": "tab:gray", "sampled_c0.25": "tab:blue", "sampled_c1": "tab:red"}
 SEEDS = (1, 2, 3)
 RESAMPLES = 2000
 UNIT = 1e-4  # Table 1's unit (pixel scale [0, 1])
@@ -152,12 +153,11 @@ def plot(summary: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colours = {"vanilla": "tab:gray", "sampled_c0.25": "tab:blue", "sampled_c1": "tab:red"}
     for ax, (norm, label) in zip(axes, (("l2", "l2"), ("linf", "l-inf"))):
         for m in MODELS:
             c = summary["models"][m]["certified"][norm]
-            ax.plot(c["eps"], c["certified_mean"], "-o", color=colours[m], ms=3, label=f"{NAMES[m]}: certified (lower)")
-            ax.plot(c["eps"], c["attack_bound_mean"], "--", color=colours[m], label=f"{NAMES[m]}: attack bound (upper)")
+            ax.plot(c["eps"], c["certified_mean"], "-o", color=COLOURS[m], ms=3, label=f"{NAMES[m]}: certified (lower)")
+            ax.plot(c["eps"], c["attack_bound_mean"], "--", color=COLOURS[m], label=f"{NAMES[m]}: attack bound (upper)")
         ax.set_xscale("log")
         ax.set_xlabel(f"{label} radius (pixel scale [0, 1])")
         ax.set_ylabel("test accuracy")

@@ -27,7 +27,7 @@ import numpy as np
 from lld_jax._src.explorer_page import PAGE
 from lld_jax._src.gradients import neuron_gradient_norms
 from lld_jax._src.network import Network, PyTree, as_network, flat_preacts, hidden_shapes
-from lld_jax._src.slices import _clip, enumerate_slice, polygon_area
+from lld_jax._src.slices import _clip, _inside_convex, enumerate_slice, polygon_area
 
 _SLACK = 64 * float(np.finfo(np.float64).eps)  # the certificate's rounding slack (as lld_jax.certified_radius, float64)
 _REL_TOL = 1e-9  # relative slack that keeps candidate sets supersets under rounding
@@ -215,8 +215,7 @@ def slice_payload(
 
 
 def _inside(poly: np.ndarray, u: float, v: float, tol: float = 1e-12) -> bool:
-    e = np.roll(poly, -1, 0) - poly
-    return bool((e[:, 0] * (v - poly[:, 1]) - e[:, 1] * (u - poly[:, 0]) >= -tol).all())
+    return bool(_inside_convex(poly, np.array([[u, v]], np.float64), tol)[0])
 
 
 def payload_values(p: SlicePayload, u: float, v: float) -> dict[str, Any] | None:

@@ -224,15 +224,17 @@ def enumerate_slice(
     return regions
 
 
+def _inside_convex(v: np.ndarray, points: np.ndarray, tol: float) -> np.ndarray:
+    """(P,) whether each (u, v) point lies in the CCW convex polygon ``v``: every edge's cross product is >= -tol."""
+    e = np.roll(v, -1, 0) - v
+    cross = e[None, :, 0] * (points[:, None, 1] - v[None, :, 1]) - e[None, :, 1] * (points[:, None, 0] - v[None, :, 0])
+    return (cross >= -tol).all(1)
+
+
 def locate(regions: Sequence[SliceRegion], points: np.ndarray, *, tol: float = 1e-12) -> np.ndarray:
     """Index of the region containing each (u, v) point, -1 if none (boundary points go to the first match)."""
     points = np.asarray(points, np.float64)
     idx = np.full(len(points), -1)
     for r, reg in enumerate(regions):
-        v = reg.vertices
-        e = np.roll(v, -1, 0) - v
-        # Inside a CCW convex polygon: every edge's cross product is >= 0.
-        cross = e[None, :, 0] * (points[:, None, 1] - v[None, :, 1]) - e[None, :, 1] * (points[:, None, 0] - v[None, :, 0])
-        inside = (cross >= -tol).all(1) & (idx < 0)
-        idx[inside] = r
+        idx[_inside_convex(reg.vertices, points, tol) & (idx < 0)] = r
     return idx
