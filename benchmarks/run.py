@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 import lld_jax
+from lld_jax._src.causal import tangent_steps
 from lld_jax.losses import roll_penalty_sampled
 from lld_jax.training import TrainConfig, Trainer, data_mesh, task_losses
 from lld_jax.training import write_json as _atomic_write_json
@@ -179,9 +180,14 @@ def bench_rnn_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
     Padded sequences of T = 29 frames (12 features + the frame flag: D = 377),
     hidden 512 (N = 29 * 512 neurons), batch 32. FLOPs of the exact step are
     counted as its forward-mode Jacobian, 2 * B * D * T * H^2 (the tangent
-    recurrences), times 3 for the backward pass through it. ``reverse`` (N VJPs
-    through the whole recurrence) and ``rowspace`` (the single preact holds every
-    neuron, so its basis is all of R^D) do not apply at this size.
+    recurrences), times 3 for the backward pass through it. ``causal`` (the
+    default for these models: tangents start at their own frame, no tangent along
+    the frame flag, the batch sorted by length into groups of 8 that stop at
+    their longest frame) is counted by its own schedule,
+    2 * H^2 * (tangent-steps) * 3 (:func:`lld_jax._src.causal.tangent_steps`).
+    ``reverse`` (N VJPs through the whole recurrence) and ``rowspace`` (the
+    single preact holds every neuron, so its basis is all of R^D) do not apply
+    at this size.
     """
     t_len, feats, hidden, b = 29, 12, (128 if quick else 512), 32
     model = lld_jax.models.ScoRNN(feats, 9, hidden=hidden, length=t_len, variable_length=True, rngs=nnx.Rngs(0))
@@ -195,8 +201,14 @@ def bench_rnn_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
         "vanilla": {},
         "roll_exact_forward": dict(lam=0.5, C=4.0, method="forward"),
         "roll_exact_template": dict(lam=0.5, C=4.0, method="template"),
+        "roll_exact_causal": dict(lam=0.5, C=4.0, method="causal"),
     }
-    flops = 3 * 2.0 * b * x[0].size * t_len * hidden**2
+    lengths = [len(s) for s in seqs]
+    flops = {
+        "roll_exact_forward": 3 * 2.0 * b * x[0].size * t_len * hidden**2,
+        "roll_exact_template": 3 * 2.0 * b * x[0].size * t_len * hidden**2,
+        "roll_exact_causal": 3 * 2.0 * hidden**2 * tangent_steps(lengths, t_len, feats, group=8),
+    }
     rows = []
     for name, kw in variants.items():
         tr = Trainer(net, TrainConfig(optimizer="amsgrad", lr=1e-3, batch_size=b, **kw), mesh=one)
@@ -210,11 +222,14 @@ def bench_rnn_steps(repeats: int, peak: float, quick: bool) -> list[dict]:
         t = timeit(step, repeats, min_total_s=0.0)
         row = {"bench": "rnn_train_step", "variant": name, "batch": b, "hidden": hidden, "length": t_len, **t}
         if name != "vanilla":
-            row |= {"flop_per_s": flops / t["min_s"], "fraction_of_peak": flops / t["min_s"] / peak}
+            row |= {"flops": flops[name], "flop_per_s": flops[name] / t["min_s"], "fraction_of_peak": flops[name] / t["min_s"] / peak}
         rows.append(row)
     base = rows[0]["min_s"]
+    forward = next(r["min_s"] for r in rows if r["variant"] == "roll_exact_forward")
     for r in rows:
         r["ratio_to_vanilla"] = r["min_s"] / base
+        if r["variant"] != "vanilla":
+            r["speedup_over_forward"] = forward / r["min_s"]
         extra = f"  {r['flop_per_s'] / 1e9:6.1f} GFLOP/s ({100 * r['fraction_of_peak']:.0f}% of peak)" if "flop_per_s" in r else ""
         print(f"scoRNN step {r['variant']:22s} min {r['min_s'] * 1e3:10.1f} ms  x{r['ratio_to_vanilla']:.1f} vanilla" + extra, flush=True)
     return rows

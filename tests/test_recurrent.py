@@ -239,3 +239,116 @@ def test_vowels_files_are_checked_line_by_line(tmp_path):
     (tmp_path / "ae.train").write_bytes(b"\xff\xfe\x00 not text")
     with pytest.raises(ValueError, match=r"ae.train is not a readable text file"):
         load_japanese_vowels(str(tmp_path))
+
+
+# --- method="causal": tangents start at their own frame (issue 26) -------------------------------------------------
+
+
+def _sequences(lengths, t_len, seed=0, feats=F):
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(pad_sequences([rng.normal(size=(n, feats)) for n in lengths], length=t_len, dtype=np.float64))
+
+
+@pytest.mark.parametrize("kind", ["scornn", "rnn"])
+def test_causal_norms_equal_forward_mode_on_padded_batches(kind):
+    # Every length 1..T in one batch (T = 7), plus extra padding: every norm of every real neuron equals
+    # forward-mode AD along all input axes (the reference), and masked entries read 0 in both.
+    net, params = L.from_nnx(_model(kind))
+    assert L.batched.neuron_gradient_norms(net, params, _sequences([2], 3), p=2, check=False).norms.shape == (1, 3 * H)
+    x = _sequences(list(range(1, 8)), 9)
+    for p in (1, 2, np.inf):
+        want = L.batched.neuron_gradient_norms(net, params, x, p=p, method="forward")
+        got = L.batched.neuron_gradient_norms(net, params, x, p=p, method="causal")
+        np.testing.assert_array_equal(got.preacts, want.preacts)
+        np.testing.assert_allclose(got.norms, want.norms, rtol=1e-12, atol=1e-14)
+    sq_f = L.batched.neuron_gradient_norms(net, params, x, p=2, method="forward", squared=True).norms
+    sq_c = L.batched.neuron_gradient_norms(net, params, x, p=2, method="causal", squared=True).norms
+    np.testing.assert_allclose(sq_c, sq_f, rtol=1e-12, atol=1e-14)
+    # auto takes the causal schedule for a network that declares its cell
+    np.testing.assert_allclose(L.batched.margin(net, params, x), L.batched.margin(net, params, x, method="forward"), rtol=1e-12)
+
+
+def test_causal_norms_unpadded_and_long_sequences():
+    # Fixed-length inputs (no frame flag) and T = 70 > 32: steps run in blocks of 3 (the last one short).
+    for t_len, hidden in ((1, 5), (70, 4)):
+        model = L.models.ScoRNN(2, 3, hidden=hidden, negative_slope=0.2, rngs=nnx.Rngs(3), param_dtype=jnp.float64)
+        net, params = L.from_nnx(model)
+        x = jnp.asarray(np.random.default_rng(t_len).normal(size=(2, t_len, 2)))
+        for p in (2, np.inf):
+            want = L.batched.neuron_gradient_norms(net, params, x, p=p, method="forward").norms
+            np.testing.assert_allclose(L.batched.neuron_gradient_norms(net, params, x, p=p, method="causal").norms, want, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("gamma", [100, "max"])
+def test_grouped_roll_penalties_equal_per_example_values_and_gradients(gamma):
+    from lld_jax._src.losses import roll_penalties_grouped
+
+    net, params = L.from_nnx(_model("scornn"))
+    x = _sequences([5, 1, 7, 3, 7, 2, 4], 8, seed=1)
+    x = jnp.concatenate([x, x[:1]])  # a padded row of the training step (a copy of the first)
+
+    def ref(p):
+        return jax.vmap(lambda u: L.roll_penalty(net, p, u, C=2.0, gamma=gamma, method="forward"))(x)
+
+    def grouped(p):
+        return roll_penalties_grouped(net, p, x, C=2.0, gamma=gamma, group=3)  # 8 rows: groups of 3, 3, 2
+
+    np.testing.assert_allclose(grouped(params), ref(params), rtol=1e-12)
+    w = jnp.arange(1.0, 9.0)
+    g_ref = jax.grad(lambda p: jnp.sum(w * ref(p)))(params)
+    g_new = jax.jit(jax.grad(lambda p: jnp.sum(w * grouped(p))))(params)
+    for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_training_step_with_the_causal_schedule_equals_forward_mode():
+    net, params = L.from_nnx(_model("rnn"))
+    x = np.asarray(_sequences([4, 1, 6, 2, 5, 6, 3], 6, seed=2))  # 7 rows in a batch of 8 (the suite's 8 CPU devices)
+    y = np.array([0, 1, 2, 3, 0, 1, 2], np.int32)
+    after = {}
+    for method in ("forward", "causal"):
+        tr = Trainer(net, TrainConfig(lam=0.5, C=3.0, batch_size=8, method=method))
+        state, m = tr.train_step(tr.init_state(params), *tr.padded_batch(x, y, 8))
+        after[method] = (state.params, float(m["loss"]))
+    assert after["causal"][1] == pytest.approx(after["forward"][1], rel=1e-12)
+    for a, b in zip(jax.tree.leaves(after["causal"][0]), jax.tree.leaves(after["forward"][0])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_a_wrong_recurrent_cell_poisons_and_is_named():
+    import dataclasses
+
+    from lld_jax._src.causal import RecurrentCell
+
+    net, params = L.from_nnx(_model("scornn"))
+    cell = net.recurrent_cell
+    bad = dataclasses.replace(net, recurrent_cell=lambda p: RecurrentCell(cell(p).w_in, cell(p).w_rec, cell(p).bias + 0.5))
+    x = _sequences([3], 4)[0]
+    poisoned = L.neuron_gradient_norms(bad, params, x, p=2, method="causal", check=False).preacts
+    assert np.all(np.isnan(poisoned[: 3 * H])) and np.all(poisoned[3 * H :] == -1.0)  # real frames NaN; the padded frame is no neuron
+    assert np.isnan(L.margin(bad, params, x, check=False))
+    with pytest.raises(ValueError, match="recurrent_cell"):
+        L.margin(bad, params, x)
+    with pytest.raises(ValueError, match="method='causal' is the recurrent fast path"):
+        L.margin(L.as_network(net.apply), params, x, method="causal")
+    with pytest.raises(ValueError, match="not the full Jacobian"):
+        L.neuron_gradients(net, params, x, method="causal")
+
+
+def test_causal_loss_gradient_on_long_padded_sequences():
+    # T = 70: blocks of 3 steps in the hand-written reverse sweep, a block boundary inside each sequence's tail.
+    from lld_jax._src.losses import roll_penalties_grouped
+
+    model = L.models.RNN(2, 4, 3, negative_slope=0.3, variable_length=True, rngs=nnx.Rngs(5), param_dtype=jnp.float64)
+    net, params = L.from_nnx(model)
+    x = _sequences([70, 31, 5, 44], 70, seed=4, feats=2)
+
+    def ref(p):
+        return jnp.sum(jnp.arange(1.0, 5.0) * jax.vmap(lambda u: L.roll_penalty(net, p, u, C=1.5, method="forward"))(x))
+
+    def new(p):
+        return jnp.sum(jnp.arange(1.0, 5.0) * roll_penalties_grouped(net, p, x, C=1.5, group=2))
+
+    np.testing.assert_allclose(new(params), ref(params), rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(jax.grad(new)(params)), jax.tree.leaves(jax.grad(ref)(params))):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)

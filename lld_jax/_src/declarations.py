@@ -3,7 +3,8 @@
 The fast gradient paths compute on a network's declarations, not on its
 ``apply``: ``method="gram"`` and the sampled loss's MLP path on
 ``dense_layers`` and ``negative_slope``, ``method="template"`` on
-``apply_frozen``, the sampled loss's conv path on ``stem``. A stale or wrong
+``apply_frozen``, the sampled loss's conv path on ``stem``, ``method="causal"``
+on ``recurrent_cell``. A stale or wrong
 declaration (a LeakyReLU declared as a ReLU, weights that are not the
 module's, a stem that is not its first layer) would give a plausible, wrong
 margin. Each check here reproduces the network's own pre-activations (and
@@ -134,6 +135,40 @@ def stem_mismatch(net: Network, params: PyTree, x: Array) -> Array:
     return bad | _pairs_differ((want,), (stem.axis_tangent(k, tuple(x.shape)),))
 
 
+def recurrent_mismatch(net: Network, params: PyTree, x: Array) -> Array:
+    """Does ``recurrent_cell`` (with ``negative_slope`` and the neuron mask's real frames) fail to reproduce ``apply``'s
+    pre-activations at ``x`` (value and directional derivative)?"""
+    (_, pre), (_, dpre) = _reference(net, params, x)
+    cell = net.recurrent_cell(params)
+    w_in, w_rec, bias = (jnp.asarray(a) for a in cell)
+    hidden, feats = w_in.shape
+    if (
+        len(pre) != 1
+        or x.ndim != 2
+        or x.shape[1] not in (feats, feats + 1)
+        or pre[0].shape != (x.shape[0], hidden)
+        or w_rec.shape != (hidden, hidden)
+    ):
+        return jnp.ones((), bool)  # not an Elman cell over (T, F[+1]) frames with one (T, H) preact
+    valid = jnp.ones(x.shape[:1], bool) if net.neuron_mask is None else jnp.any(net.neuron_mask(params, x)[0], axis=-1)
+    # Value and derivative recurrences in one (H, 2) product per step; slopes from apply's own pre-activations.
+    ud = jnp.stack([x[:, :feats], _direction(x)[:, :feats]], axis=-1)  # (T, F, 2)
+    slope = jnp.where(pre[0] > 0, 1.0, net.negative_slope).astype(w_rec.dtype)
+
+    def step(h, inp):
+        u, s, v = inp
+        z = w_in @ u + w_rec @ h + jnp.stack([bias, jnp.zeros_like(bias)], axis=1)
+        return jnp.where(v, s[:, None] * z, h), z
+
+    _, zd = jax.lax.scan(step, jnp.zeros((hidden, 2), w_rec.dtype), (ud, slope, valid))
+    # Padded steps are not neurons: compare real frames only.
+    got = jnp.where(valid[:, None, None], zd, jnp.stack([pre[0], dpre[0]], axis=-1))
+    reach = jnp.max(jnp.sum(jnp.abs(w_in), axis=1)) * jnp.max(jnp.abs(ud)) + jnp.max(jnp.abs(zd)) + jnp.max(jnp.abs(bias))
+    return _differ(got[..., 0], pre[0], _layer_scale(reach, pre[0]), w_rec.dtype) | _differ(
+        got[..., 1], dpre[0], _layer_scale(reach, dpre[0]), w_rec.dtype
+    )
+
+
 def _pairs_differ(want: Sequence[Array], got: Sequence[Array]) -> Array:
     if len(want) != len(got):
         return jnp.ones((), bool)
@@ -147,7 +182,7 @@ def _pairs_differ(want: Sequence[Array], got: Sequence[Array]) -> Array:
 
 def _declared(net: Network) -> list[tuple[str, object]]:
     checks = [("dense_layers/negative_slope", net.dense_layers, dense_mismatch), ("apply_frozen", net.apply_frozen, frozen_mismatch)]
-    checks.append(("stem", net.stem, stem_mismatch))
+    checks += [("stem", net.stem, stem_mismatch), ("recurrent_cell", net.recurrent_cell, recurrent_mismatch)]
     return [(name, fn) for name, declared, fn in checks if declared is not None]
 
 

@@ -9,6 +9,10 @@ Interchangeable methods, all exact at the activation pattern of ``x``:
 * ``"template"``: the explicit linearised network g_theta with the pattern
   frozen, evaluated on the D+1 inputs {0, e_1, ..., e_D};
   dz_j/dx_k = g_j(e_k) - g_j(0). Needs ``Network.apply_frozen``.
+* ``"causal"``: recurrent networks that declare ``recurrent_cell``: the
+  tangents of frame s start at step s and the frame flag gets none
+  (:mod:`lld_jax._src.causal`); cost ~ F T (T + 1) / 2 tangent-steps
+  against forward's (F + 1) T^2. Norms only (no full Jacobian).
 * ``"gram"``: MLPs only, squared l2 norms only: forward propagation of a
   square root F_1 of the Gram matrix W_1 W_1^T (F_1 F_1^T = W_1 W_1^T, with
   min(D, N_1) columns), F_i = W_i S_{i-1} F_{i-1}; then
@@ -30,13 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
+from lld_jax._src.causal import causal_norms
 from lld_jax._src.checks import error_if
-from lld_jax._src.declarations import dense_mismatch, frozen_mismatch, poison_mismatch
+from lld_jax._src.declarations import dense_mismatch, frozen_mismatch, poison_mismatch, recurrent_mismatch
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.network import ApplyFn, Network, PyTree, flat_mask, flat_preacts, mask_neurons, pattern_slopes
 
 Array = jax.Array
-METHODS = ("auto", "forward", "reverse", "template", "gram", "rowspace")
+METHODS = ("auto", "forward", "reverse", "template", "gram", "rowspace", "causal")
 _ORDS = (1, 2, np.inf)
 # Elements of one chunk's tangent block per example: keeps B * chunk * N bounded.
 _CHUNK_ELEMENTS = 1 << 18
@@ -56,6 +61,14 @@ def check_method(net: Network, method: str, ord: float | None) -> None:
             raise ValueError("method='gram' is the MLP-only l2 fast path: it needs Network.dense_layers (built-in MLP).")
         if ord != 2:
             raise ValueError("method='gram' only computes l2 norms (ord=2, i.e. margins with p=2).")
+    if method == "causal":
+        if net.recurrent_cell is None:
+            raise ValueError(
+                "method='causal' is the recurrent fast path: it needs Network.recurrent_cell (built-in RNN and ScoRNN). "
+                "Use method='forward' for other networks."
+            )
+        if ord is None:
+            raise ValueError("method='causal' computes gradient norms, not the full Jacobian; use method='forward' for neuron_gradients.")
     if method == "rowspace" and ord != 2:
         raise ValueError("method='rowspace' only computes l2 norms (ord=2, i.e. margins with p=2); use 'forward' or 'reverse'.")
 
@@ -70,6 +83,8 @@ def choose_method(net: Network, ord: float | None, dim: int, hidden: tuple[tuple
     forward passes.
     """
     n = sum(math.prod(s) for s in hidden)
+    if ord is not None and net.recurrent_cell is not None:
+        return "causal"  # at most half of forward's tangent-steps, any norm
     if ord == 2 and net.dense_layers is not None:
         return "gram"
     if ord == 2 and net.neuron_mask is None and 2 * math.prod(hidden[0]) <= dim:
@@ -323,7 +338,17 @@ def _gram(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     return z, ((jnp.concatenate(norms), None, None), None)
 
 
-_KERNELS = {"forward": _forward, "template": _template, "reverse": _reverse, "gram": _gram, "rowspace": _rowspace}
+def _causal(net: Network, params, x, chunk: int, keep: bool, squared: bool):
+    del chunk, keep  # the schedule bounds memory itself; norms only (check_method)
+    _, pre = net.apply(params, x)
+    z = poison_mismatch(jnp.ravel(pre[0]), recurrent_mismatch, net, params, x)  # a cell that is not this network: poison
+    slopes = jax.lax.stop_gradient(pattern_slopes(net, pre)[0])
+    valid = jnp.ones(slopes.shape[:1], bool) if net.neuron_mask is None else jnp.any(net.neuron_mask(params, x)[0], axis=-1)
+    acc = causal_norms(net.recurrent_cell(params), slopes[None], valid[None], squared=squared)
+    return z, (tuple(jnp.ravel(a) for a in acc), None)
+
+
+_KERNELS = {"forward": _forward, "template": _template, "reverse": _reverse, "gram": _gram, "rowspace": _rowspace, "causal": _causal}
 
 
 def norms_kernel(net: Network, params: PyTree, x: Array, *, ord: float, method: str, chunk: int, squared: bool = False) -> tuple[Array, Array]:

@@ -91,7 +91,7 @@ def _filled(cell: Any) -> bool:
     return True
 
 
-_CALLABLE_FIELDS = ("apply", "apply_frozen", "dense_layers", "neuron_mask", "stem")
+_CALLABLE_FIELDS = ("apply", "apply_frozen", "dense_layers", "neuron_mask", "stem", "recurrent_cell")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -122,6 +122,11 @@ class Network:
         placed at the pixel). The sampled loss's axis estimator then runs
         JVPs from the first pre-activation on (ResNet-18 at 299x299, D' = 18:
         18% less time per training step on CPU).
+      recurrent_cell: ``params -> RecurrentCell(w_in, w_rec, bias)`` for an
+        Elman-type recurrent network (one preact ``(T, H)``: ``z_t = w_in x_t +
+        bias + w_rec h_{t-1}`` on real frames, ``x`` of shape ``(T, F)`` or
+        ``(T, F + 1)`` with the frame flag last); unlocks ``method="causal"``,
+        the exact gradient schedule whose tangents start at their own frame.
     """
 
     apply: ApplyFn
@@ -131,6 +136,7 @@ class Network:
     negative_slope: float = 0.0
     neuron_mask: Callable[[PyTree, Array], tuple[Array, ...]] | None = None
     stem: Callable[[PyTree], Any] | None = None
+    recurrent_cell: Callable[[PyTree], Any] | None = None
 
     def __call__(self, params: PyTree, x: Array) -> tuple[Array, tuple[Array, ...]]:
         return self.apply(params, x)
@@ -215,7 +221,7 @@ def normalized_inputs(net: ApplyFn | Network, mean: Sequence[float], std: Sequen
     The result takes raw inputs (e.g. [0, 1] pixels), so margins, balls and
     distortions are in raw units; it stays piecewise linear (an affine map
     first). Keeps the frozen-pattern apply, the neuron mask and the stem;
-    drops ``dense_layers`` (the first layer's weights change).
+    drops ``dense_layers`` and ``recurrent_cell`` (the first layer's weights change).
 
     Args:
       net: the network on standardised inputs.
@@ -238,6 +244,7 @@ def normalized_inputs(net: ApplyFn | Network, mean: Sequence[float], std: Sequen
         apply=_Standardized(net.apply, mean, std),
         apply_frozen=wrap(net.apply_frozen),
         dense_layers=None,
+        recurrent_cell=None,
         neuron_mask=wrap(net.neuron_mask),
         stem=None if net.stem is None else _StandardizedStem(net.stem, mean, std),
     )

@@ -79,6 +79,14 @@ class _NNXDense(_Merged):
         return self.module(params).dense_layers()
 
 
+@dataclasses.dataclass(frozen=True)
+class _NNXCell(_Merged):
+    """``params -> RecurrentCell`` from a module's ``recurrent_cell()`` method."""
+
+    def __call__(self, params: PyTree) -> Any:
+        return self.module(params).recurrent_cell()
+
+
 def _stop_gradient_at(params: PyTree, paths: tuple[tuple[Any, ...], ...]) -> PyTree:
     out = dict(params)
     for path in paths:
@@ -117,7 +125,9 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
     max-pooling and maxout) the :attr:`~lld_jax.Network.neuron_mask` that
     marks the entries that are not neurons, and modules with a
     ``stem_split()`` method (:class:`~lld_jax.models.ResNet`, :class:`~lld_jax.models.CNN`) the
-    :attr:`~lld_jax.Network.stem` of the sampled loss's fast path. Three optional module attributes,
+    :attr:`~lld_jax.Network.stem` of the sampled loss's fast path, and modules with a
+    ``recurrent_cell()`` method (:class:`~lld_jax.models.RNN`, :class:`~lld_jax.models.ScoRNN`) the
+    :attr:`~lld_jax.Network.recurrent_cell` of ``method="causal"``. Three optional module attributes,
     read here once, switch these off: ``supports_frozen_pattern = False``
     (no frozen-pattern apply even with a ``slopes`` keyword: max-pooling,
     whose pattern cannot be frozen), ``has_neuron_mask = False`` (the
@@ -160,6 +170,7 @@ def from_nnx(module: nnx.Module, *, input_shape: Sequence[int] | None = None) ->
         negative_slope=float(getattr(module, "negative_slope", 0.0)),
         neuron_mask=_NNXMask(**merged) if has_mask else None,
         stem=_NNXStem(**merged) if hasattr(type(module), "stem_split") and getattr(module, "has_stem", True) else None,
+        recurrent_cell=_NNXCell(**merged) if hasattr(type(module), "recurrent_cell") else None,
     )
     return net, params
 

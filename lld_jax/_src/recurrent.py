@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lld_jax._src.causal import RecurrentCell
 from lld_jax._src.models import leaky
 
 Array = jax.Array
@@ -100,6 +101,10 @@ class RNN(nnx.Module):
     def neuron_mask(self, x: Array) -> tuple[Array, ...]:
         """Which pre-activations are neurons: the hidden units of real frames, ``((T, H),)``."""
         return _step_mask(x, self.hidden, self.variable_length)
+
+    def recurrent_cell(self) -> RecurrentCell:
+        """``(V, W, b)`` of the cell, for the exact causal gradient schedule (``method="causal"``)."""
+        return RecurrentCell(self.cell_in.kernel[...].T, self.cell_rec.kernel[...].T, self.cell_in.bias[...])
 
 
 def cayley_recurrent(skew_params: Array, num_negative: int) -> Array:
@@ -185,3 +190,7 @@ class ScoRNN(nnx.Module):
     def neuron_mask(self, x: Array) -> tuple[Array, ...]:
         """Which pre-activations are neurons: the hidden units of real frames, ``((T, H),)``."""
         return _step_mask(x, self.hidden, self.variable_length)
+
+    def recurrent_cell(self) -> RecurrentCell:
+        """``(V, W, b)`` of the cell, for the exact causal gradient schedule (``method="causal"``)."""
+        return RecurrentCell(self.cell_in.kernel[...].T, self.recurrent_matrix(), self.cell_in.bias[...])

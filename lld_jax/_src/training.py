@@ -27,7 +27,7 @@ from lld_jax._src.arguments import positive_int
 from lld_jax._src.declarations import declaration_mismatch, declared_names, verified_per_batch
 from lld_jax._src.gradients import METHODS
 from lld_jax._src.host import pad_rows, round_up
-from lld_jax._src.losses import check_gamma, check_hyper, distance_penalty, roll_penalty, roll_penalty_sampled
+from lld_jax._src.losses import check_gamma, check_hyper, distance_penalty, loss_method, roll_penalties_grouped, roll_penalty, roll_penalty_sampled
 from lld_jax._src.network import Network, PyTree
 
 Array = jax.Array
@@ -162,6 +162,8 @@ def make_loss_fn(net: Network, cfg: TrainConfig) -> Callable:
     def penalty(params, x, key):
         if cfg.lam == 0:
             return jnp.zeros(x.shape[0], x.dtype)
+        if cfg.regularizer == "roll" and loss_method(net, x[0], cfg.method, cfg.chunk_size, params)[0] == "causal":
+            return roll_penalties_grouped(net, params, x, C=cfg.C, gamma=cfg.gamma)  # same values, short groups stop early
         return jax.vmap(one, in_axes=(None, 0, 0))(params, x, jax.random.split(key, x.shape[0]))
 
     def loss_fn(params, x, y, mask, key):
