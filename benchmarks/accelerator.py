@@ -89,20 +89,16 @@ def main(argv=None) -> None:
     x = load_mnist(args.data_dir, val_size=1, test_size=args.test_size).test.x  # test images only: the split is irrelevant
     net, params = build_model((300, 300, 300, 300), seed=0, init="torch")
     result = {"info": info}
-    x64 = jax.config.jax_enable_x64  # the tests run with 64-bit types on: leave the setting as found
-    try:
-        jax.config.update("jax_enable_x64", False)
+    with jax.enable_x64(False):  # timings in float32, whatever the caller's setting; contexts leave it as found
         xs = jnp.asarray(x, jnp.float32)
         for p in (2, 1, "inf"):
             t = timeit(lambda: lld_jax.batched.margin(net, params, xs, p=p), args.repeats)
             result[f"margin_l{p}_test_set"] = {"examples": len(x), **t}
             print(f"exact l{p} margins of {len(x)} test images: min {t['min_s']:.3f} s, median {t['median_s']:.3f} s", flush=True)
             write_json(args.out, result)
-        jax.config.update("jax_enable_x64", True)
+    with jax.enable_x64(True):
         result["precision"] = precision_check(net, params, x[: args.precision_examples])
-        write_json(args.out, result)
-    finally:
-        jax.config.update("jax_enable_x64", x64)
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

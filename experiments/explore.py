@@ -136,6 +136,12 @@ def _write_small_png(png: bytes, path: str, colours: int = 128) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """The command line; runs in float64 (exact geometry) inside ``jax.enable_x64``, leaving the caller's precision as found."""
+    with jax.enable_x64(True):
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     dflt = " (default: %(default)s)"
     ap.add_argument("runs", nargs="*", help="one or two run directories written by experiments.mnist (not with --toy)")
@@ -152,7 +158,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise ValueError("give either one or two MNIST run directories or --toy (not both, not neither).")
     if args.steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {args.steps}.")
-    jax.config.update("jax_enable_x64", True)  # exact geometry and hover values
     t0 = time.time()
     if args.toy:
         page, counts, hover = toy_page(args.steps, args.max_regions)

@@ -37,6 +37,12 @@ def load_run(run: str):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The command line; runs in float64 (exact geometry) inside ``jax.enable_x64``, leaving the caller's precision as found."""
+    with jax.enable_x64(True):
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     dflt = " (default: %(default)s)"
     ap.add_argument("runs", nargs="+", help="run directories written by experiments.mnist")
@@ -46,7 +52,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--out", default="runs/mnist_slice", help="output directory (figure and mnist_slice.json)" + dflt)
     ap.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = ap.parse_args(argv)
-    jax.config.update("jax_enable_x64", True)  # exact geometry on the slice
     test = load_mnist(args.data_dir, val_size=1).test  # test images only: the split is irrelevant
     if not all(0 <= d < len(test.x) for d in args.digits):
         raise ValueError(f"--digits must be indices of test images in [0, {len(test.x)}), got {args.digits}.")

@@ -111,9 +111,17 @@ def analyse(net, params, x, box):
 
 
 def train_and_evaluate(config: Config, workdir: str) -> dict:
-    """Trains the three models of Figure 1, writes toy2d.json / .md / .png in ``workdir``; returns the summary."""
+    """Trains the three models of Figure 1, writes toy2d.json / .md / .png in ``workdir``; returns the summary.
+
+    Runs in float64 (exact geometry on the slice) inside ``jax.enable_x64``: the caller's precision is untouched.
+    """
+    with jax.enable_x64(True):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: Config, workdir: str) -> dict:
+    """:func:`train_and_evaluate` with float64 in force."""
     config.validate()
-    jax.config.update("jax_enable_x64", True)  # exact geometry on the slice
     os.makedirs(workdir, exist_ok=True)
     x, y = two_moons(config.num_points, config.noise, config.data_seed)
     pad = 0.25

@@ -55,9 +55,9 @@ def _precision(request):
     """float32 unless the test is marked ``float64`` (autouse, so it wraps every other fixture the test builds)."""
     with jax.enable_x64(request.node.get_closest_marker("float64") is not None):
         yield
-    # An experiment's main() turns x64 on globally (exact slices): not for the next test, nor for the
-    # doctests under lld_jax/, which this conftest's fixtures do not reach.
-    jax.config.update("jax_enable_x64", False)
+    # Nothing may leave x64 on for the next test, nor for the doctests under lld_jax/ (the experiments
+    # that need float64 use the jax.enable_x64 context, not the global switch).
+    assert not jax.config.jax_enable_x64, "a test or the code it ran turned jax_enable_x64 on globally"
 
 
 @pytest.fixture(autouse=True)

@@ -78,3 +78,13 @@ def test_region_cap_and_bad_polygon():
         enumerate_slice(net, params, x0, a, b, [(0, 0), (1, 1)])
     with pytest.raises(ValueError, match="share the example shape"):
         enumerate_slice(net, params, x0, a[:3], b, BOX)
+
+
+@pytest.mark.parametrize("width, depth", [(12, 2), (30, 3)])
+def test_region_counts_agree_with_regioncam(width, depth):
+    # The compiled peer (Rust, PyPI regioncam; in the test extra) on the same float32 weights and box [-1, 1]^2.
+    pytest.importorskip("regioncam", reason='the Regioncam comparison needs pip install -e ".[regioncam]"')
+    from benchmarks.regioncam_compare import mlp_weights, ours_count, regioncam_count
+
+    layers = mlp_weights(width, depth, seed=width)
+    assert ours_count(layers) == regioncam_count(layers) > 50

@@ -51,7 +51,8 @@ class TooManyRegions(RuntimeError):
 def polygon_area(v: np.ndarray) -> float:
     """Signed area (shoelace formula); positive for counter-clockwise vertices."""
     x, y = v[:, 0], v[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    # Closing edge apart instead of np.roll: this runs once per piece of every cut (~10x faster on small polygons).
+    return 0.5 * float(x[:-1] @ y[1:] - y[:-1] @ x[1:] + x[-1] * y[0] - y[-1] * x[0])
 
 
 def _clip(poly: np.ndarray, vals: np.ndarray, keep_positive: bool) -> np.ndarray:
@@ -131,7 +132,7 @@ def _merge_same_pattern(fn, params, x0, a, b, pieces: list[np.ndarray], dtype, p
     so is its parent piece, so the pieces of one pattern are the convex hull of
     their vertices.
     """
-    centres = jnp.asarray(np.stack([p.mean(0) for p in pieces]), dtype)
+    centres = jnp.asarray(_centres(*_padded(pieces)), dtype)
     pats = np.asarray(fn(params, x0, a, b, centres)[6])[:, :prefix]
     groups: dict[bytes, list[np.ndarray]] = {}
     for p, pat in zip(pieces, pats):
@@ -139,31 +140,98 @@ def _merge_same_pattern(fn, params, x0, a, b, pieces: list[np.ndarray], dtype, p
     return [g[0] if len(g) == 1 else _convex_hull(np.concatenate(g)) for g in groups.values()]
 
 
+def _padded(pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons as one ``(P, K, 2)`` array (rows padded with their first vertex) and their vertex counts ``(P,)``."""
+    counts = np.array([len(p) for p in pieces])
+    out = np.empty((len(pieces), counts.max(), 2))
+    for i, p in enumerate(pieces):
+        out[i, : len(p)], out[i, len(p) :] = p, p[0]
+    return out, counts
+
+
+def _centres(v: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Vertex averages of padded polygons ``(P, 2)`` (what ``p.mean(0)`` gives each one)."""
+    valid = np.arange(v.shape[1])[None, :, None] < counts[:, None, None]
+    return np.where(valid, v, 0.0).sum(1) / counts[:, None]
+
+
+def _next(counts: np.ndarray, k: int) -> np.ndarray:
+    """``(P, K)`` index of each vertex's successor around its polygon (padding points at the first vertex)."""
+    return (np.arange(k)[None, :] + 1) % counts[:, None]
+
+
+def _areas(v: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Signed shoelace areas of padded polygons ``(P,)`` (padding is skipped)."""
+    nxt = _next(counts, v.shape[1])
+    xn, yn = np.take_along_axis(v[..., 0], nxt, 1), np.take_along_axis(v[..., 1], nxt, 1)
+    valid = np.arange(v.shape[1])[None, :] < counts[:, None]
+    return 0.5 * np.sum(np.where(valid, v[..., 0] * yn - v[..., 1] * xn, 0.0), axis=1)
+
+
+def _cut(v: np.ndarray, counts: np.ndarray, s: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Both sides of padded convex polygons cut by the lines s = 0 (``s (P, K)`` at the vertices): :func:`_clip` for
+    every row at once. Returns ``((v, counts) of s >= 0, (v, counts) of s <= 0)``."""
+    p, k = s.shape
+    valid = np.arange(k)[None, :] < counts[:, None]
+    nxt = _next(counts, k)
+    vn, sn = np.take_along_axis(v, nxt[..., None], 1), np.take_along_axis(s, nxt, 1)
+    crossing = valid & (((s > 0) & (sn < 0)) | ((s < 0) & (sn > 0)))
+    t = s / np.where(crossing, s - sn, 1.0)
+    cand = np.stack([v, v + t[..., None] * (vn - v)], axis=2).reshape(p, 2 * k, 2)  # vertex i, then edge i's crossing
+    sides = []
+    for keep in (valid & (s >= 0), valid & (s <= 0)):
+        mask = np.stack([keep, crossing], axis=2).reshape(p, 2 * k)
+        order = np.argsort(~mask, axis=1, kind="stable")  # kept points first, in order around the polygon
+        n = mask.sum(1)
+        out = np.take_along_axis(cand, order[..., None], 1)[:, : n.max()]
+        out = np.where((np.arange(out.shape[1])[None, :] < n[:, None])[..., None], out, out[:, :1])
+        sides.append((out, n))
+    return sides[0], sides[1]
+
+
 def _split_layer(fn, params, x0, a, b, pieces: list[np.ndarray], dtype, min_area: float) -> tuple[list[np.ndarray], bool]:
-    """Cuts every piece by the zero lines of one layer's neurons (affine on the piece); returns (pieces, whether any was cut)."""
-    centres = jnp.asarray(np.stack([p.mean(0) for p in pieces]), dtype)
-    z, du, dv = (np.asarray(t, np.float64) for t in fn(params, x0, a, b, centres)[:3])
-    new, split = [], False
-    for p, c, zc, gu, gv in zip(pieces, np.asarray(centres), z, du, dv):
-        # Affine in (u, v) on this piece: z_j(w) = z_j(c) + g_j . (w - c).
-        vals_all = zc[None] + (p[:, :1] - c[0]) * gu[None] + (p[:, 1:] - c[1]) * gv[None]  # (K, N)
-        crossing = np.flatnonzero((vals_all.max(0) > 0) & (vals_all.min(0) < 0))
-        parts = [p]
-        for j in crossing:
-            nxt = []
-            for q in parts:
-                vals = zc[j] + (q[:, 0] - c[0]) * gu[j] + (q[:, 1] - c[1]) * gv[j]
-                if vals.max() <= 0 or vals.min() >= 0:
-                    nxt.append(q)
-                    continue
-                for side in (True, False):
-                    r = _clip(q, vals, side)
-                    if len(r) >= 3 and polygon_area(r) > min_area:
-                        nxt.append(r)
-            parts = nxt
-        split = split or len(parts) > 1
-        new.extend(parts)
-    return new, split
+    """Cuts every piece by the zero lines of one layer's neurons (affine on the piece); returns (pieces, whether any was cut).
+
+    Neuron by neuron, all pieces at once (numpy over padded polygons): only the
+    pieces whose parent piece the neuron's line crosses are evaluated, and the
+    line of neuron j is affine on every descendant of a parent piece.
+    """
+    v, counts = _padded(pieces)
+    centres = _centres(v, counts)
+    z, du, dv = (np.asarray(t, np.float64) for t in fn(params, x0, a, b, jnp.asarray(centres, dtype))[:3])
+    # Which neurons' lines cross each parent piece (affine there): the only cuts to try.
+    crosses = np.empty(z.shape, bool)
+    step = max(1, (1 << 22) // (v.shape[1] * z.shape[1]))  # (P, K, N) in blocks of ~4M values
+    for lo in range(0, len(v), step):
+        sl = slice(lo, lo + step)
+        rel = v[sl, :, None, :] - centres[sl, None, None, :]
+        vals_all = z[sl, None, :] + rel[..., 0] * du[sl, None, :] + rel[..., 1] * dv[sl, None, :]  # padding repeats a vertex
+        crosses[sl] = (vals_all.max(1) > 0) & (vals_all.min(1) < 0)
+    parent = np.arange(len(pieces))
+    split = False
+    for j in np.flatnonzero(crosses.any(0)):
+        rows = np.flatnonzero(crosses[parent, j])
+        par = parent[rows]
+        rv, rc = v[rows], counts[rows]
+        vals = z[par, j, None] + (rv[..., 0] - centres[par, 0, None]) * du[par, j, None] + (rv[..., 1] - centres[par, 1, None]) * dv[par, j, None]
+        valid = np.arange(rv.shape[1])[None, :] < rc[:, None]
+        cut = (np.where(valid, vals, -np.inf).max(1) > 0) & (np.where(valid, vals, np.inf).min(1) < 0)
+        if not cut.any():
+            continue
+        keep = np.ones(len(parent), bool)
+        keep[rows[cut]] = False
+        parts_v, parts_c, parts_p, kept = [v[keep]], [counts[keep]], [parent[keep]], []
+        for sv, sc in _cut(rv[cut], rc[cut], vals[cut]):
+            ok = (sc >= 3) & (_areas(sv, sc) > min_area)  # a rounding sliver is dropped: the piece only shrinks
+            parts_v.append(sv[ok])
+            parts_c.append(sc[ok])
+            parts_p.append(par[cut][ok])
+            kept.append(ok)
+        split = split or bool(np.any(kept[0] & kept[1]))  # a piece divided in two
+        width = max(pv.shape[1] for pv in parts_v)
+        v = np.concatenate([np.concatenate([pv, np.repeat(pv[:, :1], width - pv.shape[1], 1)], 1) for pv in parts_v])
+        counts, parent = np.concatenate(parts_c), np.concatenate(parts_p)
+    return [v[i, : counts[i]] for i in range(len(counts))], split
 
 
 def enumerate_slice(
@@ -215,13 +283,11 @@ def enumerate_slice(
                 break
         if net.neuron_mask is not None:
             pieces = _merge_same_pattern(fn, params, x0, a, b, pieces, dtype, sum(math.prod(h) for h in hidden[: layer + 1]))
-    centres = jnp.asarray(np.stack([p.mean(0) for p in pieces]), dtype)
+    centres = jnp.asarray(_centres(*_padded(pieces)), dtype)
     _, _, _, out, ou, ov, pats = (np.asarray(t) for t in _layer_fn(net, 0)(params, x0, a, b, centres))
-    regions = []
-    for p, c, o, gu, gv, pat in zip(pieces, np.asarray(centres), out, ou, ov, pats):
-        slope = np.stack([gu, gv], 1).astype(np.float64)
-        regions.append(SliceRegion(p, pat, slope, o.astype(np.float64) - slope @ c))
-    return regions
+    slopes = np.stack([ou, ov], -1).astype(np.float64)  # (P, outputs, 2)
+    offsets = out.astype(np.float64) - np.einsum("pok,pk->po", slopes, np.asarray(centres, np.float64))
+    return [SliceRegion(p, pat, slope, off) for p, pat, slope, off in zip(pieces, pats, slopes, offsets)]
 
 
 def _inside_convex(v: np.ndarray, points: np.ndarray, tol: float) -> np.ndarray:
