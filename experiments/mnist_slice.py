@@ -26,13 +26,15 @@ from lld_jax.training import RunDir, load_best
 
 
 def load_run(run: str):
-    """``(network, float64 params, recorded config)`` of a finished MNIST run directory."""
+    """``(network, params, recorded config)`` of a finished MNIST run directory; params in float64 under
+    ``jax.enable_x64`` (as :func:`main` runs), else float32."""
     cfg = RunDir(run, write=False).stored_config()
     if cfg is None or cfg.get("experiment", {}).get("dataset") != "mnist":
         raise FileNotFoundError(f"{run} holds no MNIST run (no config.json written by experiments.mnist).")
     exp = cfg["experiment"]
     net, like = build_model(exp["widths"], exp["model_seed"], exp["init"])
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), load_best(run, like))
+    wide = jax.dtypes.canonicalize_dtype(jnp.float64)  # float32 unless x64 is on: no silent truncation warning
+    params = jax.tree.map(lambda a: jnp.asarray(a, wide), load_best(run, like))
     return net, params, cfg
 
 

@@ -8,10 +8,13 @@ geometry functions through :func:`lld_jax.from_nnx`.
   :func:`cayley_recurrent` builds scoRNN's orthogonal matrix);
   ``INITS`` / :func:`reinitialize`: PyTorch's default initialisation.
 * :class:`Stem` and :func:`conv_axis_tangent`: a conv net's first layer split
-  off for the sampled ROLL loss.
+  off for the sampled ROLL loss; :class:`RecurrentCell`: an Elman cell's
+  weights, what a recurrent model's ``recurrent_cell()`` declares for
+  ``method="causal"``.
 * :func:`load_torch_resnet`: torchvision ResNet weights (the ``torch`` extra).
 """
 
+from lld_jax._src.causal import RecurrentCell
 from lld_jax._src.models import CNN, INITS, MLP, ResNet, reinitialize, resnet18
 from lld_jax._src.recurrent import RNN, ScoRNN, cayley_recurrent
 from lld_jax._src.stem import Stem, conv_axis_tangent
@@ -22,6 +25,7 @@ __all__ = [
     "INITS",
     "MLP",
     "RNN",
+    "RecurrentCell",
     "ResNet",
     "ScoRNN",
     "Stem",

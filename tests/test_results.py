@@ -108,3 +108,18 @@ def test_regioncam_table_is_the_committed_benchmark():
         assert r["count_rel_diff"] < 1e-4
         if r["regions_lld_jax"] != r["regions_regioncam"]:
             assert abs(r["regions_lld_jax_min_area_0"] - r["regions_regioncam"]) < abs(r["regions_lld_jax"] - r["regions_regioncam"])
+
+
+def test_vowels_queue_table_is_its_reports():
+    """Every row of docs/results/vowels_queue/README.md is its committed report (accuracy, best epoch, medians)."""
+    folder = os.path.join(ROOT, "docs", "results", "vowels_queue")
+    rows = [line.split("|")[1:-1] for line in open(os.path.join(folder, "README.md")) if line.startswith("| ") and "(1e-6)" not in line]
+    assert len(rows) >= 7
+    for cells in rows:
+        name, seed, _, _, acc, best, l2, l1 = (c.strip() for c in cells[:8])
+        r = json.load(open(os.path.join(folder, name.split()[0] + ".json")))
+        assert r["config"]["seed"] == int(seed)
+        assert acc == f"{100 * r['accuracy']:.2f}%" and int(best) == r["best_epoch"]
+        assert l2 == f"{1e6 * r['margin_l2']['P50']:.1f}" and l1 == f"{1e6 * r['margin_l1']['P50']:.1f}"
+        ex = np.load(os.path.join(folder, name.split()[0] + ".eval.npz"))
+        assert np.mean(ex["correct"]) == r["accuracy"]

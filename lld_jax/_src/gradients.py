@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.causal import causal_norms
+from lld_jax._src.causal import RecurrentCell, causal_norms
 from lld_jax._src.checks import error_if
 from lld_jax._src.declarations import dense_mismatch, frozen_mismatch, poison_mismatch, recurrent_mismatch
 from lld_jax._src.kernel import Kernel, Plan
@@ -344,7 +344,7 @@ def _causal(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     z = poison_mismatch(jnp.ravel(pre[0]), recurrent_mismatch, net, params, x)  # a cell that is not this network: poison
     slopes = jax.lax.stop_gradient(pattern_slopes(net, pre)[0])
     valid = jnp.ones(slopes.shape[:1], bool) if net.neuron_mask is None else jnp.any(net.neuron_mask(params, x)[0], axis=-1)
-    acc = causal_norms(net.recurrent_cell(params), slopes[None], valid[None], squared=squared)
+    acc = causal_norms(RecurrentCell(*net.recurrent_cell(params)), slopes[None], valid[None], squared=squared)
     return z, (tuple(jnp.ravel(a) for a in acc), None)
 
 

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.causal import group_norms
+from lld_jax._src.causal import RecurrentCell, group_norms
 from lld_jax._src.gradients import linearize_preacts, mlp_tangent_rows, norms_kernel, pick_method
 from lld_jax._src.margins import margin_terms
 from lld_jax._src.network import MASKED_PREACT, ApplyFn, Network, PyTree, as_network, flat_mask, flat_preacts, hidden_shapes, neuron_count
@@ -151,7 +151,7 @@ def roll_penalties_grouped(net: Network, params: PyTree, x: Array, *, C: float, 
     masks = jax.vmap(lambda u: flat_mask(net, params, u))(x) if net.neuron_mask is not None else None
     slopes = jax.lax.stop_gradient(jnp.where(pre > 0, 1.0, net.negative_slope).astype(pre.dtype))
     valid = jnp.ones(pre.shape[:2], bool) if masks is None else jnp.any(masks.reshape(pre.shape), axis=-1)
-    sq = group_norms(net.recurrent_cell(params), slopes, valid, group=group, squared=True)[0]
+    sq = group_norms(RecurrentCell(*net.recurrent_cell(params)), slopes, valid, group=group, squared=True)[0]
     z, sq = pre.reshape(x.shape[0], -1), sq.reshape(x.shape[0], -1)
     if masks is None:
         return jax.vmap(lambda zi, si: aggregate(tsvm_terms(zi, si, C), gamma))(z, sq)

@@ -122,7 +122,8 @@ class Network:
         placed at the pixel). The sampled loss's axis estimator then runs
         JVPs from the first pre-activation on (ResNet-18 at 299x299, D' = 18:
         18% less time per training step on CPU).
-      recurrent_cell: ``params -> RecurrentCell(w_in, w_rec, bias)`` for an
+      recurrent_cell: ``params -> (w_in (H, F), w_rec (H, H), bias (H,))``
+        (a :class:`lld_jax.models.RecurrentCell` or a plain tuple) for an
         Elman-type recurrent network (one preact ``(T, H)``: ``z_t = w_in x_t +
         bias + w_rec h_{t-1}`` on real frames, ``x`` of shape ``(T, F)`` or
         ``(T, F + 1)`` with the frame flag last); unlocks ``method="causal"``,
