@@ -123,3 +123,16 @@ def test_vowels_queue_table_is_its_reports():
         assert l2 == f"{1e6 * r['margin_l2']['P50']:.1f}" and l1 == f"{1e6 * r['margin_l1']['P50']:.1f}"
         ex = np.load(os.path.join(folder, name.split()[0] + ".eval.npz"))
         assert np.mean(ex["correct"]) == r["accuracy"]
+
+
+def test_vowels_curves_mark_each_reports_best_epoch(tmp_path):
+    """The curve figure's dots are the epochs the reports kept (lowest total loss on the selection split)."""
+    from experiments import vowels_curves
+
+    folder = os.path.join(ROOT, "docs", "results", "vowels_queue")
+    best = vowels_curves.plot(vowels_curves.read_curves(folder), str(tmp_path / "curves"))
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    for name, epoch in best.items():
+        assert json.load(open(os.path.join(folder, name + ".json")))["best_epoch"] == epoch
+    with pytest.raises(FileNotFoundError, match="no \\*.metrics.jsonl"):
+        vowels_curves.read_curves(str(tmp_path))
