@@ -284,6 +284,7 @@ def test_grouped_roll_penalties_equal_per_example_values_and_gradients():
 
     net, params = L.from_nnx(_model("scornn"))
     x = _sequences([5, 1, 7, 3, 7, 2, 4], 8, seed=1)
+    x = x.at[3, :2, -1].set(0.0)  # frames 0-1 of a length-3 row are padding: its last real frame, not its count, ends it
     x = jnp.concatenate([x, x[:1]])  # a padded row of the training step (a copy of the first)
 
     def ref(p, gamma=100):
@@ -328,6 +329,9 @@ def test_a_wrong_recurrent_cell_poisons_and_is_named():
     assert np.isnan(L.margin(bad, params, x, check=False))
     with pytest.raises(ValueError, match="recurrent_cell"):
         L.margin(bad, params, x)
+    swapped = dataclasses.replace(net, recurrent_cell=lambda p: (cell(p).w_in, cell(p).w_rec.T, cell(p).bias))  # W transposed
+    with pytest.raises(ValueError, match="recurrent_cell"):
+        L.margin(swapped, params, x)
     with pytest.raises(ValueError, match="method='causal' is the recurrent fast path"):
         L.margin(L.as_network(net.apply), params, x, method="causal")
     with pytest.raises(ValueError, match="not the full Jacobian"):
@@ -352,3 +356,16 @@ def test_causal_loss_gradient_on_long_padded_sequences():
     np.testing.assert_allclose(v_new, v_ref, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
+def test_causal_with_float32_weights_and_float64_inputs_and_forward_mode_ad():
+    # Mixed precision (float32 parameters, float64 sequences) goes through the declaration check and the kernel;
+    # the per-example loss stays plain JAX, so forward-mode AD of it works (jvp equals forward mode's).
+    net, params = L.from_nnx(_model("scornn", dtype=jnp.float32))
+    x = _sequences([4, 2], 5)
+    np.testing.assert_allclose(L.batched.margin(net, params, x), L.batched.margin(net, params, x, method="forward"), rtol=1e-5)
+    loss = lambda p, method: L.roll_penalty(net, p, x[0], C=2.0, method=method)
+    tangent = jax.tree.map(jnp.ones_like, params)
+    got = jax.jvp(lambda p: loss(p, "auto"), (params,), (tangent,))
+    want = jax.jvp(lambda p: loss(p, "forward"), (params,), (tangent,))
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -10,10 +10,12 @@ with respect to frame ``s`` is ``M_{t,s}[j]`` with
 ``(T, F + 1)`` input axes (``method="forward"``) propagates every tangent
 through every step, zeros included: ``(F + 1) T`` tangents over ``T`` steps.
 Here the tangents of frame ``s`` start at step ``s`` (and the frame flag gets
-none): ``F T (T + 1) / 2`` tangent-steps, at most half, and under
+none): ``F T (T + 1) / 2`` tangent-steps for T <= 32 (a little more past
+that, see below), about half, and under
 :func:`group_norms` a group of sequences sorted by length stops at its longest
 real frame. The squared norms ``sum_s ||M_{t,s}[j]||^2`` (and the l1 and l-inf
-reductions) are accumulated step by step, so the Jacobian is never stored.
+reductions) are accumulated step by step, so the Jacobian is never stored
+(except by a reverse-mode gradient, which keeps each step's tangents).
 
 Steps run in blocks of ``ceil(T / 32)``: block ``k`` carries the tangents of
 every frame that can have started by its end (``F (k + 1) b`` rows), so the
@@ -109,8 +111,8 @@ def _sq_fwd(w_in, w_rec, slopes, valid, active):
 
 
 def _sq_bwd(res, cot):
-    """Reverse-time sweep for the squared norms: three GEMMs per step (AD through :func:`_sweep` keeps its branches'
-    residuals and takes ~1.5x as long). With ``a`` the adjoint of ``dz`` at step t:
+    """Reverse-time sweep for the squared norms: two GEMMs per step (AD through :func:`_sweep`'s skipping branches
+    took ~1.4x as long). With ``a`` the adjoint of ``dz`` at step t:
     ``a = 2 c_t dz + keep_t s_t A_out``, ``A_in = (1 - keep_t) A_out + a W``, ``dW += a^T dh_in``, ``dV += a[frame t rows]^T``."""
     w_in, w_rec, slopes, valid, active, saved = res
     g, t_len, hidden = slopes.shape
@@ -138,6 +140,7 @@ def _sq_bwd(res, cot):
         carry = (adh, d_w, d_v)
         adh, d_w, d_v = block(carry) if t0 == 0 else jax.lax.cond(t0 < active, block, lambda c: c, carry)
         adh = adh[:, : feats * t0]
+    # No gradient for the slopes: callers stop it (piecewise constant in x and params; :func:`group_norms`).
     return d_v, d_w, jnp.zeros_like(slopes), None, None
 
 
@@ -161,16 +164,11 @@ def causal_norms(cell: RecurrentCell, slopes: Array, valid: Array, *, squared: b
       ``(sq, mx, ab)``, each ``(G, T, H)``: the sum of squares (scaled unless
       ``squared``), the max and the sum of absolute values of ``dz_{t,j}/dx`` over
       the real input coordinates (frames' feature channels); with ``squared``
-      only ``sq`` is computed (``mx`` and ``ab`` are zeros), differentiable in
-      the cell's weights by a hand-written reverse sweep.
+      only ``sq`` is computed (``mx`` and ``ab`` are zeros). Plain JAX:
+      differentiable in the cell's weights in forward and reverse mode.
     """
     w_in, w_rec = cell.w_in.astype(slopes.dtype), cell.w_rec.astype(slopes.dtype)
-    slopes = jax.lax.stop_gradient(slopes)
-    if squared:
-        stop = jnp.asarray(slopes.shape[1] if active is None else active, jnp.int32)
-        sq = _sq_norms(w_in, w_rec, slopes, valid, stop)
-        return sq, jnp.zeros_like(sq), jnp.zeros_like(sq)
-    return _sweep(w_in, w_rec, slopes, valid, active, False, False)[0]
+    return _sweep(w_in, w_rec, jax.lax.stop_gradient(slopes), valid, active, squared, False)[0]
 
 
 def l2_norms(sq: Array, mx: Array, squared: bool) -> Array:
@@ -183,16 +181,25 @@ def group_norms(cell: RecurrentCell, slopes: Array, valid: Array, *, group: int,
 
     Same results as one call on the whole batch (the order is restored); a
     batch-level function (the sort needs the batch), used by the training
-    step's exact ROLL loss. ``slopes (B, T, H)``, ``valid (B, T)``.
+    step's exact ROLL loss. ``slopes (B, T, H)``, ``valid (B, T)``. With
+    ``squared`` the parameter gradient is a hand-written reverse sweep
+    (:func:`_sq_bwd`; reverse mode only: ``jax.jvp`` of it raises) that keeps
+    every step's tangents, about F T^2 H / 2 values per sequence.
     """
-    n = slopes.shape[0]
-    lengths = jnp.sum(valid, axis=1)
-    order = jnp.argsort(-lengths, stable=True)
-    slopes, valid, lengths = slopes[order], valid[order], lengths[order]
+    n, t_len = slopes.shape[:2]
+    w_in, w_rec = cell.w_in.astype(slopes.dtype), cell.w_rec.astype(slopes.dtype)
+    slopes = jax.lax.stop_gradient(slopes)
+    ends = jnp.max(jnp.where(valid, jnp.arange(1, t_len + 1), 0), axis=1)  # one past each sequence's last real frame
+    order = jnp.argsort(-ends, stable=True)
+    slopes, valid, ends = slopes[order], valid[order], ends[order]
     parts = []
     for lo in range(0, n, group):
         hi = min(lo + group, n)
-        parts.append(causal_norms(cell, slopes[lo:hi], valid[lo:hi], squared=squared, active=lengths[lo]))
+        if squared:  # the training loss: a hand-written reverse sweep (reverse mode only)
+            sq = _sq_norms(w_in, w_rec, slopes[lo:hi], valid[lo:hi], ends[lo].astype(jnp.int32))
+            parts.append((sq, jnp.zeros_like(sq), jnp.zeros_like(sq)))
+        else:
+            parts.append(_sweep(w_in, w_rec, slopes[lo:hi], valid[lo:hi], ends[lo], False, False)[0])
     inverse = jnp.argsort(order)
     return tuple(jnp.concatenate([p[i] for p in parts])[inverse] for i in range(3))
 

@@ -152,21 +152,22 @@ def recurrent_mismatch(net: Network, params: PyTree, x: Array) -> Array:
         return jnp.ones((), bool)  # not an Elman cell over (T, F[+1]) frames with one (T, H) preact
     valid = jnp.ones(x.shape[:1], bool) if net.neuron_mask is None else jnp.any(net.neuron_mask(params, x)[0], axis=-1)
     # Value and derivative recurrences in one (H, 2) product per step; slopes from apply's own pre-activations.
-    ud = jnp.stack([x[:, :feats], _direction(x)[:, :feats]], axis=-1)  # (T, F, 2)
-    slope = jnp.where(pre[0] > 0, 1.0, net.negative_slope).astype(w_rec.dtype)
+    wd = w_rec.dtype  # the declared weights' own precision sets the tolerance
+    dt = jnp.result_type(w_in, w_rec, bias, x)  # e.g. float32 weights under float64 inputs
+    w_in, w_rec, bias = w_in.astype(dt), w_rec.astype(dt), bias.astype(dt)
+    ud = jnp.stack([x[:, :feats], _direction(x)[:, :feats]], axis=-1).astype(dt)  # (T, F, 2)
+    slope = jnp.where(pre[0] > 0, 1.0, net.negative_slope).astype(dt)
 
     def step(h, inp):
         u, s, v = inp
         z = w_in @ u + w_rec @ h + jnp.stack([bias, jnp.zeros_like(bias)], axis=1)
         return jnp.where(v, s[:, None] * z, h), z
 
-    _, zd = jax.lax.scan(step, jnp.zeros((hidden, 2), w_rec.dtype), (ud, slope, valid))
+    _, zd = jax.lax.scan(step, jnp.zeros((hidden, 2), dt), (ud, slope, valid))
     # Padded steps are not neurons: compare real frames only.
     got = jnp.where(valid[:, None, None], zd, jnp.stack([pre[0], dpre[0]], axis=-1))
     reach = jnp.max(jnp.sum(jnp.abs(w_in), axis=1)) * jnp.max(jnp.abs(ud)) + jnp.max(jnp.abs(zd)) + jnp.max(jnp.abs(bias))
-    return _differ(got[..., 0], pre[0], _layer_scale(reach, pre[0]), w_rec.dtype) | _differ(
-        got[..., 1], dpre[0], _layer_scale(reach, dpre[0]), w_rec.dtype
-    )
+    return _differ(got[..., 0], pre[0], _layer_scale(reach, pre[0]), wd) | _differ(got[..., 1], dpre[0], _layer_scale(reach, dpre[0]), wd)
 
 
 def _pairs_differ(want: Sequence[Array], got: Sequence[Array]) -> Array:

@@ -339,7 +339,7 @@ def _gram(net: Network, params, x, chunk: int, keep: bool, squared: bool):
 
 
 def _causal(net: Network, params, x, chunk: int, keep: bool, squared: bool):
-    del chunk, keep  # the schedule bounds memory itself; norms only (check_method)
+    del chunk, keep  # chunk_size is ignored (one step holds F T tangent rows at most); norms only (check_method)
     _, pre = net.apply(params, x)
     z = poison_mismatch(jnp.ravel(pre[0]), recurrent_mismatch, net, params, x)  # a cell that is not this network: poison
     slopes = jax.lax.stop_gradient(pattern_slopes(net, pre)[0])
