@@ -206,9 +206,9 @@ def run_one(config: Config, data: VowelsData, lam: float, C: float, workdir: str
     if data.val is not None:
         report["val"] = evaluate_model(net, params, data.val.x, data.val.y, batch_size=128, ps=(2,))
     rd = RunDir(workdir, write=jax.process_index() == 0)
-    per_example = report.pop("per_example")
+    per_example = report.pop("per_example") | figure3_data(net, params, data.test.x)
     if rd.write:
-        # Per-example test results (raw feature units) for paired comparisons across models and seeds.
+        # Per-example test results (raw feature units) for paired comparisons across models and seeds, and Figure 3's data.
         np.savez_compressed(rd.file("eval.npz"), **per_example)
     rd.write_json("report.json", report)
     if rd.write:
@@ -249,39 +249,106 @@ def load_params(config: Config, workdir: str, length: int) -> tuple[lld_jax.Netw
     return net, load_best(workdir, params)
 
 
-def plot_figure3(models: dict[str, tuple[lld_jax.Network, Any]], data: VowelsData, roll_name: str, path: str) -> dict:
+def figure3_data(net: lld_jax.Network, params: Any, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Figure 3's data for every sequence of ``x``: channel 9's stability bounds, ``(N, T)`` float32 each (raw units).
+
+    ``stability_lower`` / ``stability_upper`` are :func:`lld_jax.stability_bounds`
+    along -e / +e of channel :data:`CHANNEL` at each frame (+inf on padding).
+    Saved in every run's ``eval.npz``, so the figure is drawn from files
+    (any run, any time) without its checkpoint.
+    """
+    lower, upper = [], []
+    for lo in range(0, len(x), batch_size):
+        b = lld_jax.batched.stability_bounds(net, params, x[lo : lo + batch_size])
+        lower.append(np.asarray(b.lower)[..., CHANNEL])
+        upper.append(np.asarray(b.upper)[..., CHANNEL])
+    return {"stability_lower": np.concatenate(lower).astype(np.float32), "stability_upper": np.concatenate(upper).astype(np.float32)}
+
+
+FIGURE3_KEYS = ("margin_l2", "stability_lower", "stability_upper")
+
+
+def figure3_inputs(config: Config, data: VowelsData, run_dir: str) -> dict[str, np.ndarray]:
+    """A run's per-sequence l2 margins and channel-9 stability bounds on the test set.
+
+    Read from ``eval.npz``; a run whose file predates the stability bounds gets
+    them from its best checkpoint (and its ``eval.npz`` is completed). A run
+    still training (no ``eval.npz``) is evaluated at its best checkpoint.
+
+    Raises:
+      FileNotFoundError: neither the data nor a checkpoint: name the run to retrain.
+    """
+    path = os.path.join(run_dir, "eval.npz")
+    saved = dict(np.load(path)) if os.path.exists(path) else {}
+    if all(k in saved for k in FIGURE3_KEYS):
+        return {k: saved[k] for k in FIGURE3_KEYS}
+    try:
+        net, params = load_params(config, run_dir, data.length)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"{path} has no Figure 3 data (runs before the stability bounds were saved) and {run_dir} has no checkpoint to "
+            f"compute them from: retrain that run (move its directory aside and rerun its command; training is seeded), "
+            f"or drop it from the grid."
+        ) from e
+    got = figure3_data(net, params, data.test.x)
+    got["margin_l2"] = saved.get("margin_l2", np.asarray(lld_jax.batched.margin(net, params, data.test.x, p=2)))
+    if saved and jax.process_index() == 0:
+        np.savez_compressed(path, **(saved | got))  # complete the finished run's per-example file
+    return {k: got[k] for k in FIGURE3_KEYS}
+
+
+def display_name(report: dict) -> str:
+    """``vanilla`` or ``ROLL (λ 2^-5, C 2^3)``, from a report's config (powers of two as in paper Table 2)."""
+    lam, C = report["config"]["lam"], report["config"]["C"]
+    if lam == 0:
+        return "vanilla"
+    power = lambda v: f"2^{int(np.log2(v))}" if v > 0 and float(np.log2(v)).is_integer() else f"{v:g}"
+    return f"ROLL (λ {power(lam)}, C {power(C)})"
+
+
+def plot_figure3(runs: dict[str, dict[str, np.ndarray]], data: VowelsData, roll_name: str, path: str) -> dict:
     """Figure 3: channel 9 of the test sequences at the P50 and P75 of the ROLL model's l2 margin, with every frame's stability interval.
 
-    Each panel draws the channel over time and, per frame, the interval
-    ``[x - lower, x + upper]`` within which that value alone can move while the
-    model stays linear (its gradient, the explanation, unchanged); columns:
-    the models, rows: the two sequences. Returns what it plotted.
+    ``runs`` maps a display name to :func:`figure3_inputs`. Rows: the two
+    sequences. Columns: each model's channel over time with, per frame, the
+    interval ``[x - lower, x + upper]`` within which that value alone can move
+    while the model stays linear (its gradient, the explanation, unchanged);
+    last column: the interval widths of all models on a log scale (the narrow
+    early-frame intervals are invisible on the value scale). Returns what it
+    plotted.
     """
-    net, params = models[roll_name]
     x, y = data.test
-    radius = np.asarray(lld_jax.batched.margin(net, params, x, p=2))
-    picks = {}
-    for q in (50, 75):
-        picks[f"P{q}"] = int(np.argmin(np.abs(radius - np.percentile(radius, q))))
+    radius = runs[roll_name]["margin_l2"]
+    picks = {f"P{q}": int(np.argmin(np.abs(radius - np.percentile(radius, q)))) for q in (50, 75)}
     plt = _figures.pyplot()
-    fig, axes = plt.subplots(len(picks), len(models), figsize=(5 * len(models), 3.2 * len(picks)), squeeze=False)
-    out = {"sequences": picks, "intervals": {}}
-    for col, (name, (mnet, mparams)) in enumerate(models.items()):
-        for row, (q, i) in enumerate(picks.items()):
-            n = int(sequence_lengths(x[i : i + 1])[0])
-            lo, up = lld_jax.stability_bounds(mnet, mparams, x[i])
-            v = x[i, :n, CHANNEL]
-            lo, up = np.asarray(lo)[:n, CHANNEL], np.asarray(up)[:n, CHANNEL]
+    ncol = len(runs) + 1
+    fig, axes = plt.subplots(len(picks), ncol, figsize=(4.2 * ncol, 3.4 * len(picks)), squeeze=False)
+    out = {"sequences": picks, "models": list(runs), "intervals": {}}
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for row, (q, i) in enumerate(picks.items()):
+        n = int(sequence_lengths(x[i : i + 1])[0])
+        t = np.arange(1, n + 1)
+        v = x[i, :n, CHANNEL]
+        span = max(np.ptp(v), 1e-3)
+        width_ax = axes[row, -1]
+        for col, (name, run) in enumerate(runs.items()):
+            lo, up = run["stability_lower"][i, :n], run["stability_upper"][i, :n]
             ax = axes[row, col]
-            t = np.arange(1, n + 1)
-            ax.fill_between(t, v - lo, v + up, step="mid", alpha=0.3, label="stability interval")
+            ax.fill_between(t, v - lo, v + up, step="mid", alpha=0.35, color=colors[col], label="stability interval")
             ax.plot(t, v, marker="o", markersize=3, color="k", label=f"channel {CHANNEL + 1}")
-            span = max(np.ptp(v), 1e-3)
             ax.set_ylim(v.min() - span, v.max() + span)  # infinite or huge intervals run off the panel
-            ax.set_title(f"{name}: test seq. {i} at {q} of ROLL's l2 margin (speaker {int(y[i]) + 1})", fontsize=8)
+            ax.set_title(f"{name}\ntest sequence {i} (speaker {int(y[i]) + 1}), at {q} of ROLL's l2 margin", fontsize=8)
             ax.set_xlabel("frame")
-            out["intervals"][f"{name}/{q}"] = {"width_median": float(np.median(lo + up)), "frames": n}
-    axes[0, 0].legend(fontsize=7)
+            ax.set_ylabel(f"LPC cepstrum coefficient {CHANNEL + 1} (raw)")
+            width = lo + up
+            width_ax.semilogy(t, width, marker="o", markersize=3, color=colors[col], label=name)
+            out["intervals"][f"{name}/{q}"] = {"width_median": float(np.median(width)), "frames": n}
+        width_ax.set_title(f"interval width per frame, test sequence {i}", fontsize=8)
+        width_ax.set_xlabel("frame")
+        width_ax.set_ylabel("lower + upper (raw units, log scale)")
+        width_ax.legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
     _figures.save(fig, path, dpi=100)
     return out
 
@@ -364,8 +431,8 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
             or picks["one_point_lower"]
             or max((k for k in reports if k != "vanilla"), key=lambda k: selection_metrics(reports[k])["margin_l2"]["P50"])
         )
-        models = {"vanilla": load_params(config, dirs["vanilla"], data.length), roll: load_params(config, dirs[roll], data.length)}
-        rd.write_json("figure3.json", plot_figure3(models, data, roll, rd.file("figure3")))
+        runs = {display_name(reports[k]): figure3_inputs(config, data, dirs[k]) for k in ("vanilla", roll)}
+        rd.write_json("figure3.json", {"run": roll, **plot_figure3(runs, data, display_name(reports[roll]), rd.file("figure3"))})
     print(table2_markdown(rows))
     return reports, picks
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -56,7 +57,7 @@ def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
     again, picks_again = vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
     assert picks_again == picks and (tmp_path / "table2.md").read_text() == table_before
     # A run without a report (still training) is evaluated at its best checkpoint and marked.
-    (tmp_path / "lam0.5_C1" / "report.json").unlink()
+    (tmp_path / "lam0.5_C1" / "report.json").rename(tmp_path / "lam0.5_C1" / "report.bak")
     interim, _ = vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
     assert interim["lam0.5_C1"]["interim"]["epochs_done"] == 1
     assert interim["lam0.5_C1"]["accuracy"] == reports["lam0.5_C1"]["accuracy"]
@@ -64,7 +65,24 @@ def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
     import matplotlib.image
 
     img = matplotlib.image.imread(str(tmp_path / "figure3.png"))
-    assert img.shape[:2] == (640, 1000) and img[..., :3].std() > 0.05
+    assert img.shape[:2] == (680, 1260) and img[..., :3].std() > 0.05
+    # Figure 3's data is in each run's eval.npz: the stability bounds of every test sequence (channel 9),
+    # equal to the reloaded checkpoint's, so the figure is redrawn from files after the checkpoints are gone.
+    saved = np.load(tmp_path / shown / "eval.npz")
+    b = L.batched.stability_bounds(net, params, x)
+    np.testing.assert_array_equal(saved["stability_lower"], np.asarray(b.lower)[..., vowels.CHANNEL])
+    np.testing.assert_array_equal(saved["stability_upper"], np.asarray(b.upper)[..., vowels.CHANNEL])
+    assert np.isinf(saved["stability_upper"][np.arange(x.shape[1])[None, :] >= L.data.sequence_lengths(x)[:, None]]).all()  # padding
+    (tmp_path / "lam0.5_C1" / "report.bak").rename(tmp_path / "lam0.5_C1" / "report.json")  # finished again
+    for k in ("vanilla", shown):
+        shutil.rmtree(tmp_path / k / "checkpoints")
+    (tmp_path / "figure3.json").unlink()
+    vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
+    assert json.loads((tmp_path / "figure3.json").read_text())["intervals"] == fig["intervals"]
+    # An old run's eval.npz without the bounds and no checkpoint: the error names the fix.
+    np.savez(tmp_path / "vanilla" / "eval.npz", **{k: v for k, v in np.load(tmp_path / "vanilla" / "eval.npz").items() if "stab" not in k})
+    with pytest.raises(FileNotFoundError, match="no Figure 3 data.*retrain that run"):
+        vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
 
 
 def test_vowels_config_errors(tmp_path):
