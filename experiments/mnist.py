@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 import lld_jax
-from experiments import _cli, _figures
+from experiments import _cli, _figures, common
 from lld_jax.data import MNIST, MNIST_STD, load_mnist
 from lld_jax.evaluation import certify_dataset, evaluate_model, table1_markdown
 from lld_jax.training import RunDir, TrainConfig, fit, load_best, maybe_initialize_distributed
@@ -160,11 +160,6 @@ def _experiment(config: Config, data: MNIST) -> dict:
     }
 
 
-def _best_epoch(history: list[dict]) -> int:
-    """The epoch (1-based) fit keeps: the lowest validation loss."""
-    return int(np.argmin([h["val_loss"] for h in history]) + 1)
-
-
 def _evaluation(config: Config, net: lld_jax.Network, params: Any, data: MNIST) -> dict:
     """A report's measured part: the test-set evaluation, the validation one (``val``) and the device."""
     return {
@@ -187,19 +182,12 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
         "config": dataclasses.asdict(cfg),
         "experiment": experiment,
         "train_time_s": train_time,
-        "best_epoch": _best_epoch(history),
+        "best_epoch": common.best_epoch(history),
         **_evaluation(config, net, params, data),
     }
-    rd = RunDir(workdir, write=jax.process_index() == 0)
-    per_example = report.pop("per_example")
-    if rd.write:
-        # Per-example test results (pixel units) for paired comparisons across models and seeds.
-        np.savez_compressed(rd.file("eval.npz"), **per_example)
-    rd.write_json("report.json", report)
-    if rd.write:
-        name = "Vanilla" if lam == 0 else f"ROLL (lam={lam:g}, gamma={gamma})"
-        with open(rd.file("report.md"), "w") as fh:
-            fh.write(table1_markdown([(name, "-" if lam == 0 else f"{C:g}", report)]) + "\n")
+    name = "Vanilla" if lam == 0 else f"ROLL (lam={lam:g}, gamma={gamma})"
+    # Per-example test results (pixel units) for paired comparisons across models and seeds.
+    common.write_report(workdir, report, report.pop("per_example"), table1_markdown([(name, "-" if lam == 0 else f"{C:g}", report)]))
     return report
 
 
@@ -223,7 +211,7 @@ def interim_report(config: Config, data: MNIST, workdir: str) -> dict:
     report = {
         "config": dataclasses.asdict(cfg),
         "experiment": want["experiment"],
-        "interim": {"epochs_done": len(history), "best_epoch": _best_epoch(history)},
+        "interim": common.interim(history),
         **_evaluation(config, net, params, data),
     }
     report.pop("per_example")
@@ -275,16 +263,6 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     return run_one(config, load(config), config.lam, config.C, config.gamma, workdir)
 
 
-def select(reports: dict[str, dict], vanilla: dict) -> dict[str, str | None]:
-    """Paper's rule: largest validation median l2 margin at vanilla's rounded validation accuracy, and 1 point lower."""
-    target = round(100 * vanilla["val"]["accuracy"])
-    picks = {}
-    for label, acc in (("same_accuracy", target), ("one_point_lower", target - 1)):
-        cands = [(r["val"]["margin_l2"]["P50"], k) for k, r in reports.items() if round(100 * r["val"]["accuracy"]) == acc]
-        picks[label] = max(cands)[1] if cands else None
-    return picks
-
-
 def plot_figure2(reports: dict[str, dict], path: str, *, lam_fixed: float = 0.5, C_fixed: float = 1.0) -> None:
     """Figure 2: test accuracy and median l2 margin against C (at ``lam_fixed``) and lambda (at ``C_fixed``), one curve per gamma."""
     fig, axes = _figures.pyplot().subplots(1, 4, figsize=(16, 3.5))
@@ -320,11 +298,12 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
     for lam, C, gamma in config.points():
         key = f"lam{lam:g}_C{C:g}_gamma{gamma}"
         reports[key] = run_one(config, data, lam, C, gamma, os.path.join(workdir, key))
-    picks = select({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
+    record = common.selection_record({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
+    picks = record["picks"]
     rows = [("Vanilla", "-", reports["vanilla"])] + [
         (f"ROLL {k} ({slot})", f"{reports[k]['config']['C']:g}", reports[k]) for slot, k in picks.items() if k
     ]
-    rd.write_json("selection.json", picks)
+    rd.write_json("selection.json", record)
     if rd.write:
         with open(rd.file("table1.md"), "w") as fh:
             fh.write(table1_markdown(rows) + "\n")

@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 
 import lld_jax
-from experiments import _cli, _figures
+from experiments import _cli, _figures, common
 from lld_jax.data import Split, load_japanese_vowels, pad_sequences, sequence_lengths
 from lld_jax.evaluation import evaluate_model, table1_markdown
 from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
@@ -199,21 +199,15 @@ def run_one(config: Config, data: VowelsData, lam: float, C: float, workdir: str
         "config": dataclasses.asdict(cfg),
         "experiment": experiment,
         "train_time_s": time.time() - t0,
-        "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1),
+        "best_epoch": common.best_epoch(history),
         **evaluate_model(net, params, data.test.x, data.test.y, batch_size=128, progress=config.progress, per_example=True),
         "device": str(jax.devices()[0].device_kind),
     }
     if data.val is not None:
         report["val"] = evaluate_model(net, params, data.val.x, data.val.y, batch_size=128, ps=(2,))
-    rd = RunDir(workdir, write=jax.process_index() == 0)
+    # Per-example test results (raw feature units) for paired comparisons across models and seeds, and Figure 3's data.
     per_example = report.pop("per_example") | figure3_data(net, params, data.test.x)
-    if rd.write:
-        # Per-example test results (raw feature units) for paired comparisons across models and seeds, and Figure 3's data.
-        np.savez_compressed(rd.file("eval.npz"), **per_example)
-    rd.write_json("report.json", report)
-    if rd.write:
-        with open(rd.file("report.md"), "w") as fh:
-            fh.write(table2_markdown([(run_name(lam, C), report)]) + "\n")
+    common.write_report(workdir, report, per_example, table2_markdown([(run_name(lam, C), report)]))
     return report
 
 
@@ -224,21 +218,6 @@ def run_name(lam: float, C: float) -> str:
 def table2_markdown(rows: list[tuple[str, dict]]) -> str:
     """Paper Table 2's layout: accuracy, l1 / l2 margin percentiles in units of 1e-6, patterns, Spearman."""
     return table1_markdown([(name, "-" if r["config"]["lam"] == 0 else f"{r['config']['C']:g}", r) for name, r in rows], UNIT, "raw features")
-
-
-def selection_metrics(report: dict) -> dict:
-    """Accuracy and l2 margins of the split that selects: validation if there is one, else test (paper)."""
-    return report.get("val", report)
-
-
-def select(reports: dict[str, dict], vanilla: dict) -> dict[str, str | None]:
-    """Paper's rule: largest median l2 margin at vanilla's rounded accuracy, and at 1 point lower (on the selection split)."""
-    target = round(100 * selection_metrics(vanilla)["accuracy"])
-    picks = {}
-    for label, acc in (("same_accuracy", target), ("one_point_lower", target - 1)):
-        cands = [(selection_metrics(r)["margin_l2"]["P50"], k) for k, r in reports.items() if round(100 * selection_metrics(r)["accuracy"]) == acc]
-        picks[label] = max(cands)[1] if cands else None
-    return picks
 
 
 def load_params(config: Config, workdir: str, length: int) -> tuple[lld_jax.Network, Any]:
@@ -362,31 +341,17 @@ def _row_name(key: str, slot: str | None, report: dict) -> str:
 
 def interim_report(config: Config, data: VowelsData, lam: float, C: float, run_dir: str) -> dict:
     """The report of an unfinished run, from its best checkpoint so far (``interim`` says how far it got)."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        history = [json.loads(line) for line in fh if line.strip()]
+    history = RunDir(run_dir).metrics()
     net, params = load_params(config, run_dir, data.length)
     report = {
         "config": dataclasses.asdict(config.train_config(lam, C)),
-        "interim": {"epochs_done": len(history), "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1)},
+        "interim": common.interim(history),
         **evaluate_model(net, params, data.test.x, data.test.y, batch_size=128, progress=config.progress),
         "device": str(jax.devices()[0].device_kind),
     }
     if data.val is not None:
         report["val"] = evaluate_model(net, params, data.val.x, data.val.y, batch_size=128, ps=(2,))
     return report
-
-
-def _epochs_done(run_dir: str) -> int:
-    path = os.path.join(run_dir, "metrics.jsonl")  # one line per epoch, written with its checkpoint
-    if not os.path.exists(path):
-        return 0
-    with open(path) as fh:
-        return sum(1 for line in fh if line.strip())
-
-
-def _read_report(run_dir: str) -> dict:
-    with open(os.path.join(run_dir, "report.json")) as fh:
-        return json.load(fh)
 
 
 def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, str | None]]:
@@ -401,9 +366,9 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
     if config.collect:  # finished runs, and unfinished ones at their best checkpoint so far (marked)
         reports = {}
         for (lam, C), (k, d) in zip([(0.0, 0.0), *config.points()], dirs.items()):
-            if os.path.exists(os.path.join(d, "report.json")):
-                reports[k] = _read_report(d)
-            elif k != "vanilla" and _epochs_done(d) > 0:
+            if (report := common.read_report(d)) is not None:
+                reports[k] = report
+            elif k != "vanilla" and RunDir(d).metrics():  # one line per epoch, written with its checkpoint
                 reports[k] = interim_report(config, data, lam, C, d)
         missing = sorted(set(dirs) - set(reports))
         if "vanilla" not in reports:
@@ -417,19 +382,20 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
             reports[key] = run_one(config, data, lam, C, dirs[key])
     if len(reports) < 2:
         raise FileNotFoundError("no ROLL run of the grid has finished yet: nothing to compare with vanilla.")
-    picks = select({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
+    record = common.selection_record({k: v for k, v in reports.items() if k != "vanilla"}, reports["vanilla"])
+    picks = record["picks"]
     slots = {k: slot for slot, k in picks.items() if k}
     # A few points (e.g. --paper-points): every row; a full grid: the selected ones.
     shown = [k for k in reports if k != "vanilla" and (len(reports) <= 5 or k in slots)]
     rows = [("Vanilla", reports["vanilla"])] + [(_row_name(k, slots.get(k), reports[k]), reports[k]) for k in shown]
-    rd.write_json("selection.json", picks)
+    rd.write_json("selection.json", record)
     if rd.write:
         with open(rd.file("table2.md"), "w") as fh:
             fh.write(table2_markdown(rows) + "\n")
         roll = (
             picks["same_accuracy"]
             or picks["one_point_lower"]
-            or max((k for k in reports if k != "vanilla"), key=lambda k: selection_metrics(reports[k])["margin_l2"]["P50"])
+            or max((k for k in reports if k != "vanilla"), key=lambda k: common.selection_metrics(reports[k])["margin_l2"]["P50"])
         )
         runs = {display_name(reports[k]): figure3_inputs(config, data, dirs[k]) for k in ("vanilla", roll)}
         rd.write_json("figure3.json", {"run": roll, **plot_figure3(runs, data, display_name(reports[roll]), rd.file("figure3"))})

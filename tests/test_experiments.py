@@ -73,7 +73,11 @@ def test_mnist_grid_selects_and_plots(tmp_path):
     for slot, acc in (("same_accuracy", target), ("one_point_lower", target - 1)):
         cands = {k: r["val"]["margin_l2"]["P50"] for k, r in reports.items() if k != "vanilla" and round(100 * r["val"]["accuracy"]) == acc}
         assert picks[slot] == (max(cands, key=cands.get) if cands else None)
-    assert json.loads((tmp_path / "selection.json").read_text()) == picks
+    record = json.loads((tmp_path / "selection.json").read_text())
+    assert record["picks"] == picks and record["split"] == "val" and "largest median l2 margin" in record["rule"]
+    for k, r in reports.items():  # every candidate's numbers, as in its report
+        row = record["vanilla"] if k == "vanilla" else record["candidates"][k]
+        assert row["accuracy"] == r["val"]["accuracy"] and row["margin_l2_P50"] == r["val"]["margin_l2"]["P50"]
     assert _png(tmp_path / "figure2.png") == (350, 1600)
     assert (tmp_path / "table1.md").read_text().count("\n| ") == 1 + sum(1 for k in picks.values() if k)
     cross = mnist.Config(grid=True, grid_cross=True, grid_lam=(0.5, 2.0, 4.0), grid_C=(0.5, 1.0), grid_gamma=(100.0,))
@@ -167,3 +171,21 @@ def test_region_plot_draws_every_region(tmp_path):
         plt.close(fig)
     with pytest.raises(ValueError, match="fill must be"):
         draw_regions(plt.subplots()[1], regions, fill="rainbow")
+
+
+def test_selection_rule_on_hand_made_reports():
+    from experiments import common
+
+    rep = lambda acc, m, **kw: {"config": {"lam": 1.0, "C": 1.0}, "accuracy": acc, "margin_l2": {"P50": m}, **kw}
+    vanilla = rep(0.9730, 1.0)  # rounds to 97
+    runs = {"a": rep(0.9676, 2.0), "b": rep(0.9651, 5.0), "c": rep(0.9595, 9.0), "d": rep(0.9449, 50.0)}
+    # a and b round to 97 (b: 96.51 -> 97), c to 96, d to 94 (too low for either slot).
+    assert common.select(runs, vanilla) == {"same_accuracy": "b", "one_point_lower": "c"}
+    assert common.select({"d": runs["d"]}, vanilla) == {"same_accuracy": None, "one_point_lower": None}
+    record = common.selection_record(runs, vanilla)
+    assert record["split"] == "test" and record["candidates"]["c"]["margin_l2_P50"] == 9.0
+    with pytest.raises(ValueError, match="different splits"):
+        common.select({"v": rep(0.97, 1.0, val={"accuracy": 0.97, "margin_l2": {"P50": 1.0}})}, vanilla)
+    assert common.best_epoch([{"val_loss": 3.0}, {"val_loss": 1.0}, {"val_loss": 2.0}]) == 2
+    with pytest.raises(ValueError, match="no epoch"):
+        common.best_epoch([])

@@ -1,0 +1,108 @@
+"""What the experiments share: the kept epoch, the paper's selection rule and its record, run reports.
+
+Harness code, not the library: :mod:`experiments.mnist` and
+:mod:`experiments.vowels` (Tables 1 and 2) pick epochs and grid points here,
+so both follow one rule, written once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from lld_jax.training import RunDir
+
+SLOTS = (("same_accuracy", 0), ("one_point_lower", 1))  # (slot, points below vanilla's rounded accuracy)
+
+SELECTION_RULE = (
+    "paper Sec. 5 / App. H-I: among the ROLL runs, the largest median l2 margin at vanilla's accuracy rounded to a whole "
+    "percent (slot same_accuracy) and at one point lower (slot one_point_lower); accuracy and margin measured on the "
+    "selection split (validation when the run has one, else test, as the paper does for Japanese Vowels); an empty "
+    "slot is null. Each run's checkpoint is the epoch of lowest total loss (task loss + lambda * penalty) on the same split."
+)
+
+
+def best_epoch(history: list[dict[str, Any]]) -> int:
+    """The epoch (1-based) that :func:`lld_jax.training.fit` keeps: the lowest ``val_loss`` (total loss on the selection split)."""
+    if not history:
+        raise ValueError("no epoch recorded yet: the run has not finished its first epoch.")
+    return int(np.argmin([h["val_loss"] for h in history]) + 1)
+
+
+def interim(history: list[dict[str, Any]]) -> dict[str, int]:
+    """How far an unfinished run got: ``{"epochs_done", "best_epoch"}`` (its report marks it unfinished)."""
+    return {"epochs_done": len(history), "best_epoch": best_epoch(history)}
+
+
+def selection_split(report: dict[str, Any]) -> str:
+    """``"val"`` when the report has a validation evaluation, else ``"test"`` (the paper's Japanese Vowels protocol)."""
+    return "val" if "val" in report else "test"
+
+
+def selection_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy and l2 margins of the split that selects (see :func:`selection_split`)."""
+    return report["val"] if selection_split(report) == "val" else report
+
+
+def select(reports: dict[str, dict[str, Any]], vanilla: dict[str, Any]) -> dict[str, str | None]:
+    """The paper's rule (:data:`SELECTION_RULE`): the key of the chosen run per slot, or None.
+
+    Args:
+      reports: the ROLL runs' reports by key (vanilla excluded).
+      vanilla: the vanilla run's report (its rounded accuracy sets the slots).
+    """
+    splits = {selection_split(r) for r in (vanilla, *reports.values())}
+    if len(splits) > 1:
+        raise ValueError(f"the runs were selected on different splits ({sorted(splits)}): rerun them with the same validation setting.")
+    target = round(100 * selection_metrics(vanilla)["accuracy"])
+    picks = {}
+    for slot, below in SLOTS:
+        cands = [
+            (selection_metrics(r)["margin_l2"]["P50"], k)
+            for k, r in reports.items()
+            if round(100 * selection_metrics(r)["accuracy"]) == target - below
+        ]
+        picks[slot] = max(cands)[1] if cands else None
+    return picks
+
+
+def selection_record(reports: dict[str, dict[str, Any]], vanilla: dict[str, Any]) -> dict[str, Any]:
+    """What ``selection.json`` holds: the rule, the split, vanilla's and every candidate's numbers, and the picks."""
+    row = lambda r: {
+        "accuracy": selection_metrics(r)["accuracy"],
+        "margin_l2_P50": selection_metrics(r)["margin_l2"]["P50"],
+        "lam": r["config"]["lam"],
+        "C": r["config"]["C"],
+    }
+    return {
+        "rule": SELECTION_RULE,
+        "split": selection_split(vanilla),
+        "vanilla": row(vanilla),
+        "candidates": {k: row(r) | ({"unfinished": r["interim"]} if "interim" in r else {}) for k, r in reports.items()},
+        "picks": select(reports, vanilla),
+    }
+
+
+def write_report(workdir: str, report: dict[str, Any], per_example: dict[str, np.ndarray], markdown: str) -> None:
+    """A finished run's files in ``workdir`` (process 0 only): ``eval.npz`` (per-example results, for paired tests), ``report.json``, ``report.md``."""
+    rd = RunDir(workdir, write=jax.process_index() == 0)
+    if rd.write:
+        np.savez_compressed(rd.file("eval.npz"), **per_example)
+    rd.write_json("report.json", report)
+    if rd.write:
+        with open(rd.file("report.md"), "w") as fh:
+            fh.write(markdown + "\n")
+
+
+def read_report(workdir: str) -> dict[str, Any] | None:
+    """A run's ``report.json``, or None while it has none (not finished)."""
+    import json
+
+    path = os.path.join(workdir, "report.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
