@@ -21,7 +21,7 @@ def save(fig: Any, stem: str, *, dpi: int = 100, small_png: bool = False) -> Non
 
     fig.tight_layout()
     fig.savefig(stem + ".png", dpi=dpi)
-    fig.savefig(stem + ".pdf")
+    fig.savefig(stem + ".pdf", metadata={"CreationDate": None})  # byte-identical when redrawn from the same files
     plt.close(fig)
     if small_png:
         from PIL import Image  # ships with matplotlib

@@ -7,7 +7,9 @@ so both follow one rule, written once.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -106,3 +108,65 @@ def read_report(workdir: str) -> dict[str, Any] | None:
         return None
     with open(path) as fh:
         return json.load(fh)
+
+
+LAMBDA_RULE = (
+    "paper App. I: with C and the other settings fixed, lambda is raised through an increasing list; the kept lambda is the "
+    "largest one reached before the first whose validation accuracy is significantly worse than vanilla's (one-sided exact "
+    "McNemar test on the paired per-image predictions, p < alpha); none if the first candidate already is."
+)
+
+
+def mcnemar_worse(base_correct: np.ndarray, cand_correct: np.ndarray) -> tuple[int, int, float]:
+    """One-sided exact McNemar test that a candidate is less accurate than the base on the same examples.
+
+    Args:
+      base_correct, cand_correct: bool arrays (N,), whether each model got each example right.
+
+    Returns:
+      ``(b, c, p)``: b examples only the base got right, c only the candidate, and
+      ``p = P(Binomial(b + c, 1/2) >= b)`` (1.0 when b + c = 0).
+    """
+    base, cand = np.asarray(base_correct, bool), np.asarray(cand_correct, bool)
+    if base.shape != cand.shape or base.ndim != 1:
+        raise ValueError(f"need two per-example correctness vectors of one shape (N,); got {base.shape} and {cand.shape}.")
+    b, c = int(np.sum(base & ~cand)), int(np.sum(~base & cand))
+    n = b + c
+    p = sum(math.comb(n, k) for k in range(b, n + 1)) / 2**n if n else 1.0
+    return b, c, float(p)
+
+
+def raise_lambda(base_correct: np.ndarray, runs: Sequence[tuple[float, np.ndarray]], *, alpha: float = 0.05) -> dict[str, Any]:
+    """The paper's lambda rule (:data:`LAMBDA_RULE`) on validation predictions.
+
+    Args:
+      base_correct: vanilla's per-example correctness on the validation split, (N,) bool.
+      runs: ``(lambda, correctness)`` of each ROLL run on the same examples, any order
+        (sorted by lambda here; the list must not skip a value the rule would visit).
+      alpha: the test's level.
+
+    Returns:
+      The record: ``rule``, ``test``, ``alpha``, ``candidates`` (lambda, accuracy, b, c, p,
+      worse; in increasing lambda, up to and including the first significantly worse) and
+      ``chosen`` (a lambda, or None).
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
+    lams = [lam for lam, _ in runs]
+    if len(set(lams)) != len(lams) or not lams:
+        raise ValueError(f"need at least one run and distinct lambdas; got {lams}.")
+    chosen, rows = None, []
+    for lam, correct in sorted(runs, key=lambda r: r[0]):
+        b, c, p = mcnemar_worse(base_correct, correct)
+        rows.append({"lam": lam, "accuracy": float(np.mean(correct)), "b": b, "c": c, "p": p, "worse": p < alpha})
+        if p < alpha:
+            break
+        chosen = lam
+    return {
+        "rule": LAMBDA_RULE,
+        "test": "one-sided exact McNemar",
+        "alpha": alpha,
+        "base_accuracy": float(np.mean(base_correct)),
+        "candidates": rows,
+        "chosen": chosen,
+    }

@@ -327,7 +327,6 @@ def plot_figure3(runs: dict[str, dict[str, np.ndarray]], data: VowelsData, roll_
         width_ax.set_ylabel("lower + upper (raw units, log scale)")
         width_ax.legend(fontsize=7)
     axes[0, 0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
     _figures.save(fig, path, dpi=100)
     return out
 

@@ -189,3 +189,33 @@ def test_selection_rule_on_hand_made_reports():
     assert common.best_epoch([{"val_loss": 3.0}, {"val_loss": 1.0}, {"val_loss": 2.0}]) == 2
     with pytest.raises(ValueError, match="no epoch"):
         common.best_epoch([])
+
+
+def test_lambda_rule_stops_at_the_first_significantly_worse_run():
+    from scipy.stats import binomtest
+
+    from experiments import common
+
+    rng = np.random.default_rng(0)
+    base = rng.random(200) < 0.8
+
+    def flip(k_lost, k_won):  # a candidate that loses k_lost of base's right answers and wins k_won of its wrong ones
+        c = base.copy()
+        c[np.flatnonzero(base)[:k_lost]] = False
+        c[np.flatnonzero(~base)[:k_won]] = True
+        return c
+
+    for lost, won in ((5, 0), (4, 0), (12, 3), (0, 0), (3, 9)):
+        b, c, p = common.mcnemar_worse(base, flip(lost, won))
+        assert (b, c) == (lost, won)
+        want = binomtest(b, b + c, 0.5, alternative="greater").pvalue if b + c else 1.0
+        assert p == pytest.approx(want, rel=1e-12)  # an independent implementation of the exact test
+    runs = [(1e-4, flip(1, 1)), (1e-6, flip(0, 0)), (1e-3, flip(4, 0)), (1e-2, flip(12, 3)), (1e-1, flip(1, 0))]
+    rec = common.raise_lambda(base, runs)
+    assert rec["chosen"] == 1e-3 and [r["lam"] for r in rec["candidates"]] == [1e-6, 1e-4, 1e-3, 1e-2]  # stops at 1e-2 (p = 0.018)
+    assert rec["candidates"][-1]["worse"] and not any(r["worse"] for r in rec["candidates"][:-1])
+    assert common.raise_lambda(base, [(1.0, flip(5, 0))])["chosen"] is None  # p = 1/32 < 0.05
+    with pytest.raises(ValueError, match="distinct lambdas"):
+        common.raise_lambda(base, [(1.0, base), (1.0, base)])
+    with pytest.raises(ValueError, match="one shape"):
+        common.mcnemar_worse(base, base[:10])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
@@ -111,18 +112,25 @@ def test_regioncam_table_is_the_committed_benchmark():
 
 
 def test_vowels_queue_table_is_its_reports():
-    """Every row of docs/results/vowels_queue/README.md is its committed report (accuracy, best epoch, medians)."""
+    """Every row of docs/results/vowels_queue/README.md is its committed report and metrics (accuracy, epochs, medians, Spearman)."""
+    from experiments import vowels_curves
+
     folder = os.path.join(ROOT, "docs", "results", "vowels_queue")
-    rows = [line.split("|")[1:-1] for line in open(os.path.join(folder, "README.md")) if line.startswith("| ") and "(1e-6)" not in line]
-    assert len(rows) >= 7
+    readme = open(os.path.join(folder, "README.md")).read()
+    rows = [line.split("|")[1:-1] for line in readme.splitlines() if line.startswith("| ") and "(1e-6)" not in line]
+    assert len(rows) == len(glob.glob(os.path.join(folder, "*.metrics.jsonl"))) >= 8
     for cells in rows:
-        name, seed, _, _, acc, best, l2, l1 = (c.strip() for c in cells[:8])
+        name, seed, _, _, acc, best, last, l2, l1, rho, _ = (c.strip() for c in cells)
         r = json.load(open(os.path.join(folder, name.split()[0] + ".json")))
+        hist = [json.loads(line) for line in open(os.path.join(folder, name.split()[0] + ".metrics.jsonl"))]
         assert r["config"]["seed"] == int(seed)
         assert acc == f"{100 * r['accuracy']:.2f}%" and int(best) == r["best_epoch"]
-        assert l2 == f"{1e6 * r['margin_l2']['P50']:.1f}" and l1 == f"{1e6 * r['margin_l1']['P50']:.1f}"
+        assert last == f"{100 * hist[-1]['val_accuracy']:.2f}% (ep. {len(hist)})" and len(hist) == r["config"]["epochs"]
+        assert l2 == f"{1e6 * r['margin_l2']['P50']:.1f}" and l1 == f"{1e6 * r['margin_l1']['P50']:.1f}" and rho == f"{r['spearman_l1_l2']:.3f}"
         ex = np.load(os.path.join(folder, name.split()[0] + ".eval.npz"))
         assert np.mean(ex["correct"]) == r["accuracy"]
+        assert np.median(ex["margin_l2"]) == pytest.approx(r["margin_l2"]["P50"], rel=1e-6)
+    assert vowels_curves.run_table(folder) in readme  # the block is the generator's output
 
 
 def test_vowels_curves_mark_each_reports_best_epoch(tmp_path):
