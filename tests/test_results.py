@@ -144,3 +144,33 @@ def test_vowels_curves_mark_each_reports_best_epoch(tmp_path):
         assert json.load(open(os.path.join(folder, name + ".json")))["best_epoch"] == epoch
     with pytest.raises(FileNotFoundError, match="no \\*.metrics.jsonl"):
         vowels_curves.read_curves(str(tmp_path))
+
+
+def test_vowels_table2_selection_and_figure3_are_the_committed_runs():
+    """README's Table 2 = table2.md = the paper's rule re-applied to the committed reports; Figure 3's widths = the eval.npz files."""
+    from experiments import common, vowels
+
+    folder = os.path.join(ROOT, "docs", "results", "vowels_queue")
+    load = lambda name: json.load(open(os.path.join(folder, name + ".json")))
+    reports = {os.path.basename(p)[:-5]: json.load(open(p)) for p in glob.glob(os.path.join(folder, "lam*.json"))}
+    vanilla = load("vanilla")
+    selection = load("selection")
+    assert selection == json.loads(json.dumps(common.selection_record(reports, vanilla)))
+    rows = [("Vanilla", vanilla)] + [(f"ROLL {k} ({slot})", reports[k]) for slot, k in selection["picks"].items() if k]
+    table = open(os.path.join(folder, "table2.md")).read().strip()
+    assert table == vowels.table2_markdown(rows)
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert readme.split("<!-- table2:start -->\n")[1].split("\n<!-- table2:end -->")[0] == table
+    fig = load("figure3")
+    roll = selection["picks"]["same_accuracy"]
+    assert fig["run"] == roll
+    for model, name in zip(fig["models"], ("vanilla", roll)):
+        ex = np.load(os.path.join(folder, name + ".eval.npz"))
+        for q, i in fig["sequences"].items():
+            n = fig["intervals"][f"{model}/{q}"]["frames"]
+            width = ex["stability_lower"][i, :n] + ex["stability_upper"][i, :n]
+            assert np.isfinite(width).all() and np.isinf(ex["stability_upper"][i, n:]).all()
+            assert fig["intervals"][f"{model}/{q}"]["width_median"] == pytest.approx(float(np.median(width)), rel=1e-6)
+    r = np.load(os.path.join(folder, roll + ".eval.npz"))["margin_l2"]
+    for q, i in fig["sequences"].items():  # the sequences nearest the ROLL model's percentiles
+        assert abs(r[i] - np.percentile(r, int(q[1:]))) == np.min(np.abs(r - np.percentile(r, int(q[1:]))))
