@@ -26,37 +26,10 @@ from flax import nnx
 
 import lld_jax
 from experiments import _cli, _figures
+from experiments.configs.toy2d import Config
 from lld_jax.evaluation import percentiles
 from lld_jax.slices import draw_heatmap, draw_points, draw_regions, enumerate_slice
 from lld_jax.training import RunDir, TrainConfig, Trainer, data_mesh
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """Settings of the toy experiment."""
-
-    out: str = "runs/toy2d"
-    steps: int = dataclasses.field(default=5000, metadata={"help": "full-batch Adam steps per model (paper: 5000)"})
-    num_points: int = 100
-    noise: float = 0.1
-    data_seed: int = 0
-    widths: tuple[int, ...] = (100, 100, 100, 100)
-    lr: float = 1e-3
-    C: float = 5.0
-    lambdas: tuple[float, ...] = dataclasses.field(default=(1.0,), metadata={"help": "candidate lambdas (paper: 1)"})
-    seed: int = 0
-
-    def validate(self) -> Config:
-        if not (isinstance(self.steps, int) and self.steps >= 1):
-            raise ValueError(f"steps must be a positive integer (an untrained model has no regions to compare), got {self.steps}.")
-        if self.num_points < 4:
-            raise ValueError(f"num_points must be >= 4, got {self.num_points}.")
-        if not self.lambdas or any(lam <= 0 for lam in self.lambdas):
-            raise ValueError(f"lambdas must be positive, got {list(self.lambdas)}.")
-        if not self.widths or any(w < 1 for w in self.widths):
-            raise ValueError(f"widths must be positive, got {list(self.widths)}.")
-        TrainConfig(lr=self.lr, C=self.C).validate()
-        return self
 
 
 def two_moons(n: int = 100, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

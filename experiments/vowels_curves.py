@@ -73,7 +73,7 @@ def run_table(folder: str) -> str:
     adds), medians of the l1 / l2 margins (1e-6 raw units) and their Spearman
     correlation, wall time of training.
     """
-    from experiments.vowels import PAPER_POINTS
+    from experiments.configs.vowels import PAPER_POINTS
 
     curves = read_curves(folder)
     head = "| run | seed | lambda | C | test acc (kept epoch) | kept epoch | test acc (last epoch) | median l2 (1e-6) | median l1 (1e-6) | Spearman | train time (s) |"

@@ -1,0 +1,1 @@
+"""One config dataclass per experiment (flax-examples layout); each experiment module re-exports its ``Config``."""
