@@ -57,7 +57,7 @@ import numpy as np
 from flax import nnx
 
 import lld_jax
-from experiments import _cli, _figures
+from experiments import _cli, _figures, common
 from lld_jax.data import ImageBatches, ImageRecords, channel_stats, load_image, locate, scan_image_folder, split_per_class, tfds_image_source
 from lld_jax.evaluation import percentiles
 from lld_jax.training import RunDir, TrainConfig, fit, maybe_initialize_distributed
@@ -136,6 +136,14 @@ class Config:
     momentum: float = 0.5
     lam: float | None = dataclasses.field(default=None, metadata={"help": "lambda of the ROLL model (paper preset: 1e-3, reduced: 0.1)"})
     C: float = 8.0
+    select_lambdas: tuple[float, ...] = dataclasses.field(
+        default=(),
+        metadata={
+            "help": "the paper's lambda rule (App. I): raise lambda through these values until validation accuracy is significantly "
+            "worse than vanilla's, keep the last one before (replaces --lam; e.g. 1e-6 1e-5 1e-4 1e-3 1e-2 1e-1 1)"
+        },
+    )
+    alpha: float = dataclasses.field(default=0.05, metadata={"help": "level of the lambda rule's one-sided exact McNemar test"})
     num_samples: int | None = dataclasses.field(default=None, metadata={"help": "D': sampled input axes per example, a multiple of 3"})
     chunk_size: int | None = dataclasses.field(default=None, metadata={"help": "sampled axes differentiated at once per example (memory bound)"})
     eval_images: int | None = dataclasses.field(default=None, metadata={"help": "test images whose gradient distortion is measured"})
@@ -168,6 +176,10 @@ class Config:
             raise ValueError(f"--train-per-class must be positive (or None for all), got {self.train_per_class}.")
         if self.classes is not None and self.classes < 2:
             raise ValueError(f"--classes must be at least 2 (or None for all), got {self.classes}.")
+        if self.select_lambdas and (sorted(set(self.select_lambdas)) != list(self.select_lambdas) or self.select_lambdas[0] <= 0):
+            raise ValueError(f"--select-lambdas must be distinct positive values in increasing order, got {list(self.select_lambdas)}.")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"--alpha must be in (0, 1), got {self.alpha}.")
         if not 0 < self.eps:
             raise ValueError(f"--eps must be positive, got {self.eps}.")
         return self
@@ -327,9 +339,9 @@ def _logits(net: lld_jax.Network, params: Any, x: jax.Array) -> jax.Array:
     return jax.vmap(lambda xi: net.apply(params, xi)[0])(x)
 
 
-def precision_at_k(net: lld_jax.Network, params: Any, batches: ImageBatches, progress: bool) -> tuple[float, float]:
-    """Precision@1 and @5 over a streamed split (padded rows ignored)."""
-    hits1, hits5, n = 0, 0, 0
+def top_k_hits(net: lld_jax.Network, params: Any, batches: ImageBatches, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image top-1 and top-5 hits (bool, (N,), in the split's order) over a streamed split (padded rows dropped)."""
+    hits1, hits5 = [], []
     it = batches.epoch(0)
     if progress:
         from tqdm.auto import tqdm
@@ -337,8 +349,9 @@ def precision_at_k(net: lld_jax.Network, params: Any, batches: ImageBatches, pro
         it = tqdm(it, total=len(batches), desc="precision@k", leave=False)
     for x, y, mask in it:
         t1, t5 = _top5(np.asarray(_logits(net, params, jnp.asarray(x))), y)
-        hits1, hits5, n = hits1 + int(t1[mask].sum()), hits5 + int(t5[mask].sum()), n + int(mask.sum())
-    return hits1 / n, hits5 / n
+        hits1.append(t1[mask])
+        hits5.append(t5[mask])
+    return np.concatenate(hits1), np.concatenate(hits5)
 
 
 def _in_blocks(fn: Callable, x: np.ndarray, y: np.ndarray, key: jax.Array, block: int, progress: bool, desc: str) -> list[Any]:
@@ -356,7 +369,7 @@ def evaluate(config: Config, data: ImageData, net: lld_jax.Network, params: Any,
     """Table 3's numbers for one model; the per-image arrays go to ``eval.npz`` for the figures."""
     t0 = time.time()
     with data.batches(data.test, config, shuffle=False) as test:
-        p1, p5 = precision_at_k(net, params, test, config.progress)
+        top1, top5 = top_k_hits(net, params, test, config.progress)
     idx = data.eval_subset(config)
     x, y = data.pixels(idx, config), data.labels[idx]
     key = jax.random.key(config.seed + 11)
@@ -395,10 +408,13 @@ def evaluate(config: Config, data: ImageData, net: lld_jax.Network, params: Any,
         grad=res.grad,
         grad_worst=res.grad_worst,
         prediction_changed=res.prediction_changed,
+        test_idx=data.test,  # every test image's hits, for paired comparisons between models
+        top1=top1,
+        top5=top5,
     )
     return {
-        "precision_at_1": p1,
-        "precision_at_5": p5,
+        "precision_at_1": float(top1.mean()),
+        "precision_at_5": float(top5.mean()),
         "num_test": len(data.test),
         "num_evaluated": len(idx),
         "expected_distortion": percentiles(expected),
@@ -412,13 +428,9 @@ def _eval_settings(config: Config) -> dict:
     return {k: getattr(config, k) for k in ("eval_images", "eps", "uniform_samples", "population", "generations", "keep", "seed")}
 
 
-def run_model(config: Config, data: ImageData, name: str) -> dict:
-    """Trains (or resumes) one model, evaluates it once (cached in report.json) and returns the report."""
-    run_dir = os.path.join(config.out, name)
-    lam = config.lam if name == "roll" else 0.0
-    cfg = config.train_config(lam)
-    net, params = build_model(config, len(data.class_names), data.mean, data.std)
-    experiment = {
+def _experiment(config: Config, data: ImageData) -> dict:
+    """What a run directory records about the data and the model besides the training config."""
+    return {
         "dataset": data.source,
         "classes": len(data.class_names),
         "size": config.size,
@@ -434,6 +446,26 @@ def run_model(config: Config, data: ImageData, name: str) -> dict:
         "std": list(data.std),
         "model_seed": config.seed,
     }
+
+
+def train_model(config: Config, data: ImageData, lam: float, run_dir: str) -> tuple[lld_jax.Network, Any, list[dict], float]:
+    """Trains (or resumes) one model in ``run_dir``: ``(network, best params, per-epoch metrics, seconds)``."""
+    cfg = config.train_config(lam)
+    net, params = build_model(config, len(data.class_names), data.mean, data.std)
+    t0 = time.time()
+    with data.batches(data.train, config, shuffle=True, seed=cfg.seed) as train, data.batches(data.val, config, shuffle=False) as val:
+        params, history = fit(net, params, cfg, train, val, run_dir, experiment=_experiment(config, data), progress=config.progress)
+    return net, params, history, time.time() - t0
+
+
+def run_model(config: Config, data: ImageData, name: str, lam: float | None = None) -> dict:
+    """Trains (or resumes) one model, evaluates it once (cached in report.json) and returns the report.
+
+    ``name`` is the run directory under ``config.out``; ``lam`` defaults to
+    ``config.lam`` for ``"roll"`` and 0 for ``"vanilla"``.
+    """
+    run_dir = os.path.join(config.out, name)
+    lam = (config.lam if name == "roll" else 0.0) if lam is None else lam
     rd = RunDir(run_dir, write=jax.process_index() == 0)
     report_path = rd.file("report.json")
     if os.path.exists(report_path):
@@ -441,16 +473,13 @@ def run_model(config: Config, data: ImageData, name: str) -> dict:
             report = json.load(fh)
         if report.get("evaluation_settings") == _eval_settings(config) and report.get("epochs_trained") == config.epochs:
             return report  # trained and evaluated with these settings: nothing to redo
-    t0 = time.time()
-    with data.batches(data.train, config, shuffle=True, seed=cfg.seed) as train, data.batches(data.val, config, shuffle=False) as val:
-        params, history = fit(net, params, cfg, train, val, run_dir, experiment=experiment, progress=config.progress)
-    train_time = time.time() - t0
+    net, params, history, train_time = train_model(config, data, lam, run_dir)
     report = {
         "name": name,
-        "config": dataclasses.asdict(cfg),
-        "experiment": experiment,
+        "config": dataclasses.asdict(config.train_config(lam)),
+        "experiment": _experiment(config, data),
         "epochs_trained": config.epochs,
-        "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1),
+        "best_epoch": common.best_epoch(history),
         "train_time_s": train_time,
         "evaluation_settings": _eval_settings(config),
         **evaluate(config, data, net, params, run_dir),
@@ -458,6 +487,47 @@ def run_model(config: Config, data: ImageData, name: str) -> dict:
     }
     rd.write_json("report.json", report)
     return report
+
+
+def val_hits(config: Config, data: ImageData, net: lld_jax.Network, params: Any) -> np.ndarray:
+    """Per-image top-1 hits on the validation split (bool, (N_val,))."""
+    with data.batches(data.val, config, shuffle=False) as val:
+        return top_k_hits(net, params, val, config.progress)[0]
+
+
+def select_lambda(config: Config, data: ImageData) -> dict:
+    """The paper's lambda rule (App. I; :func:`experiments.common.raise_lambda`) on the validation split.
+
+    Trains vanilla and one ROLL model per value of ``config.select_lambdas`` in
+    increasing order (run directories ``roll_lam<value>``), stopping after the
+    first significantly worse one; writes ``lambda_selection.json`` (the rule,
+    the test, every candidate's validation accuracy, discordant counts and
+    p-value, the chosen lambda) and each candidate's ``val_hits.npy``. A
+    candidate whose training diverges (non-finite loss) counts as worse.
+    """
+    hits: dict[float, np.ndarray | None] = {}
+    net, params, _, _ = train_model(config, data, 0.0, os.path.join(config.out, "vanilla"))
+    base = val_hits(config, data, net, params)
+    record = None
+    for lam in config.select_lambdas:
+        run_dir = os.path.join(config.out, f"roll_lam{lam:g}")
+        try:
+            net, params, _, _ = train_model(config, data, lam, run_dir)
+        except FloatingPointError as err:  # a lambda whose training diverges is not plausible: recorded, and the rule stops
+            print(f"lambda {lam:g}: {err}")
+            hits[lam] = None
+        else:
+            hits[lam] = val_hits(config, data, net, params)
+            if jax.process_index() == 0:
+                np.save(os.path.join(run_dir, "val_hits.npy"), hits[lam])
+        record = common.raise_lambda(base, list(hits.items()), alpha=config.alpha)
+        if record["candidates"][-1]["worse"]:
+            break
+    record |= {"split": "val", "val_size": len(data.val), "values": list(config.select_lambdas)}
+    if jax.process_index() == 0:
+        np.save(os.path.join(config.out, "vanilla", "val_hits.npy"), base)
+        RunDir(config.out).write_json("lambda_selection.json", record)
+    return record
 
 
 # --------------------------------------------------------------------------
@@ -497,10 +567,10 @@ def _load_eval(config: Config, name: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def plot_figures(config: Config, data: ImageData, models: dict[str, tuple[lld_jax.Network, Any]]) -> dict:
+def plot_figures(config: Config, data: ImageData, models: dict[str, tuple[lld_jax.Network, Any]], dirs: dict[str, str] | None = None) -> dict:
     """Figure 4 (gradients) and Figures 5-6 (integrated gradients) at the P50 and P75 of ROLL's max distortion."""
     plt = _figures.pyplot()
-    ev = {name: _load_eval(config, name) for name in models}
+    ev = {name: _load_eval(config, (dirs or {}).get(name, name)) for name in models}
     roll = ev["roll"]
     picks = {}
     for q in (50, 75):
@@ -542,20 +612,34 @@ def plot_figures(config: Config, data: ImageData, models: dict[str, tuple[lld_ja
     return info
 
 
-def run(config: Config) -> dict[str, dict]:
-    """Trains and evaluates the models of ``config``; with both, writes table3.md and the figures. Returns the reports."""
-    config = config.resolved()
+def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, dict]:
+    """Trains and evaluates the models of ``config`` in ``workdir`` (default ``config.out``); with both, writes table3.md and the figures.
+
+    With ``config.select_lambdas``, lambda is chosen first by :func:`select_lambda`
+    on the validation split and the ROLL model is that run. Returns the reports.
+    """
+    config = dataclasses.replace(config, out=workdir or config.out).resolved()
     data = ImageData.load(config)
     names = MODELS if config.model == "both" else (config.model,)
-    reports = {name: run_model(config, data, name) for name in names}
+    dirs = dict(zip(MODELS, MODELS))
+    if config.select_lambdas and "roll" in names:
+        chosen = select_lambda(config, data)["chosen"]
+        if chosen is None:
+            raise ValueError(
+                f"the lambda rule kept no value: already the smallest, {config.select_lambdas[0]:g}, is significantly worse than vanilla on "
+                f"validation ({config.out}/lambda_selection.json); start --select-lambdas lower."
+            )
+        config = dataclasses.replace(config, lam=chosen)
+        dirs["roll"] = f"roll_lam{chosen:g}"
+    reports = {name: run_model(config, data, dirs[name], 0.0 if name == "vanilla" else config.lam) for name in names}
     if jax.process_index() == 0 and config.model == "both":
         with open(os.path.join(config.out, "table3.md"), "w") as fh:
             fh.write(table3_markdown(reports) + "\n")
         models = {}
         for name in names:
             net, params = build_model(config, len(data.class_names), data.mean, data.std)
-            models[name] = (net, lld_jax.training.load_best(os.path.join(config.out, name), params))
-        info = plot_figures(config, data, models)
+            models[name] = (net, lld_jax.training.load_best(os.path.join(config.out, dirs[name]), params))
+        info = plot_figures(config, data, models, dirs)
         with open(os.path.join(config.out, "figures.json"), "w") as fh:
             json.dump(info, fh, indent=2)
     return reports
@@ -570,7 +654,7 @@ def parse(argv: Sequence[str] | None = None) -> Config:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse(argv)
     maybe_initialize_distributed()
-    reports = run(config)
+    reports = train_and_evaluate(config)
     for name, r in reports.items():
         keys = ("precision_at_1", "precision_at_5", "expected_distortion", "max_distortion", "num_prediction_changed")
         print(name, json.dumps({k: r[k] for k in keys}, indent=2))

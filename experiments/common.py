@@ -136,13 +136,15 @@ def mcnemar_worse(base_correct: np.ndarray, cand_correct: np.ndarray) -> tuple[i
     return b, c, float(p)
 
 
-def raise_lambda(base_correct: np.ndarray, runs: Sequence[tuple[float, np.ndarray]], *, alpha: float = 0.05) -> dict[str, Any]:
+def raise_lambda(base_correct: np.ndarray, runs: Sequence[tuple[float, np.ndarray | None]], *, alpha: float = 0.05) -> dict[str, Any]:
     """The paper's lambda rule (:data:`LAMBDA_RULE`) on validation predictions.
 
     Args:
       base_correct: vanilla's per-example correctness on the validation split, (N,) bool.
       runs: ``(lambda, correctness)`` of each ROLL run on the same examples, any order
-        (sorted by lambda here; the list must not skip a value the rule would visit).
+        (sorted by lambda here; the list must not skip a value the rule would visit);
+        correctness None for a run whose training diverged (non-finite loss), which
+        counts as worse.
       alpha: the test's level.
 
     Returns:
@@ -157,6 +159,9 @@ def raise_lambda(base_correct: np.ndarray, runs: Sequence[tuple[float, np.ndarra
         raise ValueError(f"need at least one run and distinct lambdas; got {lams}.")
     chosen, rows = None, []
     for lam, correct in sorted(runs, key=lambda r: r[0]):
+        if correct is None:
+            rows.append({"lam": lam, "diverged": True, "worse": True})
+            break
         b, c, p = mcnemar_worse(base_correct, correct)
         rows.append({"lam": lam, "accuracy": float(np.mean(correct)), "b": b, "c": c, "p": p, "worse": p < alpha})
         if p < alpha:

@@ -18,7 +18,7 @@ TINY = [
 
 def test_tiny_run_writes_table_figures_and_resumes(tmp_path):
     out = str(tmp_path / "run")
-    reports = caltech.run(caltech.parse([*TINY, "--out", out]))
+    reports = caltech.train_and_evaluate(caltech.parse([*TINY, "--out", out]))
     for name in ("vanilla", "roll"):
         r = reports[name]
         assert 0 <= r["precision_at_1"] <= r["precision_at_5"] <= 1
@@ -31,6 +31,8 @@ def test_tiny_run_writes_table_figures_and_resumes(tmp_path):
         # The GA's worst point lies in the eps-ball and the box, and its distortion is what the gradients say.
         assert (ev["x_worst"] >= 0).all() and (ev["x_worst"] <= 1).all()
         np.testing.assert_allclose(np.abs(ev["grad_worst"] - ev["grad"]).reshape(4, -1).sum(1), ev["distortion"], rtol=1e-4)
+        # Every test image's hits are kept (paired comparisons), and they are the reported precisions.
+        assert len(ev["top1"]) == len(ev["test_idx"]) == 12 and ev["top1"].mean() == r["precision_at_1"] and ev["top5"].mean() == r["precision_at_5"]
     assert reports["roll"]["config"]["lam"] == 0.1 and reports["vanilla"]["config"]["lam"] == 0.0
     table = open(os.path.join(out, "table3.md")).read()
     assert "vanilla (ours)" in table and "roll (paper)" in table
@@ -39,13 +41,13 @@ def test_tiny_run_writes_table_figures_and_resumes(tmp_path):
     assert set(json.load(open(os.path.join(out, "figures.json")))) == {"P50", "P75"}
     # A finished run is neither retrained nor re-evaluated.
     stamp = os.path.getmtime(os.path.join(out, "roll", "report.json"))
-    again = caltech.run(caltech.parse([*TINY, "--out", out]))
+    again = caltech.train_and_evaluate(caltech.parse([*TINY, "--out", out]))
     assert again["roll"] == json.loads(json.dumps(reports["roll"])) and os.path.getmtime(os.path.join(out, "roll", "report.json")) == stamp
 
 
 def test_bad_settings_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="--data-dir"):
-        caltech.run(caltech.parse([*TINY, "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]))
+        caltech.train_and_evaluate(caltech.parse([*TINY, "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]))
     with pytest.raises(ValueError, match="multiple of the 3 channels"):
         caltech.parse(["--num-samples", "4"]).resolved()
     with pytest.raises(ValueError, match="--preset"):
@@ -79,3 +81,21 @@ def test_exclude_defaults_to_what_exists_and_can_be_emptied(tmp_path):
     # An empty --exclude keeps every class, the clutter class included.
     data = caltech.ImageData.load(caltech.parse([*TINY, "--classes", "4", "--num-val", "1", "--num-test", "2", "--exclude"]).resolved())
     assert data.class_names[0] == "BACKGROUND_Google" and len(data.class_names) == 4
+
+
+def test_lambda_rule_on_validation_picks_the_roll_model(tmp_path):
+    from experiments import common
+
+    out = str(tmp_path / "sel")
+    reports = caltech.train_and_evaluate(caltech.parse([*TINY, "--out", out, "--select-lambdas", "0.001", "10", "1000"]))
+    rec = json.load(open(os.path.join(out, "lambda_selection.json")))
+    base = np.load(os.path.join(out, "vanilla", "val_hits.npy"))
+    assert rec["split"] == "val" and len(base) == rec["val_size"] == 3 * 2 and rec["base_accuracy"] == base.mean()
+    runs = [(c["lam"], None if c.get("diverged") else np.load(os.path.join(out, f"roll_lam{c['lam']:g}", "val_hits.npy"))) for c in rec["candidates"]]
+    assert rec == json.loads(json.dumps(common.raise_lambda(base, runs) | {k: rec[k] for k in ("split", "val_size", "values")}))
+    assert [c["lam"] for c in rec["candidates"]] == [0.001, 10, 1000][: len(rec["candidates"])]
+    assert rec["candidates"][-1]["worse"] or len(rec["candidates"]) == 3  # stopped at the first worse one, or ran all
+    if rec["chosen"] is not None:  # the ROLL model is the chosen run, not a retrained copy
+        assert reports["roll"]["config"]["lam"] == rec["chosen"] and reports["roll"]["name"] == f"roll_lam{rec['chosen']:g}"
+    with pytest.raises(ValueError, match="increasing order"):
+        caltech.parse(["--select-lambdas", "1", "0.1"]).resolved()
