@@ -7,7 +7,8 @@ threads, ``prefetch=2`` and batches of ``--batch-size``. Each configuration
 (side ``--sizes`` x uint8 / normalised float32) times one whole epoch per
 implementation, alternating old and new ``--repeats`` times, after one untimed
 pass that puts the files in the page cache; images/s is N / epoch time, the
-best and the median of the repeats are reported, with the CPU time of all
+best and the median of the repeats are reported, and the median of the
+per-repeat ratios (each repeat times both back to back), with the CPU time of all
 the process's threads per image (less sensitive than wall time to other
 jobs on the machine). The baseline,
 :class:`ThreadPoolImageBatches`, is the pre-Grain streaming code kept only here
@@ -129,6 +130,7 @@ def main() -> None:
         with open(p, "rb") as fh:
             fh.read()
     rows = []
+    load_before = list(os.getloadavg())
     for size in args.sizes:
         for normalised in (False, True):
             stats = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD} if normalised else {}
@@ -153,9 +155,11 @@ def main() -> None:
                     "median_cpu_ms_per_image": round(1000 * statistics.median(cpu[name]) / len(paths), 3),
                 }
             row["grain_over_thread_pool_median"] = round(row["grain"]["median_images_per_s"] / row["thread_pool"]["median_images_per_s"], 3)
+            # Each repeat times both back to back: the median of the per-repeat ratios cancels slow drifts of the machine's load.
+            row["grain_over_thread_pool_paired"] = round(statistics.median(o / g for o, g in zip(times["thread_pool"], times["grain"])), 3)
             print(
                 f"size {size:4d} {row['dtype']:22s} thread pool {row['thread_pool']['median_images_per_s']:7.1f} img/s, "
-                f"grain {row['grain']['median_images_per_s']:7.1f} img/s (x{row['grain_over_thread_pool_median']}); CPU ms/image "
+                f"grain {row['grain']['median_images_per_s']:7.1f} img/s (x{row['grain_over_thread_pool_median']}, paired x{row['grain_over_thread_pool_paired']}); CPU ms/image "
                 f"{row['thread_pool']['median_cpu_ms_per_image']} vs {row['grain']['median_cpu_ms_per_image']}",
                 flush=True,
             )
@@ -164,7 +168,9 @@ def main() -> None:
         args.out,
         {
             "what": "images/s of one epoch of ImageBatches (Grain) and of the thread pool it replaced, same images, order and decoding, one process",
-            "command": "python -m benchmarks.image_pipeline " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
+            "command": "python -m benchmarks.image_pipeline "
+            + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out"),
+            "load_average_before_after": [load_before, list(os.getloadavg())],  # other jobs on the machine (wall times are sensitive to them)
             "root": args.root,
             "batch_size": args.batch_size,
             "workers": args.workers,

@@ -136,3 +136,16 @@ def test_vowels_curves_mark_each_reports_best_epoch(tmp_path):
         assert json.load(open(os.path.join(folder, name + ".json")))["best_epoch"] == epoch
     with pytest.raises(FileNotFoundError, match="no \\*.metrics.jsonl"):
         vowels_curves.read_curves(str(tmp_path))
+
+
+def test_image_pipeline_figures_in_the_readme_are_the_committed_benchmark():
+    """The README's Grain-versus-thread-pool figures are ``benchmarks/results_image_pipeline.json``'s (paired ratios, CPU per image)."""
+    results = json.load(open(os.path.join(ROOT, "benchmarks", "results_image_pipeline.json")))
+    rows = results["results"]
+    assert {(r["size"], r["dtype"][:5]) for r in rows} == {(64, "uint8"), (64, "float"), (299, "uint8"), (299, "float")}
+    assert all(r["images"] == 512 for r in rows) and results["workers"] == 2
+    ratios = [r["grain_over_thread_pool_paired"] for r in rows]
+    cpu = max(abs(r["grain"]["median_cpu_ms_per_image"] / r["thread_pool"]["median_cpu_ms_per_image"] - 1) for r in rows)
+    readme = " ".join(open(os.path.join(ROOT, "README.md")).read().split())
+    assert f"{min(ratios):.2f}-{max(ratios):.1f}x the thread pool's images/s" in readme
+    assert f"same CPU time per image within {int(np.ceil(100 * cpu))}%" in readme

@@ -408,8 +408,8 @@ class ImageBatches:
     from it without decoding the skipped images (what
     :func:`lld_jax.training.fit` stores with a mid-epoch checkpoint).
 
-    Memory is bounded: at most ``max(prefetch, 1)`` batches' images are read
-    or being read ahead of the batch the consumer holds.
+    Memory is bounded: at most ``prefetch + 1`` batches' images are read or
+    being read ahead of the batch the consumer holds.
 
     Use it as a context manager (or call :meth:`close`) to stop the reading
     threads of unfinished epoch iterators; an epoch iterator can also be
@@ -437,8 +437,8 @@ class ImageBatches:
       mean, std: if given (both), batches hold ``normalize(x, mean, std)`` as
         float32; if None (both), raw uint8 pixels.
       workers: reading threads of each epoch iterator (default: ``min(8, os.cpu_count())``).
-      prefetch: batches read ahead of the one being consumed (>= 0; 0 reads
-        like 1: a batch's images are still read in parallel).
+      prefetch: batches read ahead of the one being consumed, besides the
+        next one (>= 0).
       shard_index, num_shards: in a multi-process run, process ``shard_index``
         of ``num_shards`` gets rows ``[i * b, (i + 1) * b)`` of every global
         batch, ``b = batch_size // num_shards`` (the split ``train_epoch``
@@ -591,16 +591,17 @@ class ImageBatches:
         if self._open is None:
             raise RuntimeError("this ImageBatches is closed; create a new one.")
         b = self.local_batch_size
-        c = min(self.workers, b)  # reading tasks per batch, one per thread: the threads share each batch
         # Rows, not a Grain sampler, decide the order: the same batches as host arrays in train_epoch, equal
         # batch counts on every shard (a shard with fewer steps would leave the others waiting in a collective).
-        # Tasks of several images, not one each: Grain's per-element cost (~60 us, mostly its prefetch-depth
-        # metric, which scans the whole buffer) would otherwise cost ~10% of the throughput on small images.
+        # A batch is read as c tasks of a few consecutive rows: several per thread, so that a thread held up
+        # (a large file, a busy machine) does not idle the others; not one image each, as Grain's per-task cost
+        # (~60 us, mostly its prefetch-depth metric, which scans the buffer) would then cost ~10% on small images.
+        c = min(4 * self.workers, b)
         tasks = [(s, int(part[0]), row[part]) for s, row in enumerate(self.rows(epoch)) for part in np.array_split(np.arange(b), c)]
         batch = _BatchAssembly(self.source, b, self.size, self.dtype)
-        # Grain's buffer counts tasks submitted ahead of the last one returned: prefetch batches (one at least,
-        # or prefetch=0 would read one task at a time).
-        read = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=max(self.prefetch, 1) * c)
+        # Grain's buffer counts tasks submitted ahead of the last one returned: prefetch + 1 batches, as many as
+        # the thread pool this replaced had in flight while the consumer waited (fewer measurably idled the threads).
+        read = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=(self.prefetch + 1) * c)
         it = iter(grain.MapDataset.source(tasks).map(batch.read).to_iter_dataset(read).batch(c, batch_fn=batch.collate))
         self._open.add(it)
         return it
