@@ -399,10 +399,10 @@ class ImageBatches:
     (``batch_size // num_shards`` with sharding); the last, ragged one is
     padded with copies of its first row and masked, never dropped.
 
-    The pipeline is Grain's: the epoch's rows of this shard (an index list,
-    ``-1`` marking padding) are a ``grain.MapDataset`` mapped through
-    :class:`ImageSource`, read by ``workers`` threads with a bounded prefetch
-    buffer, and batched. Each process reads only its own shard's images. The
+    The pipeline is Grain's: the epoch's rows of this shard (:meth:`rows`,
+    ``-1`` marking padding), cut into a few reading tasks per batch, are a
+    ``grain.MapDataset`` whose tasks decode through :class:`ImageSource`, read
+    by ``workers`` threads with a bounded prefetch buffer, and batched. Each process reads only its own shard's images. The
     epoch iterator is Grain's: ``get_state()`` gives a small JSON-able
     position and ``set_state()`` on a fresh ``epoch(e)`` iterator continues
     from it without decoding the skipped images (what
