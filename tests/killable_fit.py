@@ -1,9 +1,10 @@
 """Worker for test_training's crash test: trains a small problem into RUN_DIR, writes OUT.npz at the end.
 
 Usage: python tests/killable_fit.py RUN_DIR OUT.npz. With KILL_AT=target:n:when
-(target: append_metrics, keep_metrics or save; when: before, mid (save only: the
-write has started) or after) the process SIGKILLs itself at the n-th call of
-that target, to test that a crash at that instruction loses nothing committed.
+(target: append_metrics, keep_metrics, save or save_position (a mid-epoch
+checkpoint); when: before, mid (save and save_position only: the write has
+started) or after) the process SIGKILLs itself at the n-th call of that target,
+to test that a crash at that instruction loses nothing committed.
 """
 
 import json
@@ -24,7 +25,7 @@ def die() -> None:
 
 def install_kill(spec: str) -> None:
     target, n, when = spec.split(":")
-    cls = Checkpoints if target == "save" else RunDir
+    cls = Checkpoints if target.startswith("save") else RunDir
     original = getattr(cls, target)
     calls = [0]
 
@@ -32,6 +33,13 @@ def install_kill(spec: str) -> None:
         calls[0] += 1
         if calls[0] == int(n):
             if when == "before":
+                die()
+            if when == "mid" and target == "save_position":  # the mid-epoch checkpoint write has begun
+                step, tree, position = args
+                args_ = self._ocp.args
+                self.mid.save(
+                    step, args=args_.Composite(tree=args_.StandardSave({"leaves": jax.tree.leaves(tree)}), position=args_.JsonSave(position))
+                )
                 die()
             if when == "mid":  # the checkpoint write has begun (asynchronously) when the process dies
                 mgr, step, tree = args

@@ -1,6 +1,7 @@
 """The streaming image pipeline: scanning, the per-class split, decoding, normalisation, padded batches; TFDS records (faked)."""
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -21,6 +22,7 @@ from lld_jax._src.image_folder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImageBatches,
+    ImageSource,
     channel_stats,
     load_image,
     normalize,
@@ -311,17 +313,63 @@ def test_prefetch_is_bounded_and_threads_stop(tmp_path, monkeypatch):
         it = batches.epoch(0)
         next(it)
         time.sleep(0.2)
-        assert len(calls) <= 2 * 4  # the batch returned and one ahead, no more
+        assert len(calls) <= 3 * 4  # the batch returned and prefetch + 1 = 2 ahead, no more
         next(it)
         time.sleep(0.2)
-        assert len(calls) <= 3 * 4
+        assert len(calls) <= 4 * 4
         it.close()  # abandoning an epoch cancels its queued work
         assert len(list(batches.epoch(1))) == 10
         time.sleep(0.1)
-        assert 8 + 40 <= len(calls) <= 12 + 40  # epoch 0 stopped after at most 3 batches; epoch 1 decoded all 40
-    assert not [t for t in threading.enumerate() if t.name.startswith("lld-image")]
+        assert 8 + 40 <= len(calls) <= 16 + 40  # epoch 0 stopped after at most 4 batches; epoch 1 decoded all 40
+        it = batches.epoch(2)
+        next(it)
+    # closing the pipeline closes the unfinished epoch iterator: Grain's reading threads stop
+    for t in [t for t in threading.enumerate() if t.name.startswith("grain-prefetch")]:
+        t.join(timeout=5)
+    assert not [t for t in threading.enumerate() if t.name.startswith("grain-prefetch") and t.is_alive()]
     with pytest.raises(RuntimeError, match="closed"):
         next(batches.epoch(0))
+
+
+def test_epoch_state_resumes_mid_epoch_without_reading_the_skipped_images(monkeypatch):
+    """Grain's iterator state after k batches, through JSON (as fit stores it), continues a fresh iterator with the same batches."""
+    calls = []
+
+    def fake_load(path, size, *, resize):
+        calls.append(path)
+        return np.full((size, size, 3), int(path[3:-4]), np.uint8)  # pixel value = image number
+
+    monkeypatch.setattr(imf, "load_image", fake_load)
+    paths = [f"img{i}.png" for i in range(11)]
+    kw = {"batch_size": 4, "size": 2, "seed": 3, "workers": 2, "prefetch": 1, "num_shards": 2}
+    for shard in (0, 1):
+        with ImageBatches(paths, np.arange(11), shard_index=shard, **kw) as batches:
+            full = list(batches.epoch(2))
+            rows = batches.rows(2)
+            assert len(full) == 3 and np.array_equal(np.concatenate([b.y[b.mask] for b in full]), rows[rows >= 0])
+            it = batches.epoch(2)
+            next(it)
+            state = json.loads(json.dumps(it.get_state()))
+            it.close()
+            calls.clear()
+            it = batches.epoch(2)
+            it.set_state(state)
+            rest = list(it)
+            assert len(rest) == 2 and all(
+                np.array_equal(u.x, v.x) and np.array_equal(u.y, v.y) and np.array_equal(u.mask, v.mask) for u, v in zip(rest, full[1:])
+            )
+            skipped = {f"img{j}.png" for j in batches.rows(2)[0]}
+            assert calls and not skipped & set(calls)  # the images of the batch before the state were not read again
+
+
+def test_image_source_is_load_image_with_labels():
+    paths, classes = real_subset(2)
+    source = ImageSource(paths, classes, size=16, resize="stretch", stats=None)
+    img, label = source[1]
+    assert len(source) == len(paths) and label == classes[1] and np.array_equal(img, load_image(paths[1], 16, resize="stretch"))
+    stats = imf._check_stats(IMAGENET_MEAN, IMAGENET_STD)
+    z, _ = ImageSource(paths, classes, size=16, resize="stretch", stats=stats)[1]
+    assert z.dtype == np.float32 and np.array_equal(z, normalize(img))
 
 
 def test_batches_argument_errors():

@@ -174,3 +174,16 @@ def test_vowels_table2_selection_and_figure3_are_the_committed_runs():
     r = np.load(os.path.join(folder, roll + ".eval.npz"))["margin_l2"]
     for q, i in fig["sequences"].items():  # the sequences nearest the ROLL model's percentiles
         assert abs(r[i] - np.percentile(r, int(q[1:]))) == np.min(np.abs(r - np.percentile(r, int(q[1:]))))
+
+
+def test_image_pipeline_figures_in_the_readme_are_the_committed_benchmark():
+    """The README's Grain-versus-thread-pool figures are ``benchmarks/results_image_pipeline.json``'s (paired ratios, CPU per image)."""
+    results = json.load(open(os.path.join(ROOT, "benchmarks", "results_image_pipeline.json")))
+    rows = results["results"]
+    assert {(r["size"], r["dtype"][:5]) for r in rows} == {(64, "uint8"), (64, "float"), (299, "uint8"), (299, "float")}
+    assert all(r["images"] == 512 for r in rows) and results["workers"] == 2
+    ratios = [r["grain_over_thread_pool_paired"] for r in rows]
+    cpu = max(abs(r["grain"]["median_cpu_ms_per_image"] / r["thread_pool"]["median_cpu_ms_per_image"] - 1) for r in rows)
+    readme = " ".join(open(os.path.join(ROOT, "README.md")).read().split())
+    assert f"{min(ratios):.2f}-{max(ratios):.1f}x the thread pool's images/s" in readme
+    assert f"same CPU time per image within {int(np.ceil(100 * cpu))}%" in readme

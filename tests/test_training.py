@@ -26,7 +26,8 @@ from lld_jax.training import RunDir, TrainConfig, Trainer, data_mesh, fit, lr_sc
 
 
 def crash_config():
-    return TrainConfig(epochs=6, batch_size=8, lam=0.5, C=1.0, regularizer="sampled", num_samples=2, lr=0.05)
+    # 8 steps per epoch on small_problem(60); mid-epoch checkpoints at steps 5, 10, 15, ... (epoch 1 step 5, epoch 2 step 2, ...)
+    return TrainConfig(epochs=6, batch_size=8, lam=0.5, C=1.0, regularizer="sampled", num_samples=2, lr=0.05, checkpoint_every_steps=5)
 
 
 def multiprocess_config():
@@ -195,6 +196,8 @@ def _worker(script, args, env_extra=None):
 
 
 KILL_POINTS = [  # a crash at each of these instructions, one after the other on the same run directory
+    "save_position:1:mid",  # the first mid-epoch checkpoint write has started (epoch 1, step 5)
+    "save_position:2:after",  # stopped mid-epoch (epoch 2, step 2), right after its checkpoint: resumed from there
     "append_metrics:2:after",  # epoch 2's metrics line is on disk, its checkpoints are not
     "save:2:mid",  # a checkpoint write has started
     "keep_metrics:1:before",  # before the metrics file is trimmed on resume
@@ -421,6 +424,64 @@ def test_streamed_batches_train_exactly_like_host_arrays(tmp_path):
     with pytest.raises(ValueError, match=r"training labels must be integers in \[0, 2\)"):
         fit(net, params, cfg, bad, val, str(tmp_path / "d"), progress=False)
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+class Interrupted(Exception):
+    """Stands for a process stopped between two steps (Ctrl-C, a pre-empted job)."""
+
+
+@pytest.mark.parametrize("data", ["images", "arrays"])
+def test_run_stopped_mid_epoch_resumes_with_the_batches_it_would_have_seen(tmp_path, monkeypatch, data):
+    """Stopped right after the mid-epoch checkpoint of step 2 of epoch 2, resumed: parameters and metrics identical (tolerance 0) to an
+    uninterrupted run without mid-epoch checkpoints; only the remaining steps run. Images go through ImageBatches (Grain's iterator
+    state is saved with the checkpoint and restored), arrays through train_epoch's own batches."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (5, 7, 3), np.uint8) for _ in range(27)]  # 27 = 3 * 8 + 3: a ragged, masked last batch
+    labels = (np.array([im[..., 0].mean() for im in images]) > 127).astype(np.int32)
+    net, params = L.from_nnx(L.models.MLP((4, 4, 3), [8], 2, rngs=nnx.Rngs(0)))
+    cfg = TrainConfig(epochs=3, batch_size=8, lam=0.5, C=1.0, regularizer="sampled", num_samples=2, lr=0.05, eval_batch_size=8)
+    stats = {"mean": L.data.IMAGENET_MEAN, "std": L.data.IMAGENET_STD}
+    if data == "images":
+        train = L.data.ImageBatches(images, labels, batch_size=8, size=4, seed=cfg.seed, workers=2, prefetch=1, **stats)
+        val = L.data.ImageBatches(images[:8], labels[:8], batch_size=8, size=4, shuffle=False, workers=1, **stats)
+    else:
+        x = np.stack([L.data.normalize(L.data.load_image(im, 4)) for im in images])
+        train, val = (x, labels), (x[:8], labels[:8])
+    ref, ref_hist = fit(net, params, cfg, train, val, str(tmp_path / "ref"), progress=False)
+    steps = []
+    init = Trainer.__init__
+
+    def counting_init(self, *args, **kw):
+        init(self, *args, **kw)
+        step = self.train_step
+        self.train_step = lambda *a: (steps.append(1), step(*a))[1]
+
+    monkeypatch.setattr(Trainer, "__init__", counting_init)
+    save = L.training.Checkpoints.save_position
+    saved = []
+
+    def save_then_stop(self, *args):
+        save(self, *args)
+        saved.append(args[2])
+        if len(saved) == 2:
+            raise Interrupted
+
+    monkeypatch.setattr(L.training.Checkpoints, "save_position", save_then_stop)
+    run, mid_cfg = str(tmp_path / "run"), dataclasses.replace(cfg, checkpoint_every_steps=3)  # 4 steps per epoch: steps 3, 6 (epoch 2, step 2), 9
+    with pytest.raises(Interrupted):
+        fit(net, params, mid_cfg, train, val, run, progress=False)
+    assert (saved[1]["epoch"], saved[1]["step"]) == (1, 2) and (saved[1]["data"] is not None) == (data == "images")
+    monkeypatch.setattr(L.training.Checkpoints, "save_position", save)
+    steps.clear()
+    got, hist = fit(net, params, mid_cfg, train, val, run, progress=False)
+    assert len(steps) == 2 + 4  # epoch 2's last two steps and epoch 3: nothing replayed
+    chex.assert_trees_all_equal(jax.device_get(got), jax.device_get(ref))
+    assert hist == ref_hist
+    assert [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))] == ref_hist
+    assert os.listdir(os.path.join(run, "checkpoints", "mid")) == []  # overtaken by the epoch ends
+    if data == "images":
+        train.close()
+        val.close()
 
 
 def test_lr_step_schedule():

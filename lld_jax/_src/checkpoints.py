@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a run: ``latest`` (full state, for resuming) and ``best`` (parameters)."""
+"""Orbax checkpoints of a run: ``latest`` (full state at an epoch's end, for resuming), ``best`` (parameters)
+and ``mid`` (full state plus the data position within an epoch, with ``TrainConfig.checkpoint_every_steps``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from lld_jax._src.network import PyTree
 
 
 class Checkpoints:
-    """Two Orbax managers (latest, best) over flat leaf lists (robust to any pytree keys).
+    """Three Orbax managers (latest, best, mid) over flat leaf lists (robust to any pytree keys).
 
     Use as a context manager; saves are waited for (the next train step
     donates the saved buffers, and a process may be killed at any time).
@@ -27,6 +28,9 @@ class Checkpoints:
         # Two best checkpoints: a new best is saved before the epoch's latest, so a crash between
         # the two leaves the previous best in place when the new one is dropped on resume.
         self.best = ocp.CheckpointManager(os.path.join(root, "best"), options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+        # Mid-epoch checkpoints, numbered by optimiser step: the state and, as JSON, where the epoch stopped
+        # (step, running metric sums, the data iterator's state). Only the newest one matters.
+        self.mid = ocp.CheckpointManager(os.path.join(root, "mid"), options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
     @staticmethod
     def latest_step(run_dir: str) -> int:
@@ -58,6 +62,25 @@ class Checkpoints:
         got = mgr.restore(step, args=self._ocp.args.StandardRestore(abstract))
         return step, jax.tree.unflatten(treedef, got["leaves"])
 
+    def save_position(self, step: int, tree: PyTree, position: dict[str, Any]) -> None:
+        """Saves ``tree`` with ``position`` (JSON) as mid-epoch checkpoint ``step`` (the optimiser step) and waits for it."""
+        if step in self.mid.all_steps():
+            self.mid.delete(step)
+        args = self._ocp.args
+        self.mid.save(step, args=args.Composite(tree=args.StandardSave({"leaves": jax.tree.leaves(tree)}), position=args.JsonSave(position)))
+        self.mid.wait_until_finished()
+
+    def restore_position(self, like: PyTree) -> tuple[PyTree, dict[str, Any]] | None:
+        """``(tree, position)`` of the newest mid-epoch checkpoint, ``tree`` with the structure of ``like``; None if there is none."""
+        step = self.mid.latest_step()
+        if step is None:
+            return None
+        leaves, treedef = jax.tree.flatten(like)
+        abstract = {"leaves": [jax.ShapeDtypeStruct(np.shape(a), a.dtype) for a in leaves]}
+        args = self._ocp.args
+        got = self.mid.restore(step, args=args.Composite(tree=args.StandardRestore(abstract), position=args.JsonRestore()))
+        return jax.tree.unflatten(treedef, got["tree"]["leaves"]), dict(got["position"])
+
     def drop_after(self, mgr: Any, step: int) -> None:
         """Deletes checkpoints of ``mgr`` newer than ``step`` (written by epochs that will be replayed)."""
         for s in mgr.all_steps():
@@ -67,6 +90,7 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+        self.mid.close()
 
 
 def load_best(run_dir: str, like: PyTree) -> PyTree:

@@ -4,11 +4,13 @@ The paper's Caltech-256 protocol (§5.3, App. I): per class, 5 random images for
 validation, 15 for test and the rest for training; images resized to 299×299×3
 and normalised per channel (ImageNet mean/std for ImageNet-pretrained weights).
 
-Images are decoded with Pillow, on demand, by a bounded thread pool (Pillow
-releases the GIL while decoding and resizing), a few batches ahead of the
-consumer: the data set never sits in memory as a float array. Every batch has
-the same number of rows; the last, ragged one is padded and masked, never
-dropped, as :func:`lld_jax._src.loop.train_epoch` does with host arrays.
+Images are decoded with Pillow, on demand, by a Grain pipeline
+(:class:`ImageSource`, a random-access data source, read by Grain's threads
+with a bounded prefetch buffer; Pillow releases the GIL while decoding and
+resizing), a few batches ahead of the consumer: the data set never sits in
+memory as a float array. Every batch has the same number of rows; the last,
+ragged one is padded and masked, never dropped, as
+:func:`lld_jax._src.loop.train_epoch` does with host arrays.
 
 Sources: the images are files on disk (:func:`scan_image_folder`) or uint8
 arrays from a random-access source (:class:`ImageRecords`), e.g. a TensorFlow
@@ -24,18 +26,17 @@ converting a margin computed on normalised inputs.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import os
+import threading
 import weakref
-from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.host import epoch_order, pad_rows
+from lld_jax._src.host import epoch_order
 from lld_jax._src.image_records import ImageRecords
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -342,6 +343,43 @@ def _is_path(item: Any) -> bool:
     return isinstance(item, (str, os.PathLike))
 
 
+class ImageSource:
+    """A Grain random-access data source over N images: item ``j`` is ``(image, label)``, decoded on request.
+
+    Decoding is :func:`load_image` (then :func:`normalize` when ``stats`` is
+    given), so a file, an array and an :class:`ImageRecords` item decode
+    exactly as everywhere else in the library. Safe to read from several
+    threads (Pillow releases the GIL while decoding and resizing).
+
+    Args:
+      items: the N images: file paths, uint8 arrays, or an :class:`ImageRecords`
+        (read here, so a record's I/O runs in the reading thread too).
+      labels: int32 array of shape (N,).
+      size, resize: as in :func:`load_image`.
+      stats: ``(mean, std)`` float32 arrays of shape (3,) to normalise, or None for uint8 pixels.
+    """
+
+    def __init__(
+        self, items: ImageRecords | list[Any], labels: np.ndarray, *, size: int, resize: Resize, stats: tuple[np.ndarray, np.ndarray] | None
+    ):
+        self.items, self.labels, self.size, self.resize, self.stats = items, labels, size, resize, stats
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j: int) -> tuple[np.ndarray, np.int32]:
+        """Image ``j`` as (size, size, 3) uint8 (or float32 when normalising) and its label; a decoding error names the file or record."""
+        item = self.items[j]
+        try:
+            img = load_image(item, self.size, resize=self.resize)
+        except ValueError as err:
+            if _is_path(item):
+                raise  # the message names the file
+            what = self.items.name_of(j) if isinstance(self.items, ImageRecords) else f"image array {j}"
+            raise ValueError(f"{what}: {err}") from err
+        return (img if self.stats is None else normalize(img, *self.stats)), self.labels[j]
+
+
 class ImageBatch(NamedTuple):
     """One batch from :class:`ImageBatches`; rows where ``mask`` is False are padding."""
 
@@ -351,22 +389,32 @@ class ImageBatch(NamedTuple):
 
 
 class ImageBatches:
-    """Streams padded, masked batches of decoded images, decoding a few batches ahead in a thread pool.
+    """Streams padded, masked batches of decoded images through a Grain pipeline.
 
     ``epoch(e)`` visits every example exactly once, in the order
     ``host.epoch_order(N, seed, e)`` when shuffling (the order
-    :func:`lld_jax._src.loop.train_epoch` uses for host arrays, so a resumed
-    run replays it), else in the given order. Each batch has ``batch_size``
-    rows (``batch_size // num_shards`` with sharding); the last, ragged one is
+    :func:`lld_jax._src.loop.train_epoch` uses for host arrays, so streamed
+    and host-array runs see the same batches and a resumed run replays them),
+    else in the given order. Each batch has ``batch_size`` rows
+    (``batch_size // num_shards`` with sharding); the last, ragged one is
     padded with copies of its first row and masked, never dropped.
 
-    Memory is bounded: at most ``prefetch + 1`` batches are decoded or being
-    decoded at any time, plus the batch the consumer holds.
+    The pipeline is Grain's: the epoch's rows of this shard (:meth:`rows`,
+    ``-1`` marking padding), cut into a few reading tasks per batch, are a
+    ``grain.MapDataset`` whose tasks decode through :class:`ImageSource`, read
+    by ``workers`` threads with a bounded prefetch buffer, and batched. Each process reads only its own shard's images. The
+    epoch iterator is Grain's: ``get_state()`` gives a small JSON-able
+    position and ``set_state()`` on a fresh ``epoch(e)`` iterator continues
+    from it without decoding the skipped images (what
+    :func:`lld_jax.training.fit` stores with a mid-epoch checkpoint).
 
-    Use it as a context manager (or call :meth:`close`) to stop its threads; an
-    epoch iterator that is closed or garbage-collected early cancels its
-    pending work. A decoding error is raised, naming the file (or record),
-    when the batch holding it is requested.
+    Memory is bounded: at most ``prefetch + 1`` batches' images are read or
+    being read ahead of the batch the consumer holds.
+
+    Use it as a context manager (or call :meth:`close`) to stop the reading
+    threads of unfinished epoch iterators; an epoch iterator can also be
+    closed on its own (``it.close()``). A decoding error is raised, naming the
+    file (or record), when the batch holding it is requested.
 
     Example::
 
@@ -378,7 +426,7 @@ class ImageBatches:
     Args:
       paths: the N images: file paths, decoded uint8 arrays (see
         :func:`load_image`), or an :class:`ImageRecords`, which is kept as it
-        is and read lazily by the decoding threads (any other iterable is
+        is and read lazily by the reading threads (any other iterable is
         copied into a list).
       labels: int array of shape (N,).
       batch_size: rows per (global) batch.
@@ -388,8 +436,9 @@ class ImageBatches:
       seed: seed of the per-epoch shuffles.
       mean, std: if given (both), batches hold ``normalize(x, mean, std)`` as
         float32; if None (both), raw uint8 pixels.
-      workers: decoding threads (default: ``min(8, os.cpu_count())``).
-      prefetch: batches decoded ahead of the one being consumed (>= 0).
+      workers: reading threads of each epoch iterator (default: ``min(8, os.cpu_count())``).
+      prefetch: batches read ahead of the one being consumed, besides the
+        next one (>= 0).
       shard_index, num_shards: in a multi-process run, process ``shard_index``
         of ``num_shards`` gets rows ``[i * b, (i + 1) * b)`` of every global
         batch, ``b = batch_size // num_shards`` (the split ``train_epoch``
@@ -444,10 +493,10 @@ class ImageBatches:
             raise ValueError("pass both mean and std (normalised float32 batches) or neither (uint8 batches).")
         self.stats = None if mean is None else _check_stats(mean, std)
         self.batch_size, self.size, self.resize, self.shuffle, self.seed = int(batch_size), int(size), resize, shuffle, seed
-        self.prefetch, self.shard_index, self.num_shards = int(prefetch), int(shard_index), int(num_shards)
+        self.workers, self.prefetch, self.shard_index, self.num_shards = int(workers), int(prefetch), int(shard_index), int(num_shards)
         self.local_batch_size = self.batch_size // self.num_shards
-        self._pool: cf.ThreadPoolExecutor | None = cf.ThreadPoolExecutor(max_workers=int(workers), thread_name_prefix="lld-image")
-        self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
+        self.source = ImageSource(self.paths, self.labels, size=self.size, resize=self.resize, stats=self.stats)
+        self._open: weakref.WeakSet[Any] | None = weakref.WeakSet()  # epoch iterators whose threads close() stops
 
     def __len__(self) -> int:
         """Batches per epoch: ``ceil(N / batch_size)``, the same on every shard."""
@@ -496,15 +545,28 @@ class ImageBatches:
         self.close()
 
     def close(self) -> None:
-        """Cancels pending decoding and stops the threads (waiting for running decodes); idempotent."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-            self._finalizer.detach()
+        """Closes every unfinished epoch iterator: cancels its queued reads and stops its threads (reads under way finish first); idempotent."""
+        if self._open is not None:
+            for it in list(self._open):
+                it.close()
+            self._open = None
 
     def __iter__(self) -> Iterator[ImageBatch]:
         """Same as ``epoch(0)``: one pass, e.g. for evaluation with ``shuffle=False``."""
         return self.epoch(0)
+
+    def rows(self, epoch: int) -> np.ndarray:
+        """This shard's rows of epoch ``epoch``: int64 of shape (len(self), local_batch_size), indices into the N images, -1 on padding.
+
+        Row ``s`` is the slice ``[i * b, (i + 1) * b)`` of global batch ``s``
+        (``i`` the shard index, ``b`` the local batch size); padding only
+        follows real rows, and a shard past the ragged end gets a row of -1.
+        """
+        n, steps = len(self.paths), len(self)
+        order = np.full(steps * self.batch_size, -1, np.int64)
+        order[:n] = epoch_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
+        lo = self.shard_index * self.local_batch_size
+        return order.reshape(steps, self.batch_size)[:, lo : lo + self.local_batch_size]
 
     def epoch(self, epoch: int) -> Iterator[ImageBatch]:
         """Iterates over epoch ``epoch``: ``len(self)`` batches of :class:`ImageBatch`.
@@ -514,65 +576,77 @@ class ImageBatches:
             the same for the same ``(seed, epoch)``.
 
         Returns:
-          An iterator of ``ImageBatch(x, y, mask)``: ``x`` of shape
+          Grain's iterator of ``ImageBatch(x, y, mask)``: ``x`` of shape
           (b, size, size, 3), uint8 pixels or float32 normalised values; ``y``
           int32 (b,); ``mask`` bool (b,), False on padding rows; ``b`` the
-          local batch size.
+          local batch size. Its ``get_state()``/``set_state()`` save and
+          restore the position within the epoch; ``close()`` stops its threads.
 
         Raises:
-          RuntimeError: the pipeline is closed (when iterated).
+          RuntimeError: the pipeline is closed.
           ValueError: an image cannot be decoded (when its batch is requested).
         """
-        n = len(self.paths)
-        order = epoch_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
-        lo = self.shard_index * self.local_batch_size
-        batches = [order[s : s + self.batch_size][lo : lo + self.local_batch_size] for s in range(0, n, self.batch_size)]
-        return self._stream(batches)
+        import grain  # imported here: it takes about a second, and only image pipelines need it
 
-    def _stream(self, batches: list[np.ndarray]) -> Iterator[ImageBatch]:
-        pending: deque[tuple[np.ndarray, np.ndarray, list[cf.Future]]] = deque()
-        nxt = 0
-        try:
-            for _ in range(len(batches)):
-                while nxt < len(batches) and len(pending) <= self.prefetch:
-                    pending.append(self._submit(batches[nxt]))
-                    nxt += 1
-                idx, out, futures = pending[0]
-                for f in futures:
-                    f.result()  # re-raises a decoding error, naming the file
-                pending.popleft()
-                yield self._finish(idx, out)
-        finally:  # closed early, garbage-collected or failed: drop the work queued ahead
-            for _, _, futures in pending:
-                for f in futures:
-                    f.cancel()
-
-    def _submit(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[cf.Future]]:
-        if self._pool is None:
+        if self._open is None:
             raise RuntimeError("this ImageBatches is closed; create a new one.")
-        b, s = self.local_batch_size, self.size
-        out = np.zeros((b, s, s, 3), self.dtype)
-        return idx, out, [self._pool.submit(self._decode_into, out, i, j) for i, j in enumerate(idx)]
+        b = self.local_batch_size
+        # Rows, not a Grain sampler, decide the order: the same batches as host arrays in train_epoch, equal
+        # batch counts on every shard (a shard with fewer steps would leave the others waiting in a collective).
+        # A batch is read as c tasks of a few consecutive rows: several per thread, so that a thread held up
+        # (a large file, a busy machine) does not idle the others; not one image each, as Grain's per-task cost
+        # (~60 us, mostly its prefetch-depth metric, which scans the buffer) would then cost ~10% on small images.
+        c = min(4 * self.workers, b)
+        tasks = [(s, int(part[0]), row[part]) for s, row in enumerate(self.rows(epoch)) for part in np.array_split(np.arange(b), c)]
+        batch = _BatchAssembly(self.source, b, self.size, self.dtype)
+        # Grain's buffer counts tasks submitted ahead of the last one returned: prefetch + 1 batches, as many as
+        # the thread pool this replaced had in flight while the consumer waited (fewer measurably idled the threads).
+        read = grain.ReadOptions(num_threads=self.workers, prefetch_buffer_size=(self.prefetch + 1) * c)
+        it = iter(grain.MapDataset.source(tasks).map(batch.read).to_iter_dataset(read).batch(c, batch_fn=batch.collate))
+        self._open.add(it)
+        return it
 
-    def _decode_into(self, out: np.ndarray, row: int, j: int) -> None:
-        item = self.paths[j]  # read here, in a decoding thread: a record's I/O and decoding overlap too
-        try:
-            img = load_image(item, self.size, resize=self.resize)
-        except ValueError as err:
-            if _is_path(item):
-                raise  # the message names the file
-            what = self.paths.name_of(j) if isinstance(self.paths, ImageRecords) else f"image array {j}"
-            raise ValueError(f"{what}: {err}") from err
-        out[row] = img if self.stats is None else normalize(img, *self.stats)
 
-    def _finish(self, idx: np.ndarray, out: np.ndarray) -> ImageBatch:
-        k, b = len(idx), self.local_batch_size
-        mask = np.zeros(b, bool)
+class _BatchAssembly:
+    """The reading tasks of one epoch iterator: each decodes some consecutive rows of a batch straight into that batch's array.
+
+    Writing in place (the tasks of a batch fill disjoint rows of one array,
+    created by the first of them) spares the consumer a copy of every batch;
+    with normalised 299-pixel images that copy cost ~7% of the throughput.
+    """
+
+    def __init__(self, source: ImageSource, b: int, size: int, dtype: np.dtype):
+        self.source, self.b, self.size, self.dtype = source, b, size, dtype
+        self.arrays: dict[int, np.ndarray] = {}  # batch number -> its array, while being filled
+        self.lock = threading.Lock()
+
+    def read(self, task: tuple[int, int, np.ndarray]) -> tuple[int, np.ndarray, int]:
+        """Task ``(batch number, first row, indices (-1: padding, which comes last))``: ``(batch number, labels, real rows)``."""
+        s, lo, idx = task
+        with self.lock:
+            x = self.arrays.get(s)
+            if x is None:
+                x = self.arrays[s] = np.zeros((self.b, self.size, self.size, 3), self.dtype)
+        k = int(np.sum(idx >= 0))
+        y = np.zeros(len(idx), np.int32)
+        for row, j in enumerate(idx[:k]):
+            x[lo + row], y[row] = self.source[int(j)]
+        return s, y, k
+
+    def collate(self, parts: Sequence[tuple[int, np.ndarray, int]]) -> ImageBatch:
+        """One batch from its tasks' results, in order: padding rows (after the real ones) copy the first row and are masked; no real row: zeros."""
+        s = parts[0][0]
+        with self.lock:
+            x = self.arrays.pop(s)
+            for stale in [t for t in self.arrays if t < s]:  # left by reads cancelled by set_state
+                del self.arrays[stale]
+        y = np.concatenate([p[1] for p in parts])
+        k = sum(p[2] for p in parts)
+        mask = np.zeros(self.b, bool)
         mask[:k] = True
-        if k == 0:
-            return ImageBatch(out, np.zeros(b, np.int32), mask)
-        out[k:] = out[0]
-        return ImageBatch(out, pad_rows(self.labels[idx], b), mask)
+        if k:
+            x[k:], y[k:] = x[0], y[0]
+        return ImageBatch(x, y, mask)
 
 
 def channel_stats(

@@ -58,6 +58,9 @@ class TrainConfig:
     task_loss: str = "softmax"  # "softmax" cross-entropy or "sigmoid" (one logit, labels 0/1)
     seed: int = 1
     eval_batch_size: int = 1000
+    # Also checkpoint within epochs, every this many optimiser steps (counted from the run's start), with the
+    # data position, so that a run stopped mid-epoch resumes with the batches it would have seen. None: at epoch ends only.
+    checkpoint_every_steps: int | None = None
 
     @classmethod
     def record_defaults(cls, prefix: str = "train.") -> dict[str, Any]:
@@ -88,6 +91,7 @@ class TrainConfig:
         if self.task_loss not in ("softmax", "sigmoid"):
             raise ValueError(f"task_loss must be 'softmax' or 'sigmoid', got {self.task_loss!r}.")
         self.chunk_size = positive_int(self.chunk_size, "chunk_size", allow_none=True)
+        self.checkpoint_every_steps = positive_int(self.checkpoint_every_steps, "checkpoint_every_steps", allow_none=True)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
         if self.estimator not in ("axes", "gaussian"):
@@ -284,7 +288,11 @@ class BatchSource(Protocol):
     rows (this process's slice of a global batch of ``batch_size`` rows; rows
     where ``mask`` is False are padding), every example once; a training
     source must shuffle as a function of ``(seed, e)`` only, so that a resumed
-    run replays the same batches. ``len()`` is the number of batches per epoch,
+    run replays the same batches. If the iterator ``epoch(e)`` returns has
+    ``get_state()`` (JSON-able) and ``set_state(state)`` (as
+    :class:`lld_jax.data.ImageBatches`' Grain iterators do), a mid-epoch
+    checkpoint stores its state and a resumed run continues from it; otherwise
+    the batches before the checkpoint are read again and dropped. ``len()`` is the number of batches per epoch,
     ``num_examples`` the split's size and ``fingerprint()`` a string that
     changes with its content (recorded by :func:`lld_jax.training.fit`); it
     identifies the whole split, not the shard, so it is the same on every
