@@ -433,47 +433,57 @@ def _load_eval(config: Config, name: str) -> dict[str, np.ndarray]:
 
 
 def plot_figures(config: Config, data: ImageData, models: dict[str, tuple[lld_jax.Network, Any]], dirs: dict[str, str] | None = None) -> dict:
-    """Figure 4 (gradients) and Figures 5-6 (integrated gradients) at the P50 and P75 of ROLL's max distortion."""
+    """Figure 4 (gradients) and Figures 5-6 (integrated gradients) at the P25, P50, P75 and P100 of ROLL's max distortion.
+
+    One row per percentile (the evaluated image nearest it, as the paper's
+    figures); columns: the image, then per model its adversarial image (the
+    genetic algorithm's worst point) and the saliency maps at the image and at
+    the adversarial image.
+    """
     plt = _figures.pyplot()
     ev = {name: _load_eval(config, (dirs or {}).get(name, name)) for name in models}
     roll = ev["roll"]
     picks = {}
-    for q in (50, 75):
+    for q in (25, 50, 75, 100):
         target = np.percentile(roll["distortion"], q)
         picks[f"P{q}"] = int(np.argmin(np.abs(roll["distortion"] - target)))  # the nearest image, as the paper's figures
-    fig4, ax4 = plt.subplots(len(picks), 5, figsize=(12, 2.6 * len(picks)), squeeze=False)
-    fig5, ax5 = plt.subplots(len(picks), 5, figsize=(12, 2.6 * len(picks)), squeeze=False)
+    ncol = 1 + 3 * len(("roll", "vanilla"))
+    fig4, ax4 = plt.subplots(len(picks), ncol, figsize=(2.1 * ncol, 2.3 * len(picks)), squeeze=False)
+    fig5, ax5 = plt.subplots(len(picks), ncol, figsize=(2.1 * ncol, 2.3 * len(picks)), squeeze=False)
     info = {}
     for row, (label, i) in enumerate(picks.items()):
         idx = int(roll["idx"][i])
         image = data.pixels(np.array([idx]), config)[0]
         y = int(data.labels[idx])
-        title = f"{data.class_names[y]} ({label})"
+        title = f"{data.class_names[y]} ({label} of ROLL's max Δ)"
         info[label] = {"image": str(data.paths[idx]), "class": data.class_names[y]}
         for a in (ax4[row, 0], ax5[row, 0]):
             a.imshow(image)
-            a.set_title(title, fontsize=8)
+            a.set_title(title, fontsize=7)
         for col, name in enumerate(("roll", "vanilla")):
             e = ev[name]
             net, params = models[name]
             j = int(np.flatnonzero(e["idx"] == idx)[0])
             info[label][name] = {"max_distortion": float(e["distortion"][j]), "prediction_changed": bool(e["prediction_changed"][j])}
-            ax4[row, 1 + 2 * col].imshow(saliency(e["grad"][j]), cmap="gray", vmin=0, vmax=1)
-            ax4[row, 1 + 2 * col].set_title(f"{name}: original gradient", fontsize=8)
-            ax4[row, 2 + 2 * col].imshow(saliency(e["grad_worst"][j]), cmap="gray", vmin=0, vmax=1)
-            ax4[row, 2 + 2 * col].set_title(f"{name}: adversarial (Δ={e['distortion'][j]:.3g})", fontsize=8)
+            c = 1 + 3 * col
+            changed = " (label changed)" if e["prediction_changed"][j] else ""
+            for a in (ax4[row, c], ax5[row, c]):
+                a.imshow(np.clip(e["x_worst"][j], 0, 1))
+                a.set_title(f"{name}: adversarial image{changed}", fontsize=7)
+            ax4[row, c + 1].imshow(saliency(e["grad"][j]), cmap="gray", vmin=0, vmax=1)
+            ax4[row, c + 1].set_title(f"{name}: gradient at image", fontsize=7)
+            ax4[row, c + 2].imshow(saliency(e["grad_worst"][j]), cmap="gray", vmin=0, vmax=1)
+            ax4[row, c + 2].set_title(f"{name}: at adversarial (Δ={e['distortion'][j]:.3g})", fontsize=7)
             pts = jnp.asarray(np.stack([image, e["x_worst"][j]]))
             ig = np.asarray(lld_jax.attribution.integrated_gradients(net, params, pts, jnp.array([y, y]), steps=config.ig_steps))
-            ax5[row, 1 + 2 * col].imshow(saliency(ig[0]), cmap="gray", vmin=0, vmax=1)
-            ax5[row, 1 + 2 * col].set_title(f"{name}: IG, original image", fontsize=8)
-            ax5[row, 2 + 2 * col].imshow(saliency(ig[1]), cmap="gray", vmin=0, vmax=1)
-            ax5[row, 2 + 2 * col].set_title(f"{name}: IG, adversarial image", fontsize=8)
+            ax5[row, c + 1].imshow(saliency(ig[0]), cmap="gray", vmin=0, vmax=1)
+            ax5[row, c + 1].set_title(f"{name}: IG at image", fontsize=7)
+            ax5[row, c + 2].imshow(saliency(ig[1]), cmap="gray", vmin=0, vmax=1)
+            ax5[row, c + 2].set_title(f"{name}: IG at adversarial", fontsize=7)
     for a in (*ax4.ravel(), *ax5.ravel()):
         a.set_axis_off()
     _figures.save(fig4, os.path.join(config.out, "figure4"))
     _figures.save(fig5, os.path.join(config.out, "figure5_6"))
-    plt.close(fig4)
-    plt.close(fig5)
     return info
 
 
