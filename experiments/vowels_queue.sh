@@ -13,6 +13,9 @@
 #
 #   bash experiments/vowels_queue.sh [OUT_DIR] [extra flags, e.g. --data-dir DIR]
 set -euo pipefail
+# nice alone does not yield to other sessions under Linux's autogroup scheduling (a setsid/nohup job is its own
+# group): lower the group's priority too, so the queue takes only idle CPU. Harmless where autogroups are off.
+echo 19 2> /dev/null > /proc/self/autogroup || true
 out=${1:-runs/vowels_queue}
 shift || true
 py=${PYTHON:-python}
