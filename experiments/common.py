@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lld_jax.evaluation import PERCENTILES
 from lld_jax.training import RunDir
 
 SLOTS = (("same_accuracy", 0), ("one_point_lower", 1))  # (slot, points below vanilla's rounded accuracy)
@@ -175,3 +176,18 @@ def raise_lambda(base_correct: np.ndarray, runs: Sequence[tuple[float, np.ndarra
         "candidates": rows,
         "chosen": chosen,
     }
+
+
+def table1_markdown(rows: list[tuple[str, str, dict[str, Any]]], unit: float = 1e-4, scale_name: str = "pixel scale [0, 1]") -> str:
+    """Markdown table in the layout of paper Tables 1 and 2; ``rows`` are (loss name, C, report), margins divided by ``unit``."""
+    head = "| Loss | C | ACC | #patterns | #Jacobians | " + " | ".join(f"l{q} P{p}" for q in (1, 2) for p in PERCENTILES) + " | Spearman |"
+    sep = "|" + "---|" * (head.count("|") - 1)
+    lines = [head, sep]
+    for name, c, r in rows:
+        cells = [f"{r[f'margin_l{q}'][f'P{p}'] / unit:.0f}" for q in (1, 2) for p in PERCENTILES]
+        lines.append(
+            f"| {name} | {c} | {100 * r['accuracy']:.2f}% | {r['num_patterns']} | {r['num_jacobians']} | "
+            + " | ".join(cells)
+            + f" | {r['spearman_l1_l2']:.3f} |"
+        )
+    return "\n".join(lines) + f"\n\nMargins in units of {unit:g} ({scale_name})."

@@ -34,7 +34,7 @@ import lld_jax
 from experiments import _cli, _figures, common
 from experiments.configs.mnist import Config
 from lld_jax.data import MNIST, MNIST_STD, load_mnist
-from lld_jax.evaluation import certify_dataset, evaluate_model, table1_markdown
+from lld_jax.evaluation import certify_dataset, evaluate_model
 from lld_jax.training import RunDir, TrainConfig, fit, load_best, maybe_initialize_distributed
 
 
@@ -88,7 +88,7 @@ def run_one(config: Config, data: MNIST, lam: float, C: float, gamma: Any, workd
     }
     name = "Vanilla" if lam == 0 else f"ROLL (lam={lam:g}, gamma={gamma})"
     # Per-example test results (pixel units) for paired comparisons across models and seeds.
-    common.write_report(workdir, report, report.pop("per_example"), table1_markdown([(name, "-" if lam == 0 else f"{C:g}", report)]))
+    common.write_report(workdir, report, report.pop("per_example"), common.table1_markdown([(name, "-" if lam == 0 else f"{C:g}", report)]))
     return report
 
 
@@ -207,10 +207,10 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
     rd.write_json("selection.json", record)
     if rd.write:
         with open(rd.file("table1.md"), "w") as fh:
-            fh.write(table1_markdown(rows) + "\n")
+            fh.write(common.table1_markdown(rows) + "\n")
         lam_fixed, C_fixed = config.figure2_slices()
         plot_figure2(reports, rd.file("figure2"), lam_fixed=lam_fixed, C_fixed=C_fixed)
-    print(table1_markdown(rows))
+    print(common.table1_markdown(rows))
     return reports, picks
 
 

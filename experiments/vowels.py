@@ -39,7 +39,7 @@ import lld_jax
 from experiments import _cli, _figures, common
 from experiments.configs.vowels import Config
 from lld_jax.data import Split, load_japanese_vowels, pad_sequences, sequence_lengths
-from lld_jax.evaluation import evaluate_model, table1_markdown
+from lld_jax.evaluation import evaluate_model
 from lld_jax.training import RunDir, fit, maybe_initialize_distributed
 
 UNIT = 1e-6  # Table 2 reports margins in units of 1e-6 of the raw features
@@ -136,7 +136,7 @@ def run_name(lam: float, C: float) -> str:
 
 def table2_markdown(rows: list[tuple[str, dict]]) -> str:
     """Paper Table 2's layout: accuracy, l1 / l2 margin percentiles in units of 1e-6, patterns, Spearman."""
-    return table1_markdown([(name, "-" if r["config"]["lam"] == 0 else f"{r['config']['C']:g}", r) for name, r in rows], UNIT, "raw features")
+    return common.table1_markdown([(name, "-" if r["config"]["lam"] == 0 else f"{r['config']['C']:g}", r) for name, r in rows], UNIT, "raw features")
 
 
 def load_params(config: Config, workdir: str, length: int) -> tuple[lld_jax.Network, Any]:

@@ -2,13 +2,10 @@
 
 from lld_jax._src.data import MNIST, MNIST_MEAN, MNIST_STD, Split, load_mnist, read_idx
 from lld_jax._src.download import DATA_ENV, DownloadError, cache_dir, locate
+from lld_jax._src.image_batches import ImageBatch, ImageBatches, ImageSource, channel_stats
 from lld_jax._src.image_folder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ImageBatch,
-    ImageBatches,
-    ImageSource,
-    channel_stats,
     load_image,
     normalize,
     pixel_margin_scale,

@@ -8,7 +8,8 @@ from nets import make
 from scipy.stats import spearmanr
 
 import lld_jax as L
-from lld_jax.evaluation import evaluate_model, spearman, table1_markdown
+from experiments.common import table1_markdown
+from lld_jax.evaluation import evaluate_model, spearman
 
 # Exactness against float64 references (see conftest: the suite runs float32 unless a test opts in).
 pytestmark = pytest.mark.float64

@@ -16,14 +16,13 @@ from fixtures import CALTECH_CLASSES as SMALL
 from fixtures import CALTECH_DIR as CALTECH
 from PIL import Image
 
+from lld_jax._src import image_batches
 from lld_jax._src import image_folder as imf
 from lld_jax._src.host import epoch_order
+from lld_jax._src.image_batches import ImageBatches, ImageSource, channel_stats
 from lld_jax._src.image_folder import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ImageBatches,
-    ImageSource,
-    channel_stats,
     load_image,
     normalize,
     pixel_margin_scale,
@@ -307,7 +306,7 @@ def test_prefetch_is_bounded_and_threads_stop(tmp_path, monkeypatch):
         calls.append(path)
         return np.zeros((size, size, 3), np.uint8)
 
-    monkeypatch.setattr(imf, "load_image", fake_load)
+    monkeypatch.setattr(image_batches, "load_image", fake_load)
     paths = [f"img{i}.png" for i in range(40)]
     with ImageBatches(paths, np.zeros(40, int), batch_size=4, size=2, shuffle=False, workers=2, prefetch=1) as batches:
         it = batches.epoch(0)
@@ -339,7 +338,7 @@ def test_epoch_state_resumes_mid_epoch_without_reading_the_skipped_images(monkey
         calls.append(path)
         return np.full((size, size, 3), int(path[3:-4]), np.uint8)  # pixel value = image number
 
-    monkeypatch.setattr(imf, "load_image", fake_load)
+    monkeypatch.setattr(image_batches, "load_image", fake_load)
     paths = [f"img{i}.png" for i in range(11)]
     kw = {"batch_size": 4, "size": 2, "seed": 3, "workers": 2, "prefetch": 1, "num_shards": 2}
     for shard in (0, 1):
@@ -367,7 +366,7 @@ def test_image_source_is_load_image_with_labels():
     source = ImageSource(paths, classes, size=16, resize="stretch", stats=None)
     img, label = source[1]
     assert len(source) == len(paths) and label == classes[1] and np.array_equal(img, load_image(paths[1], 16, resize="stretch"))
-    stats = imf._check_stats(IMAGENET_MEAN, IMAGENET_STD)
+    stats = imf.check_stats(IMAGENET_MEAN, IMAGENET_STD)
     z, _ = ImageSource(paths, classes, size=16, resize="stretch", stats=stats)[1]
     assert z.dtype == np.float32 and np.array_equal(z, normalize(img))
 

@@ -102,18 +102,3 @@ def evaluate_model(
     if per_example:
         report["per_example"] = {"correct": correct, **{f"margin_l{p}": v * scale for p, v in m.items()}}
     return report
-
-
-def table1_markdown(rows: list[tuple[str, str, dict[str, Any]]], unit: float = 1e-4, scale_name: str = "pixel scale [0, 1]") -> str:
-    """Markdown table in the layout of paper Tables 1 and 2; ``rows`` are (loss name, C, report), margins divided by ``unit``."""
-    head = "| Loss | C | ACC | #patterns | #Jacobians | " + " | ".join(f"l{q} P{p}" for q in (1, 2) for p in PERCENTILES) + " | Spearman |"
-    sep = "|" + "---|" * (head.count("|") - 1)
-    lines = [head, sep]
-    for name, c, r in rows:
-        cells = [f"{r[f'margin_l{q}'][f'P{p}'] / unit:.0f}" for q in (1, 2) for p in PERCENTILES]
-        lines.append(
-            f"| {name} | {c} | {100 * r['accuracy']:.2f}% | {r['num_patterns']} | {r['num_jacobians']} | "
-            + " | ".join(cells)
-            + f" | {r['spearman_l1_l2']:.3f} |"
-        )
-    return "\n".join(lines) + f"\n\nMargins in units of {unit:g} ({scale_name})."
