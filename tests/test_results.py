@@ -185,5 +185,5 @@ def test_image_pipeline_figures_in_the_readme_are_the_committed_benchmark():
     ratios = [r["grain_over_thread_pool_paired"] for r in rows]
     cpu = max(abs(r["grain"]["median_cpu_ms_per_image"] / r["thread_pool"]["median_cpu_ms_per_image"] - 1) for r in rows)
     readme = " ".join(open(os.path.join(ROOT, "README.md")).read().split())
-    assert f"{min(ratios):.2f}-{max(ratios):.1f}x the thread pool's images/s" in readme
+    assert f"{min(ratios):.2f}-{max(ratios):.2f}x the thread pool's images/s" in readme
     assert f"same CPU time per image within {int(np.ceil(100 * cpu))}%" in readme
