@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -111,8 +111,8 @@ def read_report(workdir: str) -> dict[str, Any] | None:
         return json.load(fh)
 
 
-LAMBDA_RULE = (
-    "paper App. I: with C and the other settings fixed, lambda is raised through an increasing list; the kept lambda is the "
+RAISE_RULE = (
+    "paper App. I: with the other settings fixed, {name} is raised through an increasing list; the kept {name} is the "
     "largest one reached before the first whose validation accuracy is significantly worse than vanilla's (one-sided exact "
     "McNemar test on the paired per-image predictions, p < alpha); none if the first candidate already is."
 )
@@ -137,45 +137,63 @@ def mcnemar_worse(base_correct: np.ndarray, cand_correct: np.ndarray) -> tuple[i
     return b, c, float(p)
 
 
-def raise_lambda(base_correct: np.ndarray, runs: Sequence[tuple[float, np.ndarray | None]], *, alpha: float = 0.05) -> dict[str, Any]:
-    """The paper's lambda rule (:data:`LAMBDA_RULE`) on validation predictions.
+def raise_until_worse(
+    base_correct: np.ndarray, runs: Sequence[tuple[float, np.ndarray | None]], *, alpha: float = 0.05, name: str = "lam"
+) -> dict[str, Any]:
+    """The paper's tuning rule (:data:`RAISE_RULE`, App. I: lambda, then C) on validation predictions.
 
     Args:
       base_correct: vanilla's per-example correctness on the validation split, (N,) bool.
-      runs: ``(lambda, correctness)`` of each ROLL run on the same examples, any order
-        (sorted by lambda here; the list must not skip a value the rule would visit);
+      runs: ``(value, correctness)`` of each ROLL run on the same examples, any order
+        (sorted by value here; the list must not skip a value the rule would visit);
         correctness None for a run whose training diverged (non-finite loss), which
         counts as worse.
       alpha: the test's level.
+      name: the raised hyper-parameter (``"lam"`` or ``"C"``), the candidates' key.
 
     Returns:
-      The record: ``rule``, ``test``, ``alpha``, ``candidates`` (lambda, accuracy, b, c, p,
-      worse; in increasing lambda, up to and including the first significantly worse) and
-      ``chosen`` (a lambda, or None).
+      The record: ``rule``, ``test``, ``alpha``, ``base_accuracy``, ``candidates`` (value,
+      accuracy, b, c, p, worse; in increasing value, up to and including the first
+      significantly worse) and ``chosen`` (a value, or None).
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
-    lams = [lam for lam, _ in runs]
-    if len(set(lams)) != len(lams) or not lams:
-        raise ValueError(f"need at least one run and distinct lambdas; got {lams}.")
+    values = [v for v, _ in runs]
+    if len(set(values)) != len(values) or not values:
+        raise ValueError(f"need at least one run and distinct values of {name}; got {values}.")
     chosen, rows = None, []
-    for lam, correct in sorted(runs, key=lambda r: r[0]):
+    for value, correct in sorted(runs, key=lambda r: r[0]):
         if correct is None:
-            rows.append({"lam": lam, "diverged": True, "worse": True})
+            rows.append({name: value, "diverged": True, "worse": True})
             break
         b, c, p = mcnemar_worse(base_correct, correct)
-        rows.append({"lam": lam, "accuracy": float(np.mean(correct)), "b": b, "c": c, "p": p, "worse": p < alpha})
+        rows.append({name: value, "accuracy": float(np.mean(correct)), "b": b, "c": c, "p": p, "worse": p < alpha})
         if p < alpha:
             break
-        chosen = lam
+        chosen = value
     return {
-        "rule": LAMBDA_RULE,
+        "rule": RAISE_RULE.format(name={"lam": "lambda"}.get(name, name)),
         "test": "one-sided exact McNemar",
         "alpha": alpha,
         "base_accuracy": float(np.mean(base_correct)),
         "candidates": rows,
         "chosen": chosen,
     }
+
+
+def paired_bootstrap(
+    n: int, stats: dict[str, Callable[[np.ndarray], np.ndarray]], rng: np.random.Generator, resamples: int = 2000
+) -> dict[str, dict]:
+    """Estimates and 95% percentile-bootstrap intervals of statistics of two models on the same n examples.
+
+    Every statistic sees the same resampled examples (so the pairing is kept):
+    ``stats[k](idx)`` maps index rows ``idx`` (R, n) to R values, for example
+    ``lambda idx: np.median(b[idx], 1) - np.median(a[idx], 1)``; the estimate is its
+    value on the examples themselves. Returns ``{k: {"estimate", "ci95": [lo, hi]}}``.
+    """
+    idx = rng.integers(0, n, size=(resamples, n))
+    whole = np.arange(n)[None]
+    return {k: {"estimate": float(stat(whole)[0]), "ci95": [float(v) for v in np.percentile(stat(idx), [2.5, 97.5])]} for k, stat in stats.items()}
 
 
 def table1_markdown(rows: list[tuple[str, str, dict[str, Any]]], unit: float = 1e-4, scale_name: str = "pixel scale [0, 1]") -> str:

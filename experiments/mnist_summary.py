@@ -23,6 +23,8 @@ import sys
 
 import numpy as np
 
+from experiments import common
+
 MODELS = ("vanilla", "sampled_c0.25", "sampled_c1")
 NAMES = {"vanilla": "Vanilla", "sampled_c0.25": "ROLL sampled, C = 0.25", "sampled_c1": "ROLL sampled, C = 1"}
 COLOURS = {"vanilla": "tab:gray", "sampled_c0.25": "tab:blue", "sampled_c1": "tab:red"}
@@ -47,19 +49,12 @@ def _load(folder: str, model: str, seed: int) -> tuple[dict, dict, dict | None, 
 
 
 def _paired_intervals(base: dict, other: dict, rng: np.random.Generator) -> dict:
-    n = len(base["correct"])
-    idx = rng.integers(0, n, size=(RESAMPLES, n))
-    out = {}
-    for p in (1, 2):
-        a, b = base[f"margin_l{p}"], other[f"margin_l{p}"]
-        ratios = np.median(b[idx], axis=1) / np.median(a[idx], axis=1)
-        out[f"median_l{p}_ratio"] = {"estimate": float(np.median(b) / np.median(a)), "ci95": [float(v) for v in np.percentile(ratios, [2.5, 97.5])]}
-    diffs = other["correct"][idx].mean(1) - base["correct"][idx].mean(1)
-    out["accuracy_difference"] = {
-        "estimate": float(other["correct"].mean() - base["correct"].mean()),
-        "ci95": [float(v) for v in np.percentile(diffs, [2.5, 97.5])],
+    stats = {
+        f"median_l{p}_ratio": lambda idx, p=p: np.median(other[f"margin_l{p}"][idx], axis=1) / np.median(base[f"margin_l{p}"][idx], axis=1)
+        for p in (1, 2)
     }
-    return out
+    stats["accuracy_difference"] = lambda idx: other["correct"][idx].mean(1) - base["correct"][idx].mean(1)
+    return common.paired_bootstrap(len(base["correct"]), stats, rng, RESAMPLES)
 
 
 def summarize(folder: str) -> dict:

@@ -211,13 +211,13 @@ def test_lambda_rule_stops_at_the_first_significantly_worse_run():
         want = binomtest(b, b + c, 0.5, alternative="greater").pvalue if b + c else 1.0
         assert p == pytest.approx(want, rel=1e-12)  # an independent implementation of the exact test
     runs = [(1e-4, flip(1, 1)), (1e-6, flip(0, 0)), (1e-3, flip(4, 0)), (1e-2, flip(12, 3)), (1e-1, flip(1, 0))]
-    rec = common.raise_lambda(base, runs)
+    rec = common.raise_until_worse(base, runs)
     assert rec["chosen"] == 1e-3 and [r["lam"] for r in rec["candidates"]] == [1e-6, 1e-4, 1e-3, 1e-2]  # stops at 1e-2 (p = 0.018)
     assert rec["candidates"][-1]["worse"] and not any(r["worse"] for r in rec["candidates"][:-1])
-    assert common.raise_lambda(base, [(1.0, flip(5, 0))])["chosen"] is None  # p = 1/32 < 0.05
-    diverged = common.raise_lambda(base, [(1e-6, flip(0, 0)), (1e-5, None), (1e-4, flip(0, 0))])
+    assert common.raise_until_worse(base, [(1.0, flip(5, 0))])["chosen"] is None  # p = 1/32 < 0.05
+    diverged = common.raise_until_worse(base, [(1e-6, flip(0, 0)), (1e-5, None), (1e-4, flip(0, 0))])
     assert diverged["chosen"] == 1e-6 and diverged["candidates"][-1] == {"lam": 1e-5, "diverged": True, "worse": True}
-    with pytest.raises(ValueError, match="distinct lambdas"):
-        common.raise_lambda(base, [(1.0, base), (1.0, base)])
+    with pytest.raises(ValueError, match="distinct values of lam"):
+        common.raise_until_worse(base, [(1.0, base), (1.0, base)])
     with pytest.raises(ValueError, match="one shape"):
         common.mcnemar_worse(base, base[:10])
