@@ -106,9 +106,10 @@ def test_same_weights_same_margins_patterns_and_losses_in_every_framework():
         got = {f"margin_l{p}": np.asarray(L.batched.margin(net, params, x, p=p)) for p in (1, 2, "inf")}
         got["margin_gram_or_auto"] = np.asarray(L.batched.margin(net, params, x, p=2, method="auto"))
         got["pattern"] = np.asarray(L.batched.activation_pattern(net, params, x))
-        got["roll"] = np.asarray(jax.vmap(lambda u, n=net, q=params: L.roll_penalty(n, q, u, C=1.0))(x))
+        # Under jit, as training runs them (and faster than op-by-op).
+        got["roll"] = np.asarray(jax.jit(jax.vmap(lambda u, n=net, q=params: L.roll_penalty(n, q, u, C=1.0)))(x))
         got["roll_sampled"] = np.asarray(
-            jax.vmap(lambda u, n=net, q=params: L.roll_penalty_sampled(n, q, u, jax.random.key(2), C=1.0, num_samples=3))(x)
+            jax.jit(jax.vmap(lambda u, n=net, q=params: L.roll_penalty_sampled(n, q, u, jax.random.key(2), C=1.0, num_samples=3)))(x)
         )
         if not ref:
             ref = got

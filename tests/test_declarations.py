@@ -89,7 +89,7 @@ def test_each_declaration_is_checked_against_the_network():
     for kind in ("mlp", "leaky_mlp", "cnn", "resnet", "scornn"):
         for dtype in (jnp.float64, jnp.float32):
             net, params, x = make(kind, dtype=dtype)
-            assert not np.any(jax.vmap(lambda u: declaration_mismatch(net, params, u))(x)), (kind, dtype)
+            assert not np.any(jax.jit(jax.vmap(lambda u: declaration_mismatch(net, params, u)))(x)), (kind, dtype)
 
 
 def test_a_stem_that_is_not_the_first_layer_poisons_the_sampled_loss():
