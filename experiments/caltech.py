@@ -195,7 +195,8 @@ def choose_classes(labels: np.ndarray, names: list[str], config: Config, where: 
     if config.class_choice == "random":
         counts = np.bincount(labels, minlength=len(names))
         need = config.num_val + config.num_test + (config.train_per_class or 1)
-        eligible = [i for i, n in enumerate(names) if counts[i] >= need and NEAR_DUPLICATES.get(n) not in names]
+        lower = {n.lower() for n in names}
+        eligible = [i for i, n in enumerate(names) if counts[i] >= need and NEAR_DUPLICATES.get(n.lower()) not in lower]
         if k > len(eligible):
             raise ValueError(f"--classes {k} but only {len(eligible)} classes of {where} have at least {need} images (and are no near-duplicate).")
         return np.sort(np.random.default_rng(config.data_seed).choice(eligible, size=k, replace=False))
@@ -325,13 +326,16 @@ def _eval_settings(config: Config) -> dict:
     return {k: getattr(config, k) for k in ("eval_images", "eps", "uniform_samples", "population", "generations", "keep", "seed")}
 
 
+def _data_record(config: Config, data: ImageData) -> dict:
+    """Which images a report is about: the classes and the data seed (fit's data fingerprint guards the split itself)."""
+    return {"class_names": list(data.class_names), "class_choice": config.class_choice, "data_seed": config.data_seed}
+
+
 def _experiment(config: Config, data: ImageData) -> dict:
     """What a run directory records about the data and the model besides the training config."""
     return {
         "dataset": data.source,
         "classes": len(data.class_names),
-        "class_names": list(data.class_names),
-        "data_seed": config.data_seed,
         "size": config.size,
         "train_size": len(data.train),
         "train_per_class": config.train_per_class,
@@ -370,8 +374,15 @@ def run_model(config: Config, data: ImageData, name: str, lam: float | None = No
     if os.path.exists(report_path):
         with open(report_path) as fh:
             report = json.load(fh)
-        if report.get("evaluation_settings") == _eval_settings(config) and report.get("epochs_trained") == config.epochs:
-            return report  # trained and evaluated with these settings: nothing to redo
+        same = {
+            "evaluation_settings": _eval_settings(config),
+            "epochs_trained": config.epochs,
+            "config": dataclasses.asdict(config.train_config(lam)),
+            "experiment": _experiment(config, data),
+            "data": _data_record(config, data),
+        }
+        if all(report.get(k) == json.loads(json.dumps(v)) for k, v in same.items()):
+            return report  # trained and evaluated with these settings, on these data: nothing to redo
     net, params, history, train_time = train_model(config, data, lam, run_dir)
     report = {
         "name": name,
@@ -381,6 +392,7 @@ def run_model(config: Config, data: ImageData, name: str, lam: float | None = No
         "best_epoch": common.best_epoch(history),
         "train_time_s": train_time,
         "evaluation_settings": _eval_settings(config),
+        "data": _data_record(config, data),
         **evaluate(config, data, net, params, run_dir),
         "device": str(jax.devices()[0].device_kind),
     }

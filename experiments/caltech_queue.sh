@@ -14,8 +14,8 @@
 #   bash experiments/caltech_queue.sh [OUT_DIR] [extra flags, e.g. --data-dir DIR]
 set -euo pipefail
 echo 19 2> /dev/null > /proc/self/autogroup || true  # take only idle CPU, as experiments/vowels_queue.sh
-out=${1:-runs/caltech_validated}
-shift || true
+out=runs/caltech_validated
+if [[ $# -gt 0 && $1 != -* ]]; then out=$1; shift; fi
 py=${PYTHON:-python}
 echo "seed 0: selection ($(date -u +%FT%TZ))"
 nice -n 19 "$py" -m experiments.caltech --preset validated --data-seed 0 --seed 0 --out "$out/seed0" --no-progress \

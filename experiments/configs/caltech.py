@@ -8,9 +8,9 @@ from typing import Any
 from lld_jax.training import TrainConfig
 
 BACKGROUND = "BACKGROUND_Google"  # Caltech-101's clutter class, left out by default
-NEAR_DUPLICATES = {
-    "Faces_easy": "Faces"
-}  # Caltech-101: the same photographs cropped differently; a random class choice never takes the key while its value exists
+# Caltech-101: the same photographs cropped differently; a random class choice never takes the key while its value
+# exists (compared case-insensitively: TFDS names classes in lower case).
+NEAR_DUPLICATES = {"faces_easy": "faces"}
 MODELS = ("vanilla", "roll")
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -82,7 +82,9 @@ class Config:
             "help": "read this TensorFlow Datasets data set (e.g. caltech101, prepared under $TFDS_DATA_DIR; needs lld-jax[tfds]) instead of --data-dir"
         },
     )
-    preset: str = dataclasses.field(default="reduced", metadata={"help": "'reduced' (2-core CPU) or 'paper' (accelerator)"})
+    preset: str = dataclasses.field(
+        default="reduced", metadata={"help": "'reduced' (2-core CPU), 'validated' (2-core CPU, every choice on validation) or 'paper' (accelerator)"}
+    )
     model: str = dataclasses.field(default="both", metadata={"help": "'vanilla', 'roll' or 'both'"})
     size: int | None = dataclasses.field(default=None, metadata={"help": "side of the square inputs in pixels (paper: 299)"})
     classes: int | None = dataclasses.field(default=None, metadata={"help": "use K classes (see --class-choice); None: all"})
@@ -112,7 +114,9 @@ class Config:
     lr: float = 0.005
     lr_decay_epoch: int | None = dataclasses.field(default=None, metadata={"help": "lr x 0.1 after this many epochs (0: never)"})
     momentum: float = 0.5
-    lam: float | None = dataclasses.field(default=None, metadata={"help": "lambda of the ROLL model (paper preset: 1e-3, reduced: 0.1)"})
+    lam: float | None = dataclasses.field(
+        default=None, metadata={"help": "lambda of the ROLL model (paper preset: 1e-3, reduced: 0.1, validated: none, chosen by --select-lambdas)"}
+    )
     C: float = 8.0
     select_lambdas: tuple[float, ...] = dataclasses.field(
         default=(),
@@ -176,6 +180,8 @@ class Config:
             raise ValueError(f"preset {self.preset!r} has no lambda: pass --select-lambdas (the paper's rule on validation) or --lam.")
         if self.class_choice not in (None, "first", "random"):
             raise ValueError(f"--class-choice must be 'first' or 'random', got {self.class_choice!r}.")
+        if self.class_choice == "random" and self.classes is None:
+            raise ValueError("--class-choice random draws --classes K classes: pass --classes too (or --class-choice first to use all).")
         for flag, v, least in (("--num-val", self.num_val, 1), ("--num-test", self.num_test, 1), ("--eval-images", self.eval_images, 0)):
             if v is not None and v < least:
                 raise ValueError(f"{flag} must be at least {least}{' (0: every test image)' if least == 0 else ''}, got {v}.")
