@@ -15,7 +15,7 @@
 set -euo pipefail
 echo 19 2> /dev/null > /proc/self/autogroup || true  # take only idle CPU, as experiments/vowels_queue.sh
 out=runs/caltech_validated
-if [[ $# -gt 0 && $1 != -* ]]; then out=$1; shift; fi
+if [[ $# -gt 0 && $1 != -* ]]; then out=$1; shift; fi  # OUT_DIR is optional: flags alone keep the default
 py=${PYTHON:-python}
 echo "seed 0: selection ($(date -u +%FT%TZ))"
 nice -n 19 "$py" -m experiments.caltech --preset validated --data-seed 0 --seed 0 --out "$out/seed0" --no-progress \

@@ -8,8 +8,8 @@
 #
 #   bash experiments/mnist_seeds.sh [OUT_DIR] [extra flags, e.g. --data-dir DIR]
 set -euo pipefail
-out=${1:-runs/mnist_seeds}
-shift || true
+out=runs/mnist_seeds
+if [[ $# -gt 0 && $1 != -* ]]; then out=$1; shift; fi  # OUT_DIR is optional: flags alone keep the default
 py=${PYTHON:-python}
 for seed in 1 2 3; do
   for model in vanilla sampled_c1 sampled_c0.25; do

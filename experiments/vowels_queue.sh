@@ -16,8 +16,8 @@ set -euo pipefail
 # nice alone does not yield to other sessions under Linux's autogroup scheduling (a setsid/nohup job is its own
 # group): lower the group's priority too, so the queue takes only idle CPU. Harmless where autogroups are off.
 echo 19 2> /dev/null > /proc/self/autogroup || true
-out=${1:-runs/vowels_queue}
-shift || true
+out=runs/vowels_queue
+if [[ $# -gt 0 && $1 != -* ]]; then out=$1; shift; fi  # OUT_DIR is optional: flags alone keep the default
 py=${PYTHON:-python}
 epochs=${EPOCHS:-60}
 run() {  # run NAME SEED LAM C
