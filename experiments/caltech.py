@@ -371,28 +371,25 @@ def run_model(config: Config, data: ImageData, name: str, lam: float | None = No
     lam = (config.lam if name == "roll" else 0.0) if lam is None else lam
     rd = RunDir(run_dir, write=jax.process_index() == 0)
     report_path = rd.file("report.json")
+    # What a report is about; a cached report with the same values needs nothing redone.
+    settings = {
+        "config": dataclasses.asdict(config.train_config(lam)),
+        "experiment": _experiment(config, data),
+        "epochs_trained": config.epochs,
+        "evaluation_settings": _eval_settings(config),
+        "data": _data_record(config, data),
+    }
     if os.path.exists(report_path):
         with open(report_path) as fh:
             report = json.load(fh)
-        same = {
-            "evaluation_settings": _eval_settings(config),
-            "epochs_trained": config.epochs,
-            "config": dataclasses.asdict(config.train_config(lam)),
-            "experiment": _experiment(config, data),
-            "data": _data_record(config, data),
-        }
-        if all(report.get(k) == json.loads(json.dumps(v)) for k, v in same.items()):
+        if all(report.get(k) == json.loads(json.dumps(v)) for k, v in settings.items()):
             return report  # trained and evaluated with these settings, on these data: nothing to redo
     net, params, history, train_time = train_model(config, data, lam, run_dir)
     report = {
         "name": name,
-        "config": dataclasses.asdict(config.train_config(lam)),
-        "experiment": _experiment(config, data),
-        "epochs_trained": config.epochs,
+        **settings,
         "best_epoch": common.best_epoch(history),
         "train_time_s": train_time,
-        "evaluation_settings": _eval_settings(config),
-        "data": _data_record(config, data),
         **evaluate(config, data, net, params, run_dir),
         "device": str(jax.devices()[0].device_kind),
     }
@@ -414,8 +411,8 @@ def roll_dir(lam: float, C: float, config: Config) -> str:
 def _raise(config: Config, data: ImageData, base: np.ndarray, name: str, runs: Sequence[tuple[float, float]]) -> dict:
     """Trains the ``(lambda, C)`` candidates in order until the rule stops; the record of :func:`common.raise_until_worse`."""
     hits: dict[float, np.ndarray | None] = {}
-    for lam, C in runs:
-        value = lam if name == "lam" else C
+    values = [lam if name == "lam" else C for lam, C in runs]
+    for (lam, C), value in zip(runs, values):
         run_dir = os.path.join(config.out, roll_dir(lam, C, config))
         try:
             net, params, _, _ = train_model(dataclasses.replace(config, C=C), data, lam, run_dir)
@@ -429,7 +426,7 @@ def _raise(config: Config, data: ImageData, base: np.ndarray, name: str, runs: S
         record = common.raise_until_worse(base, list(hits.items()), alpha=config.alpha, name=name)
         if record["candidates"][-1]["worse"]:
             break
-    return record | {"values": [lam if name == "lam" else C for lam, C in runs]}
+    return record | {"values": values}
 
 
 def select_hyperparameters(config: Config, data: ImageData) -> dict:

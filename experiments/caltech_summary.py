@@ -91,14 +91,11 @@ def paired(base: dict[str, np.ndarray], roll: dict[str, np.ndarray], rng: np.ran
     return out
 
 
-def summarize(folder: str) -> dict:
-    selection, runs = load_runs(folder)
+def summarize(folder: str, loaded: tuple[dict, dict] | None = None) -> dict:
+    """The summary of ``folder`` (or of its already ``loaded`` :func:`load_runs`)."""
+    selection, runs = loaded or load_runs(folder)
     seeds = sorted(runs)
-    spread = lambda vals: {
-        "per_seed": [float(v) for v in vals],
-        "mean": float(np.mean(vals)),
-        "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
-    }
+    spread = common.over_seeds
     models = {}
     for m in MODELS:
         reports = [runs[s][m][0] for s in seeds]
@@ -158,9 +155,8 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_image(folder: str) -> dict[str, np.ndarray]:
-    """Every run's per-image arrays, keyed ``<model>_seed<s>_<field>``."""
-    _, runs = load_runs(folder)
+def per_image(runs: dict[int, dict[str, tuple[dict, dict]]]) -> dict[str, np.ndarray]:
+    """Every run's per-image arrays (``runs`` of :func:`load_runs`), keyed ``<model>_seed<s>_<field>``."""
     return {f"{m}_seed{s}_{k}": v for s, by_model in runs.items() for m, (_, arrays) in by_model.items() for k, v in arrays.items()}
 
 
@@ -171,12 +167,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     to = args.to or args.folder
     os.makedirs(to, exist_ok=True)
-    summary = summarize(args.folder)
+    loaded = load_runs(args.folder)
+    summary = summarize(args.folder, loaded)
     with open(os.path.join(to, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
     with open(os.path.join(to, "summary.md"), "w") as fh:
         fh.write(markdown(summary))
-    np.savez_compressed(os.path.join(to, "per_image.npz"), **per_image(args.folder))
+    np.savez_compressed(os.path.join(to, "per_image.npz"), **per_image(loaded[1]))
     print(markdown(summary))
 
 

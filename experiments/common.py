@@ -181,6 +181,15 @@ def raise_until_worse(
     }
 
 
+def over_seeds(values: Sequence[float]) -> dict[str, Any]:
+    """One number's spread over seeds: ``per_seed``, ``mean`` and ``sd`` (sample, ddof 1; None for one seed)."""
+    return {
+        "per_seed": [float(v) for v in values],
+        "mean": float(np.mean(values)),
+        "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+    }
+
+
 def paired_bootstrap(
     n: int, stats: dict[str, Callable[[np.ndarray], np.ndarray]], rng: np.random.Generator, resamples: int = 2000
 ) -> dict[str, dict]:

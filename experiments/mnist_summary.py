@@ -64,7 +64,7 @@ def summarize(folder: str) -> dict:
     out: dict = {"seeds": list(SEEDS), "resamples": RESAMPLES, "models": {}}
     for m in MODELS:
         rows = [runs[m][s][0] for s in SEEDS]
-        stat = lambda vals: {"per_seed": [float(v) for v in vals], "mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1))}
+        stat = common.over_seeds
         entry = {
             "accuracy": stat([r["accuracy"] for r in rows]),
             "median_l1": stat([r["margin_l1"]["P50"] for r in rows]),
