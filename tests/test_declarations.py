@@ -60,6 +60,10 @@ def test_undeclared_leaky_slope_is_refused_eagerly_and_poisoned_inside_jit(leaky
     unchecked = L.batched.margin(net, params, x, p=2, check=False)
     assert np.all(np.isnan(np.asarray(unchecked)))
     assert np.isnan(float(L.roll_penalty(net, params, x[0], C=1.0)))  # the loss's gram path is poisoned too
+    # Inside the user's jit: checked, the value checks poison x; unchecked, the gram path poisons its own result.
+    for check in (True, False):
+        traced = jax.jit(jax.vmap(lambda u, check=check: L.margin(net, params, u, p=2, check=check)))(x)
+        assert np.all(np.isnan(np.asarray(traced))), check
     # Declared right, the same weights give the brute-force margins.
     fixed = dataclasses.replace(net, negative_slope=0.2)
     got = np.asarray(L.batched.margin(fixed, params, x, p=2))

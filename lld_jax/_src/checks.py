@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lld_jax._src.declarations import declaration_mismatch, declared_names
+from lld_jax._src.declarations import Probe, declaration_mismatch, declared_names
+from lld_jax._src.declarations import probe as probe_network
 from lld_jax._src.network import Network, PyTree, hidden_shapes
 
 Array = jax.Array
@@ -151,6 +152,8 @@ class Checks:
 
     values: bool
     raising: bool
+    # The call's value checks verified the declarations at its x (eagerly before the kernel, or in its trace).
+    verified: bool = False
 
     def __bool__(self) -> bool:
         return self.values
@@ -204,21 +207,17 @@ def prepare(net: Network, params: PyTree, x: Any, *, batched: bool) -> tuple[Arr
     return x, hidden_shapes(net, params, shape, x.dtype)
 
 
-def _curvature(net: Network, params: PyTree, x: Array) -> tuple[Array, Array]:
-    """Per example: is the second directional derivative of (output, preacts) non-zero?
+def _curvature(ref: Probe) -> tuple[Array, Array]:
+    """Of one example's probe: is the second directional derivative of (output, preacts) non-zero?
 
     A piecewise-linear map has zero second derivative almost everywhere, and
     JAX's derivatives of relu/leaky_relu/abs/max are exactly zero there; tanh,
     GELU or a softmax inside the network are not.
     """
-    v = jax.random.normal(jax.random.key(0), x.shape, x.dtype)
-    first = lambda u: jax.jvp(lambda w: net.apply(params, w), (u,), (v,))[1]
-    d1, d2 = jax.jvp(first, (x,), (v,))
-    amax = lambda t: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(t)] + [jnp.zeros((), x.dtype)]))
     # Exactly zero for affine maps and piecewise-linear activations (JAX differentiates their
     # kinks as steps), so any non-zero value is curvature, whatever the network's scale.
-    bent = lambda i: amax(d2[i]) > 0
-    return bent(0), bent(1)
+    amax = lambda t: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(t)] + [jnp.zeros((), jnp.result_type(*jax.tree.leaves(t)))]))
+    return amax(ref.curve[0]) > 0, amax(ref.curve[1]) > 0
 
 
 def _float_leaves(tree: PyTree) -> list[Array]:
@@ -254,8 +253,11 @@ def check_values(net: Network, params: PyTree, x: Array, *, batched: bool, name:
         "the parameters contain NaN or Inf{where}: the network's regions are undefined. Check the checkpoint or the training run that produced them.",
     )
     names = declared_names(net)
+    each = jax.vmap if batched else lambda f: f
+    # One nested JVP per example serves the declaration checks and the curvature probe.
+    ref = each(lambda u: probe_network(net, params, u, second=probe))(x) if names or probe else None
     if names:
-        mismatch = (jax.vmap if batched else lambda f: f)(lambda u: declaration_mismatch(net, params, u))(x)
+        mismatch = each(lambda u, r: declaration_mismatch(net, params, u, r))(x, ref)
         x = error_if(
             x,
             mismatch,
@@ -264,7 +266,7 @@ def check_values(net: Network, params: PyTree, x: Array, *, batched: bool, name:
             "negative_slope; dense_layers must return the module's own weights), or drop it (as_network(apply) alone).",
         )
     if probe:
-        out_bent, pre_bent = (jax.vmap if batched else lambda f: f)(lambda u: _curvature(net, params, u))(x)
+        out_bent, pre_bent = each(_curvature)(ref)
         advice = (
             "lld_jax needs affine maps and piecewise-linear activations only (ReLU, LeakyReLU, abs, "
             "max-pooling); remove tanh, GELU, sigmoid or softmax from inside the network (put softmax in the loss)."
@@ -342,7 +344,11 @@ def run_checked(fn, net: Network, params: PyTree, x: Array, *rest, check: bool, 
     """
     extras = extras or {}
     tracing = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((params, x, rest, tuple(extras.values()))))
-    mode = Checks(values=bool(check), raising=_RAISING.get()) if tracing else Checks(values=False, raising=True)
+    mode = (
+        Checks(values=bool(check), raising=_RAISING.get(), verified=bool(check))
+        if tracing
+        else Checks(values=False, raising=True, verified=bool(check))
+    )
     token = _RAISING.set(mode.raising)
     try:
         # Certificates need full-precision products: GPUs default to TF32 and TPUs to bf16 passes

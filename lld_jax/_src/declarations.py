@@ -11,9 +11,12 @@ margin. Each check here reproduces the network's own pre-activations (and
 output) at the example from the declaration, together with their derivative
 along one fixed pseudo-random direction (one JVP): two piecewise-linear maps
 that agree in value and in a random directional derivative at ``x`` have the
-same affine piece there with probability one. Cost: about one forward pass
-and one JVP per declaration (on the 784-300x4-10 MLP, a few percent of a
-``gram`` margin; see ``benchmarks/run.py``).
+same affine piece there with probability one. Cost: one JVP of ``apply``
+shared by every declaration (the value checks reuse it for their curvature
+probe), plus one evaluation of each declaration (on the 784-300x4-10 MLP, a
+few percent of a ``gram`` margin; see ``benchmarks/run.py``). A kernel whose
+call ran the value checks does not verify its fast path's declaration again
+at the same example (:func:`verified_at`).
 
 Each function returns a boolean scalar for ONE example: True when the
 declaration disagrees. Kernels that use a declaration poison their result
@@ -24,11 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lld_jax._src.network import Array, Network, PyTree, pattern_slopes
 
@@ -48,16 +54,63 @@ def verified_per_batch() -> Iterator[None]:
         _PER_EXAMPLE.reset(token)
 
 
+# The example (array or tracer) at which the running call's value checks verified every declaration.
+_VERIFIED: contextvars.ContextVar[object] = contextvars.ContextVar("lld_jax_verified_example", default=None)
+
+
+@contextlib.contextmanager
+def verified_at(x: Array) -> Iterator[None]:
+    """Within: :func:`poison_mismatch` at this very ``x`` (the same object) is skipped, the call's value checks
+    having verified every declaration there (eagerly before the kernel, or in the same trace, poisoning ``x``)."""
+    token = _VERIFIED.set(x)
+    try:
+        yield
+    finally:
+        _VERIFIED.reset(token)
+
+
 def poison_mismatch(z: Array, mismatch: Callable[[Network, PyTree, Array], Array], net: Network, params: PyTree, x: Array) -> Array:
     """``z`` with NaN when ``mismatch(net, params, x)`` (a declaration a fast path trusts is not the network)."""
-    if not _PER_EXAMPLE.get():
+    if not _PER_EXAMPLE.get() or x is _VERIFIED.get():
         return z
     return jnp.where(mismatch(net, params, x), jnp.nan, z)
 
 
-def _direction(x: Array) -> Array:
-    # Fixed key: the check is deterministic, and the direction is independent of the declaration.
-    return jax.random.normal(jax.random.key(7), x.shape, x.dtype)
+@functools.lru_cache(maxsize=8)
+def _host_direction(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    return np.random.default_rng(7).standard_normal(shape).astype(dtype)
+
+
+def direction(x: Array) -> Array:
+    """The checks' fixed pseudo-random direction for ``x``'s shape and dtype (standard normal entries).
+
+    Drawn on the host and embedded as a constant: deterministic, independent of
+    the declaration, and no random-number code in the compiled check (a
+    threefry draw was about a third of a check's compile time).
+    """
+    return jnp.asarray(_host_direction(tuple(x.shape), np.dtype(x.dtype).name))
+
+
+class Probe(NamedTuple):
+    """``apply`` at ONE example, with its first and second derivatives along :func:`direction`.
+
+    Each field is ``(out, preacts)``. One nested JVP serves every declaration
+    check of a call and the piecewise-linearity probe of the value checks.
+    """
+
+    value: tuple
+    slope: tuple
+    curve: tuple
+
+
+def probe(net: Network, params: PyTree, x: Array, *, second: bool = True) -> Probe:
+    """The :class:`Probe` of ``net`` at ``x`` (one example); ``curve`` is None unless ``second``."""
+    v = direction(x)
+    first = lambda u: jax.jvp(lambda w: net.apply(params, w), (u,), (v,))
+    if not second:
+        return Probe(*first(x), None)
+    (value, slope), (_, curve) = jax.jvp(first, (x,), (v,))
+    return Probe(value, slope, curve)
 
 
 def _differ(got: Array, want: Array, scale: Array, *dtypes) -> Array:
@@ -77,21 +130,23 @@ def _layer_scale(*arrays: Array) -> Array:
     return jnp.max(jnp.stack([jnp.max(jnp.abs(a)) if a.size else jnp.zeros((), a.dtype) for a in arrays]))
 
 
-def _reference(net: Network, params: PyTree, x: Array) -> tuple[tuple, tuple]:
-    """``(out, preacts)`` of ``apply`` at ``x`` and their derivative along the check direction."""
-    return jax.jvp(lambda u: net.apply(params, u), (x,), (_direction(x),))
+def _reference(net: Network, params: PyTree, x: Array, ref: Probe | None) -> tuple[tuple, tuple]:
+    """``(out, preacts)`` of ``apply`` at ``x`` and their derivative along the check direction (from ``ref`` when given)."""
+    if ref is not None:
+        return ref.value, ref.slope
+    return jax.jvp(lambda u: net.apply(params, u), (x,), (direction(x),))
 
 
-def dense_mismatch(net: Network, params: PyTree, x: Array) -> Array:
+def dense_mismatch(net: Network, params: PyTree, x: Array, ref: Probe | None = None) -> Array:
     """Do ``dense_layers`` and ``negative_slope`` fail to reproduce ``apply``'s pre-activations (and output) at ``x``?"""
-    (out, pre), (dout, dpre) = _reference(net, params, x)
+    (out, pre), (dout, dpre) = _reference(net, params, x, ref)
     layers = net.dense_layers(params)
     if len(layers) < len(pre):
         return jnp.ones((), bool)  # fewer layers than pre-activations: not this network's stack
     # Value and directional derivative in one (D, 2) product per layer. The tolerance scale bounds
     # |W| |h| by the largest absolute row sum of W (independent of x: computed once under vmap)
     # times max |h|, instead of a second matrix product per layer.
-    hd = jnp.stack([jnp.ravel(x), jnp.ravel(_direction(x))], axis=1)
+    hd = jnp.stack([jnp.ravel(x), jnp.ravel(direction(x))], axis=1)
     bad = jnp.zeros((), bool)
     alpha = net.negative_slope
     for i, (w, b) in enumerate(layers):
@@ -113,32 +168,32 @@ def dense_mismatch(net: Network, params: PyTree, x: Array) -> Array:
     return bad
 
 
-def frozen_mismatch(net: Network, params: PyTree, x: Array) -> Array:
+def frozen_mismatch(net: Network, params: PyTree, x: Array, ref: Probe | None = None) -> Array:
     """Does ``apply_frozen`` at ``x``'s own slopes differ from ``apply`` (value or derivative)?"""
-    (out, pre), (dout, dpre) = _reference(net, params, x)
+    (out, pre), (dout, dpre) = _reference(net, params, x, ref)
     slopes = jax.lax.stop_gradient(pattern_slopes(net, pre))
-    (fout, fpre), (dfout, dfpre) = jax.jvp(lambda u: net.apply_frozen(params, u, slopes), (x,), (_direction(x),))
+    (fout, fpre), (dfout, dfpre) = jax.jvp(lambda u: net.apply_frozen(params, u, slopes), (x,), (direction(x),))
     return _pairs_differ((out, *pre), (fout, *fpre)) | _pairs_differ((dout, *dpre), (dfout, *dfpre))
 
 
-def stem_mismatch(net: Network, params: PyTree, x: Array) -> Array:
+def stem_mismatch(net: Network, params: PyTree, x: Array, ref: Probe | None = None) -> Array:
     """Does ``stem`` fail to split ``apply`` after its first pre-activation (values, derivatives, one placed kernel)?"""
-    (out, pre), (dout, dpre) = _reference(net, params, x)
+    (out, pre), (dout, dpre) = _reference(net, params, x, ref)
     stem = net.stem(params)
-    z1, dz1 = jax.jvp(stem.first, (x,), (_direction(x),))
+    z1, dz1 = jax.jvp(stem.first, (x,), (direction(x),))
     (rout, rpre), (drout, drpre) = jax.jvp(stem.rest, (z1,), (dz1,))
     bad = _pairs_differ((out, pre[0], *pre[1:]), (rout, z1, *rpre)) | _pairs_differ((dout, dpre[0], *dpre[1:]), (drout, dz1, *drpre))
-    # One input axis, drawn from the same fixed key: the placed kernel against a JVP along e_k.
-    k = jax.random.randint(jax.random.key(11), (), 0, math.prod(x.shape))
+    # One fixed pseudo-random input axis (drawn on the host, as the direction): the placed kernel against a JVP along e_k.
+    k = int(np.random.default_rng(11).integers(math.prod(x.shape)))
     e_k = jax.nn.one_hot(k, math.prod(x.shape), dtype=x.dtype).reshape(x.shape)
     want = jax.jvp(lambda u: net.apply(params, u)[1][0], (x,), (e_k,))[1]
     return bad | _pairs_differ((want,), (stem.axis_tangent(k, tuple(x.shape)),))
 
 
-def recurrent_mismatch(net: Network, params: PyTree, x: Array) -> Array:
+def recurrent_mismatch(net: Network, params: PyTree, x: Array, ref: Probe | None = None) -> Array:
     """Does ``recurrent_cell`` (with ``negative_slope`` and the neuron mask's real frames) fail to reproduce ``apply``'s
     pre-activations at ``x`` (value and directional derivative)?"""
-    (_, pre), (_, dpre) = _reference(net, params, x)
+    (_, pre), (_, dpre) = _reference(net, params, x, ref)
     cell = net.recurrent_cell(params)
     w_in, w_rec, bias = (jnp.asarray(a) for a in cell)
     hidden, feats = w_in.shape
@@ -155,7 +210,7 @@ def recurrent_mismatch(net: Network, params: PyTree, x: Array) -> Array:
     wd = w_rec.dtype  # the declared weights' own precision sets the tolerance
     dt = jnp.result_type(w_in, w_rec, bias, x)  # e.g. float32 weights under float64 inputs
     w_in, w_rec, bias = w_in.astype(dt), w_rec.astype(dt), bias.astype(dt)
-    ud = jnp.stack([x[:, :feats], _direction(x)[:, :feats]], axis=-1).astype(dt)  # (T, F, 2)
+    ud = jnp.stack([x[:, :feats], direction(x)[:, :feats]], axis=-1).astype(dt)  # (T, F, 2)
     slope = jnp.where(pre[0] > 0, 1.0, net.negative_slope).astype(dt)
 
     def step(h, inp):
@@ -192,9 +247,12 @@ def declared_names(net: Network) -> str:
     return ", ".join(name for name, _ in _declared(net))
 
 
-def declaration_mismatch(net: Network, params: PyTree, x: Array) -> Array:
-    """Does any declaration of ``net`` disagree with its ``apply`` at ``x`` (one example)?"""
+def declaration_mismatch(net: Network, params: PyTree, x: Array, ref: Probe | None = None) -> Array:
+    """Does any declaration of ``net`` disagree with its ``apply`` at ``x`` (one example)? ``ref``: a :func:`probe` at ``x`` to reuse."""
+    declared = _declared(net)
+    if ref is None and len(declared) > 1:  # one reference for all
+        ref = probe(net, params, x, second=False)
     bad = jnp.zeros((), bool)
-    for _, fn in _declared(net):
-        bad |= fn(net, params, x)
+    for _, fn in declared:
+        bad |= fn(net, params, x, ref)
     return bad

@@ -22,6 +22,7 @@ options; the inner ``jax.jit`` costs nothing under a user's own ``jit``
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -31,6 +32,7 @@ from typing import Any, NamedTuple
 import jax
 
 from lld_jax._src.checks import check_finite_array, check_values, prepare, run_checked
+from lld_jax._src.declarations import verified_at
 from lld_jax._src.network import as_network
 
 Array = jax.Array
@@ -126,7 +128,12 @@ def _run(net, params, x, mapped, shared, *, kernel: Kernel, static: tuple, names
         x = check_values(net, params, x, batched=batched, name=kernel.xname)
         mapped = tuple(check_finite_array(a, name, batched=batched) if name else a for a, name in zip(mapped, names))
     kw = dict(static)
-    one = lambda xi, *mi: kernel.body(net, params, xi, *mi, *shared, **kw)
+
+    def one(xi, *mi):
+        # The value checks covered the declarations at xi: the body's fast paths need not verify them again.
+        with verified_at(xi) if check.verified else contextlib.nullcontext():
+            return kernel.body(net, params, xi, *mi, *shared, **kw)
+
     out = map_examples(one, x, *mapped, block=kernel.block) if batched else one(x, *mapped)
     return out if kernel.finish is None else kernel.finish(out, check=check, **kw)
 
