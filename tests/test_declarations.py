@@ -152,3 +152,40 @@ def test_a_neuron_at_its_kink_is_no_declaration_mismatch(dtype):
     # ... while a wrong slope is still seen at such inputs.
     wrong = dataclasses.replace(net, negative_slope=0.3)
     assert bool(jnp.any(jax.vmap(lambda u: dense_mismatch(wrong, params, u))(x)))
+
+
+def _two_layer(scale_box, swallow_nan=False):
+    """A 4-8-3 ReLU net as a plain function whose dense_layers declaration scales the first layer by scale_box[0]."""
+
+    def apply(p, x):
+        x = jnp.nan_to_num(x) if swallow_nan else x  # input sanitising: NaN in, finite pre-activations out
+        h = p["W1"] @ x + p["b1"]
+        return p["W2"] @ jax.nn.relu(h) + p["b2"], (h,)
+
+    dense = lambda p: [(scale_box[0] * p["W1"], scale_box[0] * p["b1"]), (p["W2"], p["b2"])]
+    k = jax.random.split(jax.random.key(1), 4)
+    params = {"W1": jax.random.normal(k[0], (8, 4)), "b1": jax.random.normal(k[1], (8,)), "W2": jax.random.normal(k[2], (3, 8)), "b2": jnp.zeros(3)}
+    return L.Network(apply, input_shape=(4,), dense_layers=dense), params, jax.random.normal(k[3], (5, 4))
+
+
+def test_an_eager_kernel_verifies_its_declaration_itself():
+    # The eager value checks are compiled once per network and cached; a declaration reading mutable state can go
+    # wrong after they were compiled. The kernel compiled later still checks its fast path's declaration: NaN.
+    scale = [1.0]
+    net, params, x = _two_layer(scale)
+    assert np.asarray(L.batched.activation_pattern(net, params, x)).any()  # compiles (and passes) the value checks
+    scale[0] = 0.5  # now the declared weights are not the network's
+    assert np.all(np.isnan(np.asarray(L.batched.margin(net, params, x, p=2, method="gram"))))
+
+
+def test_a_failed_check_poisons_neuron_gradients_even_through_a_network_that_swallows_nan():
+    net, params, x = _two_layer([0.5], swallow_nan=True)  # a wrong declaration from the start
+    z, norms = jax.jit(lambda q, u: L.batched.neuron_gradient_norms(net, q, u, p=2, method="gram"))(params, x)
+    assert np.all(np.isnan(np.asarray(z))) and np.all(np.isnan(np.asarray(norms)))
+    z, grads = jax.jit(jax.vmap(lambda u: L.neuron_gradients(net, params, u)))(x)
+    assert np.all(np.isnan(np.asarray(z))) and np.all(np.isnan(np.asarray(grads)))
+
+
+def test_a_network_without_output_is_checked_like_any_other():
+    f = lambda w, x: (None, (w @ x,))  # preacts only: the value checks' probes must not need an output
+    assert float(L.margin(f, jnp.eye(2), jnp.array([1.0, -1.0]))) == pytest.approx(1.0)

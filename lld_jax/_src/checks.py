@@ -207,7 +207,7 @@ def prepare(net: Network, params: PyTree, x: Any, *, batched: bool) -> tuple[Arr
     return x, hidden_shapes(net, params, shape, x.dtype)
 
 
-def _curvature(ref: Probe) -> tuple[Array, Array]:
+def _curvature(ref: Probe, dtype: Any) -> tuple[Array, Array]:
     """Of one example's probe: is the second directional derivative of (output, preacts) non-zero?
 
     A piecewise-linear map has zero second derivative almost everywhere, and
@@ -216,7 +216,9 @@ def _curvature(ref: Probe) -> tuple[Array, Array]:
     """
     # Exactly zero for affine maps and piecewise-linear activations (JAX differentiates their
     # kinks as steps), so any non-zero value is curvature, whatever the network's scale.
-    amax = lambda t: jnp.max(jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(t)] + [jnp.zeros((), jnp.result_type(*jax.tree.leaves(t)))]))
+    amax = lambda t: jnp.max(
+        jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(t)] + [jnp.zeros((), dtype)])
+    )  # x's dtype: an empty output has no leaves
     return amax(ref.curve[0]) > 0, amax(ref.curve[1]) > 0
 
 
@@ -266,7 +268,7 @@ def check_values(net: Network, params: PyTree, x: Array, *, batched: bool, name:
             "negative_slope; dense_layers must return the module's own weights), or drop it (as_network(apply) alone).",
         )
     if probe:
-        out_bent, pre_bent = each(_curvature)(ref)
+        out_bent, pre_bent = each(lambda r: _curvature(r, x.dtype))(ref)
         advice = (
             "lld_jax needs affine maps and piecewise-linear activations only (ReLU, LeakyReLU, abs, "
             "max-pooling); remove tanh, GELU, sigmoid or softmax from inside the network (put softmax in the loss)."
@@ -344,11 +346,9 @@ def run_checked(fn, net: Network, params: PyTree, x: Array, *rest, check: bool, 
     """
     extras = extras or {}
     tracing = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((params, x, rest, tuple(extras.values()))))
-    mode = (
-        Checks(values=bool(check), raising=_RAISING.get(), verified=bool(check))
-        if tracing
-        else Checks(values=False, raising=True, verified=bool(check))
-    )
+    # verified only where the value checks run in the kernel's own trace: an eager kernel compiles apart from the cached
+    # eager checks, and a network reading mutable state could have changed in between (a stale pass, never a skip).
+    mode = Checks(values=bool(check), raising=_RAISING.get(), verified=bool(check)) if tracing else Checks(values=False, raising=True)
     token = _RAISING.set(mode.raising)
     try:
         # Certificates need full-precision products: GPUs default to TF32 and TPUs to bf16 passes

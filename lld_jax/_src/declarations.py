@@ -14,9 +14,9 @@ that agree in value and in a random directional derivative at ``x`` have the
 same affine piece there with probability one. Cost: one JVP of ``apply``
 shared by every declaration (the value checks reuse it for their curvature
 probe), plus one evaluation of each declaration (on the 784-300x4-10 MLP, a
-few percent of a ``gram`` margin; see ``benchmarks/run.py``). A kernel whose
-call ran the value checks does not verify its fast path's declaration again
-at the same example (:func:`verified_at`).
+few percent of a ``gram`` margin; see ``benchmarks/run.py``). A traced
+kernel that carries the value checks does not verify its fast path's
+declaration again at the same example (:func:`verified_at`).
 
 Each function returns a boolean scalar for ONE example: True when the
 declaration disagrees. Kernels that use a declaration poison their result
@@ -76,9 +76,12 @@ def poison_mismatch(z: Array, mismatch: Callable[[Network, PyTree, Array], Array
     return jnp.where(mismatch(net, params, x), jnp.nan, z)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _host_direction(shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    return np.random.default_rng(7).standard_normal(shape).astype(dtype)
+    rng = np.random.default_rng(7)
+    if dtype in ("float32", "float64"):  # drawn in place: no float64 copy of a large float32 input
+        return rng.standard_normal(shape, dtype=dtype)
+    return rng.standard_normal(shape).astype(dtype)
 
 
 def direction(x: Array) -> Array:
@@ -184,7 +187,7 @@ def stem_mismatch(net: Network, params: PyTree, x: Array, ref: Probe | None = No
     (rout, rpre), (drout, drpre) = jax.jvp(stem.rest, (z1,), (dz1,))
     bad = _pairs_differ((out, pre[0], *pre[1:]), (rout, z1, *rpre)) | _pairs_differ((dout, dpre[0], *dpre[1:]), (drout, dz1, *drpre))
     # One fixed pseudo-random input axis (drawn on the host, as the direction): the placed kernel against a JVP along e_k.
-    k = int(np.random.default_rng(11).integers(math.prod(x.shape)))
+    k = jnp.asarray(int(np.random.default_rng(11).integers(math.prod(x.shape))), jnp.int32)  # an Array, as axis_tangent expects
     e_k = jax.nn.one_hot(k, math.prod(x.shape), dtype=x.dtype).reshape(x.shape)
     want = jax.jvp(lambda u: net.apply(params, u)[1][0], (x,), (e_k,))[1]
     return bad | _pairs_differ((want,), (stem.axis_tangent(k, tuple(x.shape)),))

@@ -35,7 +35,7 @@ import numpy as np
 
 from lld_jax._src.arguments import positive_int
 from lld_jax._src.causal import RecurrentCell, causal_norms
-from lld_jax._src.checks import error_if
+from lld_jax._src.checks import error_if, poison
 from lld_jax._src.declarations import dense_mismatch, frozen_mismatch, poison_mismatch, recurrent_mismatch
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.network import ApplyFn, Network, PyTree, flat_mask, flat_preacts, mask_neurons, pattern_slopes
@@ -421,8 +421,11 @@ class NeuronGradientNorms(NamedTuple):
 
 def _gradients_body(net, params, x, *, method, chunk, ord, squared):
     if ord is None:
-        return NeuronGradients(*jacobian_kernel(net, params, x, method=method, chunk=chunk))
-    return NeuronGradientNorms(*norms_kernel(net, params, x, ord=ord, method=method, chunk=chunk, squared=squared))
+        out = NeuronGradients(*jacobian_kernel(net, params, x, method=method, chunk=chunk))
+    else:
+        out = NeuronGradientNorms(*norms_kernel(net, params, x, ord=ord, method=method, chunk=chunk, squared=squared))
+    # A non-finite x (e.g. poisoned by a failed value check) gives NaN, even through a network that would swallow it.
+    return type(out)(*(poison(a, x) for a in out))
 
 
 def _gradients_plan(net, params, x, hidden, *, p, method, chunk_size, squared, batched):
