@@ -429,26 +429,59 @@ def _raise(config: Config, data: ImageData, base: np.ndarray, name: str, runs: S
     return record | {"values": values}
 
 
+LR_RULE = (
+    "vanilla trained at each learning rate; the highest validation top-1 accuracy is kept (ties: the smaller learning rate); "
+    "the lambda and C rules then run at it"
+)
+
+
+def _select_lr(config: Config, data: ImageData) -> dict:
+    """The learning rate (:data:`LR_RULE`): one vanilla model per value of ``config.select_lr`` in ``vanilla_lr<lr>``."""
+    rows = []
+    for lr in config.select_lr:
+        cfg = dataclasses.replace(config, lr=lr)
+        run_dir = os.path.join(config.out, f"vanilla_lr{lr:g}")
+        try:
+            net, params, _, _ = train_model(cfg, data, 0.0, run_dir)
+        except FloatingPointError as err:  # a diverging learning rate is recorded and never chosen
+            print(f"lr {lr:g}: {err}")
+            rows.append({"lr": lr, "diverged": True})
+            continue
+        hits = val_hits(cfg, data, net, params)
+        if jax.process_index() == 0:
+            np.save(os.path.join(run_dir, "val_hits.npy"), hits)
+        rows.append({"lr": lr, "accuracy": float(np.mean(hits))})
+    kept = [r for r in rows if not r.get("diverged")]
+    if not kept:
+        raise ValueError(f"vanilla diverged at every --select-lr value {list(config.select_lr)}: pass smaller learning rates.")
+    return {"rule": LR_RULE, "candidates": rows, "chosen": max(kept, key=lambda r: (r["accuracy"], -r["lr"]))["lr"]}
+
+
 def select_hyperparameters(config: Config, data: ImageData) -> dict:
     """The paper's tuning rules (App. I; :func:`experiments.common.raise_until_worse`) on the validation split.
 
-    Trains vanilla, then one ROLL model per value of ``config.select_lambdas`` at
-    ``config.C`` in increasing order, stopping after the first significantly worse
-    one; then, with ``config.select_C``, one per value of C at the chosen lambda,
-    the same way. Writes ``selection.json`` (the split, each rule's record: every
-    candidate's validation accuracy, discordant counts and p-value, the chosen
-    value; ``chosen``: lambda, C and the run directory) and each candidate's
-    ``val_hits.npy``. A candidate whose training diverges counts as worse.
+    With ``config.select_lr``, first the learning rate (:func:`_select_lr`; every
+    later model is trained at it). Trains vanilla, then one ROLL model per value
+    of ``config.select_lambdas`` at ``config.C`` in increasing order, stopping
+    after the first significantly worse one; then, with ``config.select_C``, one
+    per value of C at the chosen lambda, the same way. Writes ``selection.json``
+    (the split, each rule's record: every candidate's validation accuracy,
+    discordant counts and p-value, the chosen value; ``chosen``: lambda, C, the
+    learning rate and the run directory) and each candidate's ``val_hits.npy``.
+    A candidate whose training diverges counts as worse.
     """
+    record: dict[str, Any] = {"split": "val", "val_size": len(data.val)}
+    if config.select_lr:
+        record["lr"] = _select_lr(config, data)
+        config = dataclasses.replace(config, lr=record["lr"]["chosen"])
     net, params, _, _ = train_model(config, data, 0.0, os.path.join(config.out, "vanilla"))
     base = val_hits(config, data, net, params)
-    record: dict[str, Any] = {"split": "val", "val_size": len(data.val)}
     record["lam"] = _raise(config, data, base, "lam", [(lam, config.C) for lam in config.select_lambdas])
     lam, C = record["lam"]["chosen"], config.C
     if lam is not None and config.select_C:
         record["C"] = _raise(config, data, base, "C", [(lam, c) for c in config.select_C])
         C = record["C"]["chosen"] or config.C  # none above --C is plausible: --C stays (its run was not worse)
-    record["chosen"] = None if lam is None else {"lam": lam, "C": C, "run": roll_dir(lam, C, config)}
+    record["chosen"] = None if lam is None else {"lam": lam, "C": C, "lr": config.lr, "run": roll_dir(lam, C, config)}
     if jax.process_index() == 0:
         np.save(os.path.join(config.out, "vanilla", "val_hits.npy"), base)
         RunDir(config.out).write_json("selection.json", record)
@@ -565,7 +598,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
                 f"the lambda rule kept no value: already the smallest, {config.select_lambdas[0]:g}, is significantly worse than vanilla on "
                 f"validation ({config.out}/selection.json); start --select-lambdas lower."
             )
-        config = dataclasses.replace(config, lam=chosen["lam"], C=chosen["C"])
+        config = dataclasses.replace(config, lam=chosen["lam"], C=chosen["C"], lr=chosen["lr"])
         dirs["roll"] = chosen["run"]
     reports = {name: run_model(config, data, dirs[name], 0.0 if name == "vanilla" else config.lam) for name in names}
     if jax.process_index() == 0 and config.model == "both":

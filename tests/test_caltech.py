@@ -88,8 +88,15 @@ def test_lambda_then_c_rule_on_validation_picks_the_roll_model(tmp_path):
     from experiments import common
 
     out = str(tmp_path / "sel")
-    reports = caltech.train_and_evaluate(caltech.parse([*TINY, "--out", out, "--select-lambdas", "10", "1000", "--select-C", "16"]))
+    flags = [*TINY, "--out", out, "--select-lr", "0.001", "0.05", "--select-lambdas", "10", "1000", "--select-C", "16"]
+    reports = caltech.train_and_evaluate(caltech.parse(flags))
     rec = json.load(open(os.path.join(out, "selection.json")))
+    # The learning rate first: each vanilla candidate's saved validation hits, the best kept (ties: the smaller).
+    acc = {lr: np.load(os.path.join(out, f"vanilla_lr{lr:g}", "val_hits.npy")).mean() for lr in (0.001, 0.05)}
+    assert rec["lr"]["candidates"] == [{"lr": lr, "accuracy": acc[lr]} for lr in (0.001, 0.05)]
+    assert rec["lr"]["chosen"] == (0.05 if acc[0.05] > acc[0.001] else 0.001)
+    lr = rec["lr"]["chosen"]
+    assert reports["vanilla"]["config"]["lr"] == reports["roll"]["config"]["lr"] == lr == rec["chosen"]["lr"]
     base = np.load(os.path.join(out, "vanilla", "val_hits.npy"))
     assert rec["split"] == "val" and len(base) == rec["val_size"] == 3 * 2
     lam = rec["lam"]
@@ -104,7 +111,7 @@ def test_lambda_then_c_rule_on_validation_picks_the_roll_model(tmp_path):
     hits = np.load(os.path.join(out, f"roll_lam{lam['chosen']:g}_C16", "val_hits.npy"))
     assert rec["C"] == json.loads(json.dumps(common.raise_until_worse(base, [(16.0, hits)], name="C") | {"values": [16.0]}))
     C = rec["C"]["chosen"] or 8.0
-    assert rec["chosen"] == {"lam": lam["chosen"], "C": C, "run": f"roll_lam{lam['chosen']:g}" + ("_C16" if C == 16 else "")}
+    assert rec["chosen"] == {"lam": lam["chosen"], "C": C, "lr": lr, "run": f"roll_lam{lam['chosen']:g}" + ("_C16" if C == 16 else "")}
     # The ROLL model is the chosen run, not a retrained copy.
     r = reports["roll"]
     assert (r["config"]["lam"], r["config"]["C"], r["name"]) == (lam["chosen"], C, rec["chosen"]["run"])
@@ -117,6 +124,10 @@ def test_selection_flags_are_checked():
         caltech.parse(["--select-lambdas", "1", "--select-C", "8", "80"]).resolved()
     with pytest.raises(ValueError, match="--select-lambdas too"):
         caltech.parse(["--select-C", "80"]).resolved()
+    with pytest.raises(ValueError, match="--select-lambdas too"):
+        caltech.parse(["--select-lr", "0.01"]).resolved()
+    with pytest.raises(ValueError, match="--select-lr must be distinct positive"):
+        caltech.parse(["--select-lambdas", "1", "--select-lr", "0.05", "0.01"]).resolved()
     with pytest.raises(ValueError, match="has no lambda"):
         caltech.parse(["--preset", "validated"]).resolved()
     cfg = caltech.parse(["--preset", "validated", "--seed", "2", "--lam", "0.01"]).resolved()

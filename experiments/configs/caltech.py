@@ -132,6 +132,13 @@ class Config:
             "validation accuracy is significantly worse than vanilla's, keep the last one before (e.g. 80 800; needs --select-lambdas)"
         },
     )
+    select_lr: tuple[float, ...] = dataclasses.field(
+        default=(),
+        metadata={
+            "help": "before the lambda rule, choose the learning rate: train vanilla at each of these values, keep the highest validation "
+            "top-1 accuracy (ties: the smaller); the lambda and C rules then run at it (e.g. 0.005 0.02 0.05; needs --select-lambdas)"
+        },
+    )
     alpha: float = dataclasses.field(default=0.05, metadata={"help": "level of the selection rules' one-sided exact McNemar test"})
     num_samples: int | None = dataclasses.field(default=None, metadata={"help": "D': sampled input axes per example, a multiple of 3"})
     chunk_size: int | None = dataclasses.field(default=None, metadata={"help": "sampled axes differentiated at once per example (memory bound)"})
@@ -174,6 +181,10 @@ class Config:
             raise ValueError(f"--select-lambdas must be distinct positive values in increasing order, got {list(self.select_lambdas)}.")
         if self.select_C and (sorted(set(self.select_C)) != list(self.select_C) or self.select_C[0] <= self.C):
             raise ValueError(f"--select-C must be distinct values above --C ({self.C:g}) in increasing order, got {list(self.select_C)}.")
+        if self.select_lr and (sorted(set(self.select_lr)) != list(self.select_lr) or self.select_lr[0] <= 0):
+            raise ValueError(f"--select-lr must be distinct positive values in increasing order, got {list(self.select_lr)}.")
+        if self.select_lr and not self.select_lambdas:
+            raise ValueError("--select-lr chooses the learning rate the --select-lambdas rule then runs at: pass --select-lambdas too.")
         if self.select_C and not self.select_lambdas:
             raise ValueError("--select-C raises C at the lambda that --select-lambdas chooses: pass --select-lambdas too.")
         if self.lam is None and not self.select_lambdas and self.model != "vanilla":
