@@ -408,21 +408,27 @@ def roll_dir(lam: float, C: float, config: Config) -> str:
     return f"roll_lam{lam:g}" + ("" if C == config.C else f"_C{C:g}")
 
 
+def _candidate_hits(config: Config, data: ImageData, lam: float, run_dir: str, what: str) -> np.ndarray | None:
+    """Trains (or resumes) one selection candidate; its validation hits (saved as ``val_hits.npy``), None if training diverged."""
+    try:
+        net, params, _, _ = train_model(config, data, lam, run_dir)
+    except FloatingPointError as err:
+        print(f"{what}: {err}")
+        return None
+    hits = val_hits(config, data, net, params)
+    if jax.process_index() == 0:
+        np.save(os.path.join(run_dir, "val_hits.npy"), hits)
+    return hits
+
+
 def _raise(config: Config, data: ImageData, base: np.ndarray, name: str, runs: Sequence[tuple[float, float]]) -> dict:
     """Trains the ``(lambda, C)`` candidates in order until the rule stops; the record of :func:`common.raise_until_worse`."""
     hits: dict[float, np.ndarray | None] = {}
     values = [lam if name == "lam" else C for lam, C in runs]
     for (lam, C), value in zip(runs, values):
+        # A diverging candidate is not plausible: recorded (None), and the rule stops.
         run_dir = os.path.join(config.out, roll_dir(lam, C, config))
-        try:
-            net, params, _, _ = train_model(dataclasses.replace(config, C=C), data, lam, run_dir)
-        except FloatingPointError as err:  # a diverging candidate is not plausible: recorded, and the rule stops
-            print(f"{name} {value:g}: {err}")
-            hits[value] = None
-        else:
-            hits[value] = val_hits(config, data, net, params)
-            if jax.process_index() == 0:
-                np.save(os.path.join(run_dir, "val_hits.npy"), hits[value])
+        hits[value] = _candidate_hits(dataclasses.replace(config, C=C), data, lam, run_dir, f"{name} {value:g}")
         record = common.raise_until_worse(base, list(hits.items()), alpha=config.alpha, name=name)
         if record["candidates"][-1]["worse"]:
             break
@@ -438,19 +444,9 @@ LR_RULE = (
 def _select_lr(config: Config, data: ImageData) -> dict:
     """The learning rate (:data:`LR_RULE`): one vanilla model per value of ``config.select_lr`` in ``vanilla_lr<lr>``."""
     rows = []
-    for lr in config.select_lr:
-        cfg = dataclasses.replace(config, lr=lr)
-        run_dir = os.path.join(config.out, f"vanilla_lr{lr:g}")
-        try:
-            net, params, _, _ = train_model(cfg, data, 0.0, run_dir)
-        except FloatingPointError as err:  # a diverging learning rate is recorded and never chosen
-            print(f"lr {lr:g}: {err}")
-            rows.append({"lr": lr, "diverged": True})
-            continue
-        hits = val_hits(cfg, data, net, params)
-        if jax.process_index() == 0:
-            np.save(os.path.join(run_dir, "val_hits.npy"), hits)
-        rows.append({"lr": lr, "accuracy": float(np.mean(hits))})
+    for lr in config.select_lr:  # a diverging learning rate is recorded and never chosen
+        hits = _candidate_hits(dataclasses.replace(config, lr=lr), data, 0.0, os.path.join(config.out, f"vanilla_lr{lr:g}"), f"lr {lr:g}")
+        rows.append({"lr": lr, "diverged": True} if hits is None else {"lr": lr, "accuracy": float(np.mean(hits))})
     kept = [r for r in rows if not r.get("diverged")]
     if not kept:
         raise ValueError(f"vanilla diverged at every --select-lr value {list(config.select_lr)}: pass smaller learning rates.")

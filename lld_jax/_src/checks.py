@@ -152,8 +152,6 @@ class Checks:
 
     values: bool
     raising: bool
-    # The call's value checks verified the declarations at its x (eagerly before the kernel, or in its trace).
-    verified: bool = False
 
     def __bool__(self) -> bool:
         return self.values
@@ -346,9 +344,7 @@ def run_checked(fn, net: Network, params: PyTree, x: Array, *rest, check: bool, 
     """
     extras = extras or {}
     tracing = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((params, x, rest, tuple(extras.values()))))
-    # verified only where the value checks run in the kernel's own trace: an eager kernel compiles apart from the cached
-    # eager checks, and a network reading mutable state could have changed in between (a stale pass, never a skip).
-    mode = Checks(values=bool(check), raising=_RAISING.get(), verified=bool(check)) if tracing else Checks(values=False, raising=True)
+    mode = Checks(values=bool(check), raising=_RAISING.get()) if tracing else Checks(values=False, raising=True)
     token = _RAISING.set(mode.raising)
     try:
         # Certificates need full-precision products: GPUs default to TF32 and TPUs to bf16 passes

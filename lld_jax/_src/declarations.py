@@ -60,8 +60,8 @@ _VERIFIED: contextvars.ContextVar[object] = contextvars.ContextVar("lld_jax_veri
 
 @contextlib.contextmanager
 def verified_at(x: Array) -> Iterator[None]:
-    """Within: :func:`poison_mismatch` at this very ``x`` (the same object) is skipped, the call's value checks
-    having verified every declaration there (eagerly before the kernel, or in the same trace, poisoning ``x``)."""
+    """Within: :func:`poison_mismatch` at this very ``x`` (the same object) is skipped, the value checks traced
+    in the same kernel having verified every declaration there (poisoning ``x`` where one fails)."""
     token = _VERIFIED.set(x)
     try:
         yield
@@ -135,9 +135,8 @@ def _layer_scale(*arrays: Array) -> Array:
 
 def _reference(net: Network, params: PyTree, x: Array, ref: Probe | None) -> tuple[tuple, tuple]:
     """``(out, preacts)`` of ``apply`` at ``x`` and their derivative along the check direction (from ``ref`` when given)."""
-    if ref is not None:
-        return ref.value, ref.slope
-    return jax.jvp(lambda u: net.apply(params, u), (x,), (direction(x),))
+    ref = probe(net, params, x, second=False) if ref is None else ref
+    return ref.value, ref.slope
 
 
 def dense_mismatch(net: Network, params: PyTree, x: Array, ref: Probe | None = None) -> Array:

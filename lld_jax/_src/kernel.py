@@ -130,8 +130,10 @@ def _run(net, params, x, mapped, shared, *, kernel: Kernel, static: tuple, names
     kw = dict(static)
 
     def one(xi, *mi):
-        # The value checks covered the declarations at xi: the body's fast paths need not verify them again.
-        with verified_at(xi) if check.verified else contextlib.nullcontext():
+        # The value checks just traced covered the declarations at xi: the body's fast paths need not verify them
+        # again. Only here, in the same trace: an eager kernel compiles apart from the cached eager checks, and a
+        # network reading mutable state could have changed in between (a stale pass).
+        with verified_at(xi) if check else contextlib.nullcontext():
             return kernel.body(net, params, xi, *mi, *shared, **kw)
 
     out = map_examples(one, x, *mapped, block=kernel.block) if batched else one(x, *mapped)
