@@ -51,7 +51,7 @@ def test_empty_batch_and_scalar(mlp):
     with pytest.raises(ValueError, match="empty batch"):
         L.batched.margin(net, params, x[:0])
     with pytest.raises(ValueError, match="leading batch axis"):
-        L.batched.margin(net, params, jnp.float64(1.0))
+        L.batched.margin(net, params, np.float64(1.0))
 
 
 @pytest.mark.parametrize("p", [0, 3, -1, "two", None, True])

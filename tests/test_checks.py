@@ -69,6 +69,37 @@ def test_piecewise_linearity_probe_looks_at_every_example():
         L.evaluation.count_regions(fn, w, np.asarray(x))
 
 
+def test_a_poisoned_margin_has_a_nan_gradient_and_its_neighbours_keep_theirs():
+    """jax.grad of a poisoned margin is NaN (never 0, a plausible step an attack or a training loop would use),
+    with respect to x and to the parameters, for a NaN input and for a failed value check; clean rows of the
+    same vmapped batch keep their exact gradients."""
+    net, params, x = make("mlp")
+    x = x[:3]
+    bad = x.at[1, 0].set(jnp.nan)
+    for check in (True, False):
+        margin = lambda prm, u, check=check: L.margin(net, prm, u, p=2, check=check)
+        gx = jax.jit(jax.vmap(jax.grad(margin, argnums=1), in_axes=(None, 0)))(params, bad)
+        clean = jax.jit(jax.vmap(jax.grad(margin, argnums=1), in_axes=(None, 0)))(params, x)
+        assert np.all(np.isnan(np.asarray(gx[1]))), check
+        np.testing.assert_array_equal(np.asarray(gx)[[0, 2]], np.asarray(clean)[[0, 2]])
+        assert np.all(np.isfinite(np.asarray(clean)))
+        # With respect to the parameters: NaN in the first layer, which every neuron reads, so that an optimiser
+        # step on it turns the model NaN (visible) instead of applying a finite, plausible update.
+        gp = jax.jit(jax.grad(margin))(params, bad[1])
+        assert all(np.all(np.isnan(np.asarray(a))) for a in jax.tree.leaves(gp["layers"][0])), check
+
+    # A failed check (not piecewise linear) inside the user's jit: NaN margin, NaN gradient.
+    def smooth(w, u):
+        z1 = w @ u
+        return jnp.sum(jnp.tanh(z1)), (z1,)
+
+    w, u = jnp.eye(3) + 0.1, jnp.array([0.3, -0.2, 0.5])
+    assert np.isnan(float(jax.jit(lambda w, u: L.margin(smooth, w, u))(w, u)))
+    for argnums in (0, 1):
+        g = jax.jit(jax.grad(lambda w, u: L.margin(smooth, w, u), argnums=argnums))(w, u)
+        assert np.all(np.isnan(np.asarray(g))), argnums
+
+
 def _rescale(params, kind, scales):
     """Multiplies layer i's weights by c_i and its bias by c_1...c_i: same regions, margins and patterns."""
     layers = [*params["convs"].values(), *params["dense"].values()] if kind == "cnn" else list(params["layers"].values())

@@ -125,6 +125,9 @@ def test_training_verifies_declarations_once_per_batch_and_refuses_a_wrong_one_b
         loss = jax.jit(make_loss_fn(net, cfg))
         total, _ = loss(params, x[:8], y[:8], jnp.ones(8), jax.random.key(0))
         assert np.isnan(float(total)), cfg.regularizer
+        # ... and so is its gradient: no optimiser gets a finite update from a step on the wrong geometry.
+        grads, _ = jax.jit(jax.grad(make_loss_fn(net, cfg), has_aux=True))(params, x[:8], y[:8], jnp.ones(8), jax.random.key(0))
+        assert all(np.all(np.isnan(np.asarray(a))) for a in jax.tree.leaves(grads)), cfg.regularizer
         fixed = dataclasses.replace(net, negative_slope=0.2)
         total, _ = jax.jit(make_loss_fn(fixed, cfg))(params, x[:8], y[:8], jnp.ones(8), jax.random.key(0))
         assert np.isfinite(float(total)), cfg.regularizer

@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import poison
 from lld_jax._src.gradients import canonical_ord, norms_kernel, resolve_method
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.margins import _directional_one, dual_exponent, margin_terms
 from lld_jax._src.network import ApplyFn, Network, PyTree, flat_preacts
+from lld_jax._src.poison import poison, poison_where
 
 Array = jax.Array
 # Overshoots tried past a boundary point, relative to its distance, in units of the dtype's
@@ -193,7 +193,7 @@ def _certify_body(net, params, x, y, *, p, q, method, chunk, max_steps):
     adv = jnp.where(wrong, x, adv)
     # A label outside [0, K) (only possible when traced: concrete ones are refused) poisons everything.
     bad_label = (y < 0) | (y >= f0.shape[0])
-    bad = lambda a: jnp.where(bad_label, jnp.nan, poison(a, x, params))
+    bad = lambda a: poison_where(poison(a, x, params), bad_label)
     return CertifiedRadius(
         bad(lower),
         bad(upper),

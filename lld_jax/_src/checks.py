@@ -37,6 +37,7 @@ import numpy as np
 from lld_jax._src.declarations import Probe, declaration_mismatch, declared_names
 from lld_jax._src.declarations import probe as probe_network
 from lld_jax._src.network import Network, PyTree, hidden_shapes
+from lld_jax._src.poison import _float_leaves, not_finite, poison_where
 
 Array = jax.Array
 # Marks our messages so that batched functions can re-raise them from a JaxRuntimeError.
@@ -80,15 +81,6 @@ _RAISING: contextvars.ContextVar[bool] = contextvars.ContextVar("lld_jax_raising
 _COLLECT: contextvars.ContextVar[list | None] = contextvars.ContextVar("lld_jax_collect", default=None)
 
 
-def poison_where(x: Array, bad: Array) -> Array:
-    """``x`` with NaN where ``bad``: per example when ``bad`` has one flag per row of ``x``, else everywhere."""
-    if bad.ndim == 1 and x.ndim >= 1 and x.shape[0] == bad.shape[0] and bad.shape[0] > 1:
-        mask = bad.reshape(bad.shape + (1,) * (x.ndim - 1))
-    else:
-        mask = jnp.any(bad)
-    return jnp.where(mask, jnp.full_like(x, jnp.nan), x)
-
-
 def error_if(x: Array, bad: Array, msg: str) -> Array:
     """Returns ``x``; a failed check (any ``bad``) raises ``msg`` or poisons ``x`` with NaN.
 
@@ -111,7 +103,7 @@ def error_if(x: Array, bad: Array, msg: str) -> Array:
     spec = jax.ShapeDtypeStruct(bad.shape, jnp.bool_)
     flag = jax.pure_callback(lambda b: _host_check(b, msg), spec, bad, vmap_method="broadcast_all")
     # Tie the callback to the data path so that it is never dead-code eliminated.
-    return jnp.where(jnp.any(flag), jnp.full_like(x, jnp.nan), x)
+    return poison_where(x, jnp.any(flag))
 
 
 def checked(fn: Callable) -> Callable:
@@ -218,25 +210,6 @@ def _curvature(ref: Probe, dtype: Any) -> tuple[Array, Array]:
         jnp.stack([jnp.max(jnp.abs(a)) for a in jax.tree.leaves(t)] + [jnp.zeros((), dtype)])
     )  # x's dtype: an empty output has no leaves
     return amax(ref.curve[0]) > 0, amax(ref.curve[1]) > 0
-
-
-def _float_leaves(tree: PyTree) -> list[Array]:
-    return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
-
-
-def not_finite(tree: PyTree) -> Array:
-    """Scalar: does any floating leaf of ``tree`` hold NaN or Inf?"""
-    return jnp.any(jnp.stack([~jnp.all(jnp.isfinite(a)) for a in _float_leaves(tree)] + [jnp.zeros((), bool)]))
-
-
-def poison(result: Array, *trees: PyTree) -> Array:
-    """``result`` (one example's float) turned NaN when any of ``trees`` holds NaN or Inf.
-
-    Applied to every margin, with or without checks: a certificate computed
-    from non-finite inputs or parameters is never finite. The parameter test
-    is unbatched (computed once per call).
-    """
-    return jnp.where(jnp.any(jnp.stack([not_finite(t) for t in trees])), jnp.nan, result)
 
 
 def check_values(net: Network, params: PyTree, x: Array, *, batched: bool, name: str = "x", probe: bool = True) -> Array:

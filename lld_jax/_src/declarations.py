@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.network import Array, Network, PyTree, pattern_slopes
+from lld_jax._src.poison import poison_where
 
 # Whether kernels verify declarations per example (trace-time, static). The training step turns it
 # off for its per-example losses and verifies one example of each batch instead: a wrong declaration
@@ -73,7 +74,7 @@ def poison_mismatch(z: Array, mismatch: Callable[[Network, PyTree, Array], Array
     """``z`` with NaN when ``mismatch(net, params, x)`` (a declaration a fast path trusts is not the network)."""
     if not _PER_EXAMPLE.get() or x is _VERIFIED.get():
         return z
-    return jnp.where(mismatch(net, params, x), jnp.nan, z)
+    return poison_where(z, mismatch(net, params, x))
 
 
 @functools.lru_cache(maxsize=4)

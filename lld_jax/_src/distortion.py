@@ -35,8 +35,9 @@ import jax
 import jax.numpy as jnp
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import error_if, example_shape, not_finite, reraise, working_dtype
+from lld_jax._src.checks import error_if, example_shape, reraise, working_dtype
 from lld_jax._src.network import ApplyFn, Network, PyTree, as_network
+from lld_jax._src.poison import not_finite
 
 Array = jax.Array
 Box = tuple[float | Array, float | Array] | None

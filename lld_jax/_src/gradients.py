@@ -35,10 +35,11 @@ import numpy as np
 
 from lld_jax._src.arguments import positive_int
 from lld_jax._src.causal import RecurrentCell, causal_norms
-from lld_jax._src.checks import error_if, poison
+from lld_jax._src.checks import error_if
 from lld_jax._src.declarations import dense_mismatch, frozen_mismatch, poison_mismatch, recurrent_mismatch
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.network import ApplyFn, Network, PyTree, flat_mask, flat_preacts, mask_neurons, pattern_slopes
+from lld_jax._src.poison import poison
 
 Array = jax.Array
 METHODS = ("auto", "forward", "reverse", "template", "gram", "rowspace", "causal")

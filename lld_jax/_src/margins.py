@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import poison
 from lld_jax._src.gradients import canonical_ord, norms_kernel, resolve_method
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.network import ApplyFn, Network, PyTree, bounding_neuron, flat_preacts
+from lld_jax._src.poison import poison, poison_where
 
 Array = jax.Array
 
@@ -59,7 +59,7 @@ def margin_terms(z: Array, norms: Array) -> Array:
     """Per-neuron distances |z_j| / ||grad z_j|| with the conventions above (NaN-propagating)."""
     safe = jnp.where(norms > 0, norms, 1)
     terms = jnp.where(norms > 0, jnp.abs(z) / safe, jnp.where(z == 0, 0.0, jnp.inf).astype(z.dtype))
-    return jnp.where(~jnp.isfinite(z) | jnp.isnan(norms), jnp.nan, terms)
+    return poison_where(terms, ~jnp.isfinite(z) | jnp.isnan(norms))
 
 
 def _margin_body(net, params, x, *, q, method, chunk, hidden):
@@ -156,7 +156,7 @@ def _directional_one(net, params, x, d):
     active = z > 0
     leaving = jnp.where(active, dz < 0, dz > 0)
     t = jnp.where(leaving, jnp.abs(z) / jnp.where(dz != 0, jnp.abs(dz), 1), jnp.inf)
-    return jnp.where(jnp.any(jnp.isnan(dz) | jnp.isnan(z)), jnp.nan, jnp.min(t))
+    return poison_where(jnp.min(t), jnp.any(jnp.isnan(dz) | jnp.isnan(z)))
 
 
 def _bisect_one(net, params, x, d, t_max, steps):
@@ -173,7 +173,7 @@ def _bisect_one(net, params, x, d, t_max, steps):
         return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
 
     lo, _ = jax.lax.fori_loop(0, steps, body, (jnp.zeros((), x.dtype), t_max))
-    return jnp.where(poisoned, jnp.nan, jnp.where(inside(t_max), jnp.inf, lo))
+    return poison_where(jnp.where(inside(t_max), jnp.inf, lo), poisoned)
 
 
 def _directional_body(net, params, x, d, t_max, *, kind, steps):

@@ -47,11 +47,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import MARK, CheckError, poison
+from lld_jax._src.checks import MARK, CheckError
 from lld_jax._src.gradients import canonical_ord, norms_kernel, resolve_method
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.margins import dual_exponent, margin_terms
 from lld_jax._src.network import ApplyFn, Network, PyTree, bounding_neuron, flat_preacts
+from lld_jax._src.poison import poison
 
 Array = jax.Array
 # Sample points evaluated together: bounds the memory of the (points, network) block.

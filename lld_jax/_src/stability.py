@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.checks import poison
 from lld_jax._src.gradients import default_chunk, linearize_preacts
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.network import ApplyFn, Network, PyTree, flat_mask
+from lld_jax._src.poison import poison, poison_where
 
 Array = jax.Array
 
@@ -57,7 +57,7 @@ def _bounds_one(net: Network, params: PyTree, x: Array, chunk: int) -> tuple[Arr
         masked = jax.lax.map(lambda a: reads(*a), (jnp.arange(dim), lower, upper), batch_size=chunk)
         lower, upper = jnp.where(masked, jnp.nan, lower), jnp.where(masked, jnp.nan, upper)
     bad = jnp.any(jnp.isnan(z))
-    fix = lambda b: poison(jnp.where(bad, jnp.nan, b), x, params).reshape(x.shape)
+    fix = lambda b: poison(poison_where(b, bad), x, params).reshape(x.shape)
     return fix(lower), fix(upper)
 
 

@@ -29,6 +29,7 @@ from lld_jax._src.gradients import METHODS
 from lld_jax._src.host import pad_rows, round_up
 from lld_jax._src.losses import check_gamma, check_hyper, distance_penalty, loss_method, roll_penalties_grouped, roll_penalty, roll_penalty_sampled
 from lld_jax._src.network import Network, PyTree
+from lld_jax._src.poison import poison_where
 
 Array = jax.Array
 
@@ -179,7 +180,8 @@ def make_loss_fn(net: Network, cfg: TrainConfig) -> Callable:
         total = jnp.sum(w * (task + cfg.lam * pen))
         if cfg.lam != 0 and declared_names(net):
             # A declaration that is not the network (a stale dense stack or stem) poisons the step: NaN loss.
-            total = jnp.where(declaration_mismatch(net, jax.lax.stop_gradient(params), x[0]), jnp.nan, total)
+            # A product (poison_where): the gradient is NaN too, so no optimiser applies a finite update from it.
+            total = poison_where(total, declaration_mismatch(net, jax.lax.stop_gradient(params), x[0]))
         metrics = {"loss": total, "task_loss": jnp.sum(w * task), "penalty": jnp.sum(w * pen), "accuracy": jnp.sum(w * correct)}
         return total, metrics
 
