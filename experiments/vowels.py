@@ -277,7 +277,10 @@ def run_grid(config: Config, workdir: str) -> tuple[dict[str, dict], dict[str, s
     config.validate()
     rd = RunDir(workdir, write=jax.process_index() == 0)
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "progress", "data_dir", "download", "collect")}
-    rd.claim({"grid": settings}, mutable=("grid.epochs",))
+    # Collecting only reads finished runs: it may gather a wider grid than the recorded one (the queue's widening),
+    # and records nothing, so training still refuses another grid.
+    gather = ("grid.grid_lam", "grid.grid_C") if config.collect else ()
+    rd.claim({"grid": settings}, mutable=("grid.epochs", *gather), record=not config.collect)
     data = VowelsData(config)
     dirs = {"vanilla": os.path.join(workdir, "vanilla")}
     dirs |= {f"lam{lam:g}_C{C:g}": os.path.join(workdir, f"lam{lam:g}_C{C:g}") for lam, C in config.points()}

@@ -9,6 +9,10 @@
 # Changed before step 4 ran (after step 3's last run, lambda 2^0, C 2^3), because issue 25 asks for the seeds of the
 # *selected* settings: step 4 is now seeds 2 and 3 of Table 2's two picks, read from the selection the paper's rule
 # makes over the finished grid (steps 1-3, collected here); step 5 is the former step 4 (skipping a point already run).
+#   6. (added before any of its runs, after both neighbourhoods finished with Table 2's picks on their edges: C 2^3 is
+#      the low edge of one and the high edge of the other) widen: up to 3 rounds of experiments/vowels_widen.py's rule
+#      (for each pick on an edge of the grid that ran, the 3 points one factor of 2 beyond it, inside the paper's grid),
+#      each round followed by a collect over the paper's whole grid; stops when no pick is on an edge.
 # Every run: 60 epochs (the 30-epoch runs were still improving at epoch 30), paper settings otherwise, best epoch
 # and grid point picked on the test set as the paper does. Runs land in OUT/lam<l>_C<c> (grid layout), so
 #   python -m experiments.vowels --grid --collect --epochs 60 --out OUT --grid-lam ... --grid-C ...
@@ -58,4 +62,16 @@ for points in "$picks" "0.03125,16 0.5,4"; do  # step 4, then step 5
       run "$(name "$lam" "$C")" "$seed" "$lam" "$C" "$@"
     done
   done
+done
+# Step 6: widen where a pick sits on the edge of the grid that ran (experiments/vowels_widen.py), then re-collect
+# over the paper's whole grid (lambda 2^-6..2^3, C 2^-5..2^7; points not run are left out).
+for round in 1 2 3; do
+  next=$("$py" -m experiments.vowels_widen "$out/selection.json")
+  if [[ -z $next ]]; then echo "widen: no pick on an edge after round $((round - 1))"; break; fi
+  echo "widen round $round: $next"
+  for point in $next; do
+    IFS=, read -r lam C <<< "$point"
+    run "$(name "$lam" "$C")" 1 "$lam" "$C" "$@"
+  done
+  "$py" -m experiments.vowels --grid --collect --epochs "$epochs" --out "$out" --no-progress "$@"
 done

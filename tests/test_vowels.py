@@ -54,8 +54,11 @@ def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
     # --collect rebuilds the same table from the finished runs without training.
     table_before = table
     (tmp_path / "table2.md").unlink()
-    again, picks_again = vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
+    # Over a wider grid too (the queue's widening collects the paper's whole grid): points not run are left out.
+    again, picks_again = vowels.run_grid(dataclasses.replace(cfg, collect=True, grid_C=(1.0, 4.0, 16.0)), str(tmp_path))
     assert picks_again == picks and (tmp_path / "table2.md").read_text() == table_before
+    with pytest.raises(ValueError, match="grid_C"):  # training needs the recorded grid
+        vowels.run_grid(dataclasses.replace(cfg, grid_C=(1.0, 4.0, 16.0)), str(tmp_path))
     # A run without a report (still training) is evaluated at its best checkpoint and marked.
     (tmp_path / "lam0.5_C1" / "report.json").rename(tmp_path / "lam0.5_C1" / "report.bak")
     interim, _ = vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
@@ -83,6 +86,25 @@ def test_vowels_grid_selects_writes_table2_and_figure3(tmp_path):
     np.savez(tmp_path / "vanilla" / "eval.npz", **{k: v for k, v in np.load(tmp_path / "vanilla" / "eval.npz").items() if "stab" not in k})
     with pytest.raises(FileNotFoundError, match="no Figure 3 data.*retrain that run"):
         vowels.run_grid(dataclasses.replace(cfg, collect=True), str(tmp_path))
+
+
+def test_widening_runs_the_points_beyond_a_picks_edge():
+    from experiments.vowels_widen import widen
+
+    def record(points, picks):
+        cands = {f"lam{lam:g}_C{C:g}": {"lam": lam, "C": C, "accuracy": 0.9, "margin_l2_P50": 1.0} for lam, C in points}
+        return {"candidates": cands, "picks": picks}
+
+    square = [(lam, C) for lam in (0.25, 0.5, 1.0) for C in (2.0, 4.0, 8.0)]
+    # Inside the grid that ran: nothing to widen.
+    assert widen(record(square, {"same_accuracy": "lam0.5_C4", "one_point_lower": None})) == []
+    # On the high-C edge: C 16 at the pick's lambda first, then at lambda / 2 and x 2.
+    assert widen(record(square, {"same_accuracy": None, "one_point_lower": "lam0.5_C8"})) == [(0.5, 16.0), (0.25, 16.0), (1.0, 16.0)]
+    # A corner, both edges: beyond the C edge (2^-6, 1) is new, (2^-5, 1) already ran and (2^-7, 1) lies outside the
+    # paper's grid (lambda >= 2^-6), as does everything beyond the lambda edge.
+    low = [(lam, C) for lam in (2.0**-6, 2.0**-5) for C in (2.0, 4.0)] + [(2.0**-5, 1.0)]
+    got = widen(record(low, {"same_accuracy": "lam0.015625_C2", "one_point_lower": None}))
+    assert got == [(2.0**-6, 1.0)]
 
 
 def test_vowels_config_errors(tmp_path):

@@ -65,10 +65,11 @@ class RunDir:
             old = {k: old.get(k, {}) for k in new}
         return [d for d in _diff(old, new, defaults=defaults) if d.split(":")[0] not in mutable]
 
-    def claim(self, config: dict, *, mutable: tuple[str, ...] = (), defaults: dict[str, Any] | None = None) -> dict | None:
+    def claim(self, config: dict, *, mutable: tuple[str, ...] = (), defaults: dict[str, Any] | None = None, record: bool = True) -> dict | None:
         """Records ``config`` (JSON-able) or checks it against the recorded one; returns the old one.
 
-        ``mutable`` and ``defaults`` as in :meth:`differences`.
+        ``mutable`` and ``defaults`` as in :meth:`differences`; ``record=False``
+        only checks (a reader of the run, which must not change what it records).
 
         Raises:
           ValueError: the directory holds a run with another config (other
@@ -82,7 +83,7 @@ class RunDir:
             )
         new = json.loads(json.dumps(config, default=str))
         old = self.stored_config()
-        if self.write and old != new:
+        if record and self.write and old != new:
             os.makedirs(self.path, exist_ok=True)
             write_json(self.file(CONFIG), new)
         return old
