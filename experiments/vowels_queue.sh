@@ -48,13 +48,16 @@ for point in "0.03125 16" "0.5 4"; do
     run "$(name "$l" "$c")" 1 "$l" "$c" "$@"
   done
 done
-# Table 2 over steps 1-3 (the grid is every lambda and C the neighbourhoods visit), then its picks' seeds.
+# Table 2 over steps 1-3 (the grid is every lambda and C the neighbourhoods visit), then its picks' seeds. The first
+# collect's record is frozen (selection_step3.json): on a rerun after step 6 the same collect also sees the widened
+# runs (inside its grid), and steps 4 and 6 must still start from what steps 1-3 chose.
 "$py" -m experiments.vowels --grid --collect --epochs "$epochs" --out "$out" --no-progress \
   --grid-lam 0.015625 0.03125 0.0625 0.25 0.5 1 --grid-C 2 4 8 16 32 "$@"
+[[ -f $out/selection_step3.json ]] || cp "$out/selection.json" "$out/selection_step3.json"
 picks=$("$py" -c "
 import json, sys
 s = json.load(open(sys.argv[1]))
-print(' '.join(f\"{s['candidates'][n]['lam']:g},{s['candidates'][n]['C']:g}\" for n in s['picks'].values() if n))" "$out/selection.json")
+print(' '.join(f\"{s['candidates'][n]['lam']:g},{s['candidates'][n]['C']:g}\" for n in s['picks'].values() if n))" "$out/selection_step3.json")
 for points in "$picks" "0.03125,16 0.5,4"; do  # step 4, then step 5
   for seed in 2 3; do
     for point in $points; do
@@ -64,14 +67,18 @@ for points in "$picks" "0.03125,16 0.5,4"; do  # step 4, then step 5
   done
 done
 # Step 6: widen where a pick sits on the edge of the grid that ran (experiments/vowels_widen.py), then re-collect
-# over the paper's whole grid (lambda 2^-6..2^3, C 2^-5..2^7; points not run are left out).
+# over the paper's whole grid (lambda 2^-6..2^3, C 2^-5..2^7; points not run are left out). Round k starts from the
+# frozen record of round k - 1 (step 3's for round 1), so a rerun repeats the same rounds.
+from=$out/selection_step3.json
 for round in 1 2 3; do
-  next=$("$py" -m experiments.vowels_widen "$out/selection.json")
-  if [[ -z $next ]]; then echo "widen: no pick on an edge after round $((round - 1))"; break; fi
+  next=$("$py" -m experiments.vowels_widen "$from")
+  if [[ -z $next ]]; then echo "widen: nothing left to run after round $((round - 1)) (no pick on an edge inside the paper's grid)"; break; fi
   echo "widen round $round: $next"
   for point in $next; do
     IFS=, read -r lam C <<< "$point"
     run "$(name "$lam" "$C")" 1 "$lam" "$C" "$@"
   done
   "$py" -m experiments.vowels --grid --collect --epochs "$epochs" --out "$out" --no-progress "$@"
+  [[ -f $out/selection_round$round.json ]] || cp "$out/selection.json" "$out/selection_round$round.json"
+  from=$out/selection_round$round.json
 done

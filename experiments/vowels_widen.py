@@ -9,7 +9,8 @@ edge, the three points one factor of 2 beyond it are run: the pick's own line
 first, then its two neighbours (lambda x 1/2, x 2 beyond a C edge; C x 1/2, x 2
 beyond a lambda edge), inside the paper's grid (lambda 2^-6..2^3,
 C 2^-5..2^7) and skipping points already run. The queue re-collects after each
-round and stops when no pick is on an edge (or after its last round).
+round and stops when nothing is left to run (no pick on an edge, or only on an
+edge of the paper's grid itself) or after its last round.
 
     python -m experiments.vowels_widen runs/vowels_queue/selection.json   # prints "lam,C" per point to run
 """

@@ -8,6 +8,7 @@ from flax import nnx
 from nets import make
 
 import lld_jax as L
+from lld_jax._src.poison import poison_where
 
 
 def _poison(params, value):
@@ -95,6 +96,8 @@ def test_a_poisoned_margin_has_a_nan_gradient_and_its_neighbours_keep_theirs():
 
     w, u = jnp.eye(3) + 0.1, jnp.array([0.3, -0.2, 0.5])
     assert np.isnan(float(jax.jit(lambda w, u: L.margin(smooth, w, u))(w, u)))
+    with pytest.raises(TypeError, match="only a floating-point result"):  # NaN cannot poison an integer
+        poison_where(jnp.arange(3), jnp.array(True))
     for argnums in (0, 1):
         g = jax.jit(jax.grad(lambda w, u: L.margin(smooth, w, u), argnums=argnums))(w, u)
         assert np.all(np.isnan(np.asarray(g))), argnums

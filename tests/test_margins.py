@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -181,6 +182,30 @@ def test_zero_gradient_neuron_never_bounds_and_zero_preact_gives_zero():
     assert float(L.batched.margin(fn, params, x)[0]) == 0.0
     params = {"w": jnp.array([[0.0, 0.0]]), "b": jnp.array([0.0])}  # z = 0 and zero gradient
     assert float(L.batched.margin(fn, params, x)[0]) == 0.0
+
+
+@pytest.mark.parametrize("method", ["forward", "reverse"])
+@pytest.mark.parametrize("p", [1, 2, "inf"])
+def test_parameter_gradient_with_a_zero_gradient_neuron_equals_finite_differences(method, p):
+    """A neuron whose every upstream ReLU is off has a zero input gradient: it never bounds the region, and its
+    zero norm must not make the margin's parameter gradient NaN (sqrt's derivative at 0; it did for l2)."""
+
+    def fn(w, u):
+        z1 = w["A"] @ u + w["b"]
+        z2 = w["B"] @ jax.nn.relu(z1) + w["c"]
+        return w["C"] @ jax.nn.relu(z2), (z1, z2)
+
+    # z1[1] = -5.9 is off, and z2[1] reads only it: zero input gradient, value 0.3. z1[0] = 4.9 bounds the region
+    # alone for every p (no tie with z1[1] or z2[0] = 5.0: the margin is differentiable in the parameters).
+    w = {"A": jnp.array([[1.0, 0.5], [-1.0, -0.5]]), "b": jnp.array([5.0, -6.0]), "B": jnp.array([[1.0, 0.2], [0.0, 1.0]])}
+    w |= {"c": jnp.array([0.1, 0.3]), "C": jnp.ones((2, 2))}
+    u = jnp.array([0.1, -0.4])
+    margin = lambda w: L.margin(fn, w, u, p=p, method=method)
+    g = jax.jit(jax.grad(margin))(w)
+    flat, unravel = jax.flatten_util.ravel_pytree(w)
+    h = 1e-6
+    fd = np.array([(float(margin(unravel(flat.at[i].add(h)))) - float(margin(unravel(flat.at[i].add(-h))))) / (2 * h) for i in range(flat.size)])
+    np.testing.assert_allclose(np.asarray(jax.flatten_util.ravel_pytree(g)[0]), fd, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -105,6 +105,11 @@ def test_widening_runs_the_points_beyond_a_picks_edge():
     low = [(lam, C) for lam in (2.0**-6, 2.0**-5) for C in (2.0, 4.0)] + [(2.0**-5, 1.0)]
     got = widen(record(low, {"same_accuracy": "lam0.015625_C2", "one_point_lower": None}))
     assert got == [(2.0**-6, 1.0)]
+    # Two picks on a 2 x 2 grid, each on a C edge and the high-lambda edge: C edges first, each pick's own line
+    # first, and a point both picks reach is run once.
+    two = [(lam, C) for lam in (0.25, 0.5) for C in (4.0, 8.0)]
+    got = widen(record(two, {"same_accuracy": "lam0.5_C4", "one_point_lower": "lam0.5_C8"}))
+    assert got == [(0.5, 2.0), (0.25, 2.0), (1.0, 2.0), (1.0, 4.0), (1.0, 8.0), (0.5, 16.0), (0.25, 16.0), (1.0, 16.0)]
 
 
 def test_vowels_config_errors(tmp_path):

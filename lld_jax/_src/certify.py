@@ -198,7 +198,7 @@ def _certify_body(net, params, x, y, *, p, q, method, chunk, max_steps):
         bad(lower),
         bad(upper),
         exact & jnp.isfinite(bad(lower)),
-        jnp.where(jnp.isnan(bad(lower)), jnp.nan, adv),
+        poison_where(adv, jnp.isnan(bad(lower))),
         bad(d_b),
         bad(d_d),
         steps,

@@ -37,7 +37,7 @@ import numpy as np
 from lld_jax._src.declarations import Probe, declaration_mismatch, declared_names
 from lld_jax._src.declarations import probe as probe_network
 from lld_jax._src.network import Network, PyTree, hidden_shapes
-from lld_jax._src.poison import _float_leaves, not_finite, poison_where
+from lld_jax._src.poison import float_leaves, not_finite, poison_where
 
 Array = jax.Array
 # Marks our messages so that batched functions can re-raise them from a JaxRuntimeError.
@@ -163,7 +163,7 @@ def working_dtype(params: PyTree, x: Array) -> Any:
     Half-precision inputs are promoted (a float16 margin is no certificate);
     float32 inputs to a float64 network are promoted to float64.
     """
-    dt = jnp.result_type(jnp.float32, *(jnp.result_type(a) for a in _float_leaves(params)), jnp.result_type(x))
+    dt = jnp.result_type(jnp.float32, *(jnp.result_type(a) for a in float_leaves(params)), jnp.result_type(x))
     if not jnp.issubdtype(dt, jnp.floating):
         raise TypeError(f"x and the parameters must be real floating point arrays; got dtype {dt}.")
     return dt

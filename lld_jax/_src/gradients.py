@@ -39,7 +39,7 @@ from lld_jax._src.checks import error_if
 from lld_jax._src.declarations import dense_mismatch, frozen_mismatch, poison_mismatch, recurrent_mismatch
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.network import ApplyFn, Network, PyTree, flat_mask, flat_preacts, mask_neurons, pattern_slopes
-from lld_jax._src.poison import poison
+from lld_jax._src.poison import poison, poison_where
 
 Array = jax.Array
 METHODS = ("auto", "forward", "reverse", "template", "gram", "rowspace", "causal")
@@ -129,7 +129,13 @@ def _reduce_block(acc, cols, squared: bool):
 
 def _l2_from_acc(sq: Array, mx: Array, squared: bool) -> Array:
     """The l2 norm (or its square) from :func:`_reduce_block`'s accumulators."""
-    return sq if squared else mx * jnp.sqrt(sq)
+    if squared:
+        return sq
+    # sqrt's derivative at 0 is inf: a neuron with an exactly zero gradient (every ReLU upstream inactive) would make
+    # the l2 margin's parameter gradient NaN (0 x inf), although that neuron never bounds the region. Its norm is 0
+    # either way; its derivative is taken as 0 (a subgradient), and a NaN sq stays NaN.
+    pos = sq > 0
+    return jnp.where(pos, mx * jnp.sqrt(jnp.where(pos, sq, 1)), mx * sq)
 
 
 def _columns_scan(column_block, dim: int, chunk: int, n: int, dtype, *, keep: bool, squared: bool):
@@ -278,8 +284,7 @@ def _rowspace(net: Network, params, x, chunk: int, keep: bool, squared: bool):
         "neuron depends on x only through it; preacts in depth order, NNX sow names in natural order), but a direction "
         "that layer ignores moves another neuron{where}: use method='forward' or 'reverse'.",
     )
-    nan = jnp.where(bad, jnp.nan, 0).astype(sq.dtype)
-    return z, ((sq + nan, mx + nan, ab + nan), None)
+    return z, (tuple(poison_where(a, bad) for a in (sq, mx, ab)), None)
 
 
 def _tangent_scan(column_block, tangents: Array, chunk: int, n: int, dtype, *, squared: bool):

@@ -21,10 +21,15 @@ def poison_where(x: Array, bad: Array) -> Array:
     A product, not a ``where``: the derivative of a poisoned entry is NaN too
     (a ``where`` would give it a zero gradient, a plausible number that a
     training step would silently use), and a clean entry keeps its value and
-    derivative exactly (times 1).
+    derivative exactly (times 1). Floating-point ``x`` only (NaN is a float).
+
+    Raises:
+      TypeError: ``x`` is not floating point.
     """
     x = jnp.asarray(x)
     bad = jnp.asarray(bad)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise TypeError(f"only a floating-point result can be poisoned with NaN; got dtype {x.dtype}.")
     if bad.ndim == 1 and x.ndim >= 1 and x.shape[0] == bad.shape[0] and bad.shape[0] > 1:
         mask = bad.reshape(bad.shape + (1,) * (x.ndim - 1))
     else:
@@ -32,13 +37,14 @@ def poison_where(x: Array, bad: Array) -> Array:
     return x * jnp.where(jax.lax.stop_gradient(mask), jnp.asarray(jnp.nan, x.dtype), jnp.asarray(1, x.dtype))
 
 
-def _float_leaves(tree: PyTree) -> list[Array]:
+def float_leaves(tree: PyTree) -> list[Array]:
+    """The floating-point leaves of ``tree``."""
     return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
 
 
 def not_finite(tree: PyTree) -> Array:
     """Scalar: does any floating leaf of ``tree`` hold NaN or Inf?"""
-    return jnp.any(jnp.stack([~jnp.all(jnp.isfinite(a)) for a in _float_leaves(tree)] + [jnp.zeros((), bool)]))
+    return jnp.any(jnp.stack([~jnp.all(jnp.isfinite(a)) for a in float_leaves(tree)] + [jnp.zeros((), bool)]))
 
 
 def poison(result: Array, *trees: PyTree) -> Array:

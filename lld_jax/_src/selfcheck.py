@@ -52,7 +52,7 @@ from lld_jax._src.gradients import canonical_ord, norms_kernel, resolve_method
 from lld_jax._src.kernel import Kernel, Plan
 from lld_jax._src.margins import dual_exponent, margin_terms
 from lld_jax._src.network import ApplyFn, Network, PyTree, bounding_neuron, flat_preacts
-from lld_jax._src.poison import poison
+from lld_jax._src.poison import poison, poison_where
 
 Array = jax.Array
 # Sample points evaluated together: bounds the memory of the (points, network) block.
@@ -232,9 +232,9 @@ def _selfcheck_finish(out, *, check, p, num_samples, rtol, hidden, **_):
     if check.raising:  # eager calls and lld_jax.checked: the named error, with the measured deviations
         raise_ = functools.partial(_host_raise, p=p, rtol=rtol, num_samples=num_samples)
         flag = jax.pure_callback(raise_, jax.ShapeDtypeStruct(bad.shape, jnp.bool_), bad, r, *stats, vmap_method="broadcast_all")
-        r = jnp.where(jnp.any(flag), jnp.nan, r)  # ties the callback to the result: never dead-code eliminated
+        r = poison_where(r, jnp.any(flag))  # ties the callback to the result: never dead-code eliminated
     else:  # pure: a failed self-check poisons its radius
-        r = jnp.where(bad, jnp.nan, r)
+        r = poison_where(r, bad)
     return CertificateCheck(r, *bounding_neuron(hidden, j, r), stats[0], stats[1], stats[2] + stats[3])
 
 
