@@ -172,8 +172,17 @@ def causal_norms(cell: RecurrentCell, slopes: Array, valid: Array, *, squared: b
 
 
 def l2_norms(sq: Array, mx: Array, squared: bool) -> Array:
-    """The l2 norms (squared ones with ``squared``) from :func:`causal_norms`'s sums."""
-    return sq if squared else mx * jnp.sqrt(sq)
+    """The l2 norms (squared ones with ``squared``) from scaled sums: ``mx * sqrt(sq)``.
+
+    The accumulators of :func:`causal_norms` and of ``gradients``' column scans.
+    """
+    if squared:
+        return sq
+    # sqrt's derivative at 0 is inf: a neuron with an exactly zero gradient (every ReLU upstream inactive) would make
+    # the l2 margin's parameter gradient NaN (0 x inf), although that neuron never bounds the region. Its norm is 0
+    # either way; its derivative is taken as 0 (a subgradient), and a NaN sq stays NaN.
+    pos = sq > 0
+    return jnp.where(pos, mx * jnp.sqrt(jnp.where(pos, sq, 1)), mx * sq)
 
 
 def group_norms(cell: RecurrentCell, slopes: Array, valid: Array, *, group: int, squared: bool) -> tuple[Array, Array, Array]:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lld_jax._src.arguments import positive_int
-from lld_jax._src.causal import RecurrentCell, causal_norms
+from lld_jax._src.causal import RecurrentCell, causal_norms, l2_norms
 from lld_jax._src.checks import error_if
 from lld_jax._src.declarations import dense_mismatch, frozen_mismatch, poison_mismatch, recurrent_mismatch
 from lld_jax._src.kernel import Kernel, Plan
@@ -125,17 +125,6 @@ def _reduce_block(acc, cols, squared: bool):
         safe = jnp.where(new_mx > 0, new_mx, 1)
         sq = sq * jnp.square(mx / safe) + jnp.sum(jnp.square(a / safe), 0)
     return sq, new_mx, ab + jnp.sum(a, 0)
-
-
-def _l2_from_acc(sq: Array, mx: Array, squared: bool) -> Array:
-    """The l2 norm (or its square) from :func:`_reduce_block`'s accumulators."""
-    if squared:
-        return sq
-    # sqrt's derivative at 0 is inf: a neuron with an exactly zero gradient (every ReLU upstream inactive) would make
-    # the l2 margin's parameter gradient NaN (0 x inf), although that neuron never bounds the region. Its norm is 0
-    # either way; its derivative is taken as 0 (a subgradient), and a NaN sq stays NaN.
-    pos = sq > 0
-    return jnp.where(pos, mx * jnp.sqrt(jnp.where(pos, sq, 1)), mx * sq)
 
 
 def _columns_scan(column_block, dim: int, chunk: int, n: int, dtype, *, keep: bool, squared: bool):
@@ -268,7 +257,7 @@ def _rowspace(net: Network, params, x, chunk: int, keep: bool, squared: bool):
     # In a feed-forward net the leak is rounding only: leak_j = |u_j . t1| with t1 the first layer's
     # computed tangent (exactly 0 without rounding) and u_j = dz_j / dz_1, ||u_j|| <= n_j / sigma_min(A);
     # so leak_j <= n_j ||t1|| / sigma_min(A), which stays valid when neurons cancel each other.
-    n = _l2_from_acc(sq, mx, squared)
+    n = l2_norms(sq, mx, squared)
     n = jnp.sqrt(n) if squared else n
     eps, tiny = jnp.finfo(x.dtype).eps, jnp.finfo(x.dtype).tiny
     t1 = jnp.linalg.norm(tangent[: q.shape[1]])  # preacts[0] comes first in the flat order
@@ -367,7 +356,7 @@ def norms_kernel(net: Network, params: PyTree, x: Array, *, ord: float, method: 
     if method == "gram":
         n = sq  # already the norm (or its square with ``squared``)
     elif ord == 2:
-        n = _l2_from_acc(sq, mx, squared)
+        n = l2_norms(sq, mx, squared)
     else:
         n = ab if ord == 1 else mx
     # forward/reverse see masked neurons through flat_preacts already; template and gram do not.
